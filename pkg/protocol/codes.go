@@ -1,0 +1,69 @@
+package protocol
+
+import (
+	"fmt"
+
+	"github.com/msync/msync/pkg/protocol/pb"
+)
+
+// Code is a wire error or kick code (ERROR and KICK bodies). The range tells
+// a client what to do, which matters on mobile where a wrong retry loop drains
+// batteries:
+//
+//	1000-1999  reconnect with backoff and resync from the sync points
+//	2000-2999  get a new token, then reconnect
+//	4000-4999  do not reconnect: the client or its configuration is wrong
+type Code uint32
+
+const (
+	CodeServerShutdown   Code = 1000 // comet is going away
+	CodeSlowConsumer     Code = 1001 // write queue overflowed
+	CodeHeartbeatTimeout Code = 1002 // no heartbeat within the deadline
+	CodeAckTimeout       Code = 1003 // a backlog page was not acked in time
+	CodeUnavailable      Code = 1004 // a dependency (logic, store) failed; retry
+	CodeAuthTimeout      Code = 1005 // no AUTH within the auth timeout
+	CodeReplaced         Code = 1006 // another session of the same device connected
+	CodeKicked           Code = 1007 // the business kicked this device; reconnect allowed
+
+	CodeTokenExpired Code = 2001 // token expired: fetch a new one
+	CodeTokenInvalid Code = 2002 // token does not verify: fetch a new one
+
+	CodeBadFrame      Code = 4000 // malformed header or body
+	CodeFrameTooLarge Code = 4001 // frame over the server's limit
+	CodeUnknownOp     Code = 4002 // op not part of the protocol
+	CodeNotAuthed     Code = 4003 // op before AUTH
+	CodeBadAuth       Code = 4004 // AUTH fields invalid (device id, version ...)
+	CodeOutOfOrder    Code = 4005 // op not valid in this state (second AUTH, ack beyond sent)
+	CodeForbidden     Code = 4006 // kicked for good: do not reconnect
+)
+
+// Reconnect reports whether a client should reconnect after this code.
+func (c Code) Reconnect() bool { return c < 4000 }
+
+// NeedsToken reports whether a client must obtain a new token first.
+func (c Code) NeedsToken() bool { return c >= 2000 && c < 3000 }
+
+// WireError is an error that carries a wire code.
+type WireError struct {
+	Code    Code
+	Message string
+}
+
+func (e *WireError) Error() string { return fmt.Sprintf("msync error %d: %s", e.Code, e.Message) }
+
+// Errorf builds a WireError.
+func Errorf(code Code, format string, args ...any) *WireError {
+	return &WireError{Code: code, Message: fmt.Sprintf(format, args...)}
+}
+
+// ErrorFrame encodes an ERROR frame; seq echoes the offending frame (0 if none).
+func ErrorFrame(seq uint32, code Code, msg string) []byte {
+	b, _ := Encode(OpError, seq, &pb.Error{Code: uint32(code), Message: msg}) // cannot fail for this message
+	return b
+}
+
+// KickFrame encodes a KICK frame.
+func KickFrame(code Code, reason string) []byte {
+	b, _ := Encode(OpKick, 0, &pb.Kick{Code: uint32(code), Reason: reason})
+	return b
+}

@@ -1,0 +1,99 @@
+// Package store defines how msync keeps oplogs, sync points and dedup keys.
+// Backends live in subpackages (pebble: embedded, the default; cassandra:
+// production cluster) and all pass the conformance suite in storetest.
+//
+// Implementations are safe for concurrent use.
+package store
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/msync/msync/pkg/oplog"
+)
+
+var (
+	// ErrUnavailable: the backend cannot serve now (I/O failure, closed, timeout).
+	// Nothing the failed call would have written is visible.
+	ErrUnavailable = errors.New("store: unavailable")
+	// ErrClosed: the store was closed.
+	ErrClosed = errors.New("store: closed")
+	// ErrInvalid: the request is malformed (no channel, id set by caller ...).
+	ErrInvalid = errors.New("store: invalid request")
+)
+
+// AppendResult is the outcome of one appended oplog.
+type AppendResult struct {
+	ID uint64
+	// Duplicate: the channel already held an oplog with this dedup key; ID is
+	// that oplog's id and nothing was written.
+	Duplicate bool
+}
+
+// Appender assigns ids and stores oplogs.
+type Appender interface {
+	// Append stores ops durably (embedded: fsync'd; Cassandra: at the
+	// configured consistency) and assigns each its id, setting op.Id.
+	//
+	// Per channel, ids are dense and strictly increasing from 1, assigned in
+	// the order of ops within one call and in the order calls are serialised
+	// between calls. Id assignment and the write are one atomic step per
+	// channel, so no reader ever sees id n+1 before n is durable (no holes)
+	// and an id is never handed out twice, also across restarts.
+	//
+	// An op with a DedupKey already used in its channel is not stored: its
+	// result has the first oplog's id and Duplicate set. Two ops with the same
+	// dedup key in one call store the first only.
+	//
+	// It returns one result per op, in order, or an error and no results; on
+	// error nothing of the call is visible, except that a retry with the same
+	// dedup keys returns the ids of those that were stored.
+	Append(ctx context.Context, ops []*oplog.Oplog) ([]AppendResult, error)
+}
+
+// Reader reads channels.
+type Reader interface {
+	// Read returns up to limit oplogs of channel with id > after, ascending,
+	// never beyond the durable watermark, and the channel's durable max id.
+	// Ids deleted by expiry are absent: a caller that gets fewer than limit
+	// oplogs has seen everything up to maxID.
+	Read(ctx context.Context, channel string, after uint64, limit int) (ops []*oplog.Oplog, maxID uint64, err error)
+	// MaxID returns the channel's durable max id (0 for an empty channel).
+	MaxID(ctx context.Context, channel string) (uint64, error)
+}
+
+// SyncPoint is a device's acknowledged position in a channel.
+type SyncPoint struct {
+	Device  string
+	Channel string
+	ID      uint64
+}
+
+// SyncPoints keeps per-device, per-channel sync points.
+type SyncPoints interface {
+	// SaveSyncPoints raises stored points to the given ids; a lower id than
+	// the stored one is ignored (points never go back). Not necessarily
+	// fsync'd: the SDK keeps its own points, the server's are a fallback.
+	SaveSyncPoints(ctx context.Context, points []SyncPoint) error
+	// SyncPoints returns every stored point of device, by channel.
+	SyncPoints(ctx context.Context, device string) (map[string]uint64, error)
+}
+
+// Expirer removes oplogs whose validity ended.
+type Expirer interface {
+	// DeleteExpired deletes up to limit oplogs with ValidUntilMs < before and
+	// returns how many it deleted. Max ids are kept, so ids are never reused.
+	// Backends with native TTL may return 0 and do nothing.
+	DeleteExpired(ctx context.Context, before time.Time, limit int) (int, error)
+}
+
+// Store is everything a logic tier needs.
+type Store interface {
+	Appender
+	Reader
+	SyncPoints
+	Expirer
+	// Close releases resources; calls after Close return ErrClosed.
+	Close() error
+}
