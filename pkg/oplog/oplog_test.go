@@ -53,11 +53,11 @@ func TestCompareVersions(t *testing.T) {
 func TestEvaluate(t *testing.T) {
 	now := int64(1_000_000)
 	tests := []struct {
-		name      string
-		op        *Oplog
-		platform  string
-		version   string
-		want      Verdict
+		name     string
+		op       *Oplog
+		platform string
+		version  string
+		want     Verdict
 	}{
 		{"plain", &Oplog{}, "ios", "1.0", Deliver},
 		{"expired", &Oplog{ValidUntilMs: now - 1}, "ios", "1.0", Skip},
