@@ -1,0 +1,6 @@
+package pebble
+
+import "errors"
+
+// ErrInvalidConfig wraps every problem Open finds in a Config.
+var ErrInvalidConfig = errors.New("store/pebble: invalid config")
