@@ -1,0 +1,133 @@
+package gateway
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"time"
+
+	"github.com/msync/msync/pkg/protocol"
+)
+
+// Config configures a Server. Zero values mean the documented default.
+type Config struct {
+	// Addr is the TCP listen address. Zero means ":3101"; "127.0.0.1:0"
+	// picks a free port (read it back with Server.Addr).
+	Addr string
+	// MaxFrame is the largest inbound frame, header included. Zero means
+	// protocol.DefaultMaxFrame (64 KiB).
+	MaxFrame int
+	// WriteQueueBytes bounds the bytes queued per connection and not yet
+	// handed to the socket; a Write beyond it closes the connection as a
+	// slow consumer. Zero means 1 MiB.
+	WriteQueueBytes int
+	// WriteTimeout bounds one flush to the socket, and how long Close waits
+	// to flush before it drops the connection. Zero means 10s.
+	WriteTimeout time.Duration
+	// ReadTimeout bounds receiving the rest of a frame once its first byte
+	// arrived (slowloris). Idle connections are bounded by deadlines instead.
+	// Zero means 30s.
+	ReadTimeout time.Duration
+	// AuthTimeout is the liveness deadline every new connection starts with;
+	// it expires with protocol.CodeAuthTimeout unless the handler calls
+	// SetDeadline first. Zero means 10s.
+	AuthTimeout time.Duration
+	// Tick is the timing-wheel resolution; deadlines round up to it and fire
+	// at most about one Tick late. Zero means 250ms.
+	Tick time.Duration
+	// Workers bounds the write drains running at once (one per connection
+	// with queued data). Zero means 10000.
+	Workers int
+	// BufferSize is netpoll's per-connection buffer size. netpoll keeps it
+	// in a process global, so only the first Server started in a process
+	// applies it. Zero means 1024, which keeps idle connections near 4 KB.
+	BufferSize int
+	// Logger receives the server's logs. Nil discards them.
+	Logger *slog.Logger
+}
+
+const (
+	defaultAddr            = ":3101"
+	defaultWriteQueueBytes = 1 << 20
+	defaultWriteTimeout    = 10 * time.Second
+	defaultReadTimeout     = 30 * time.Second
+	defaultAuthTimeout     = 10 * time.Second
+	defaultTick            = 250 * time.Millisecond
+	defaultWorkers         = 10000
+	defaultBufferSize      = 1024
+)
+
+// withDefaults returns a copy of c with zero fields defaulted.
+func (c Config) withDefaults() Config {
+	if c.Addr == "" {
+		c.Addr = defaultAddr
+	}
+	if c.MaxFrame == 0 {
+		c.MaxFrame = protocol.DefaultMaxFrame
+	}
+	if c.WriteQueueBytes == 0 {
+		c.WriteQueueBytes = defaultWriteQueueBytes
+	}
+	if c.WriteTimeout == 0 {
+		c.WriteTimeout = defaultWriteTimeout
+	}
+	if c.ReadTimeout == 0 {
+		c.ReadTimeout = defaultReadTimeout
+	}
+	if c.AuthTimeout == 0 {
+		c.AuthTimeout = defaultAuthTimeout
+	}
+	if c.Tick == 0 {
+		c.Tick = defaultTick
+	}
+	if c.Workers == 0 {
+		c.Workers = defaultWorkers
+	}
+	if c.BufferSize == 0 {
+		c.BufferSize = defaultBufferSize
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return c
+}
+
+// validate reports every problem at once.
+func (c Config) validate() error {
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	if _, _, err := net.SplitHostPort(c.Addr); err != nil {
+		bad("Addr %q: %v", c.Addr, err)
+	}
+	if c.MaxFrame < protocol.HeaderSize {
+		bad("MaxFrame %d is below the %d-byte header", c.MaxFrame, protocol.HeaderSize)
+	}
+	if c.WriteQueueBytes < 0 {
+		bad("WriteQueueBytes %d is negative", c.WriteQueueBytes)
+	}
+	if c.WriteTimeout < 0 {
+		bad("WriteTimeout %v is negative", c.WriteTimeout)
+	}
+	if c.ReadTimeout < 0 {
+		bad("ReadTimeout %v is negative", c.ReadTimeout)
+	}
+	if c.AuthTimeout < 0 {
+		bad("AuthTimeout %v is negative", c.AuthTimeout)
+	}
+	if c.Tick < 0 {
+		bad("Tick %v is negative", c.Tick)
+	} else if c.AuthTimeout > 0 && c.Tick > c.AuthTimeout {
+		bad("Tick %v is longer than AuthTimeout %v", c.Tick, c.AuthTimeout)
+	}
+	if c.Workers < 0 {
+		bad("Workers %d is negative", c.Workers)
+	}
+	if c.BufferSize < 0 {
+		bad("BufferSize %d is negative", c.BufferSize)
+	}
+	if len(errs) == 0 {
+		return nil
+	}
+	return fmt.Errorf("%w: %w", ErrConfig, errors.Join(errs...))
+}

@@ -1,0 +1,59 @@
+package gateway_test
+
+import (
+	"net"
+	"runtime"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/msync/msync/gateway"
+)
+
+// TestIdleMemoryPerConn opens idle connections and measures the Go memory
+// (live heap plus goroutine stacks) the server holds for each. The clients
+// are raw sockets, so they add nothing to the Go heap. The contract target
+// is about 4 KB per connection with the default 1 KiB netpoll buffer.
+func TestIdleMemoryPerConn(t *testing.T) {
+	const n = 2000
+	h := newHandler()
+	s := start(t, gateway.Config{}, h)
+	tcp := s.Addr().(*net.TCPAddr)
+	sa := &syscall.SockaddrInet4{Port: tcp.Port, Addr: [4]byte{127, 0, 0, 1}}
+
+	before := liveBytes()
+	fds := make([]int, 0, n)
+	t.Cleanup(func() {
+		for _, fd := range fds {
+			_ = syscall.Close(fd)
+		}
+	})
+	for i := 0; i < n; i++ {
+		fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fds = append(fds, fd)
+		if err := syscall.Connect(fd, sa); err != nil {
+			t.Fatal(err)
+		}
+		<-h.opens
+	}
+	waitFor(t, 10*time.Second, "all conns open", func() bool { return s.Len() == n })
+	// Let netpoll's per-connection OnConnect goroutines exit.
+	time.Sleep(100 * time.Millisecond)
+	after := liveBytes()
+	per := float64(after-before) / n
+	t.Logf("idle memory: %.0f bytes per connection (%d connections)", per, n)
+	if per > 6<<10 {
+		t.Fatalf("%.0f bytes per idle connection, want about 4 KB", per)
+	}
+}
+
+func liveBytes() int64 {
+	runtime.GC()
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return int64(m.HeapAlloc + m.StackInuse)
+}

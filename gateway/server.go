@@ -1,0 +1,476 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cloudwego/netpoll"
+	"github.com/panjf2000/ants/v2"
+
+	"github.com/msync/msync/gateway/wheel"
+	"github.com/msync/msync/pkg/protocol"
+)
+
+// Locks: Conn.mu, the registry shards' mu, the backlog mu and the wheel's
+// shard locks are leaves: none is held while taking another, nor while
+// calling the Handler or netpoll.
+
+// connShards splits the connection registry lock; it is only taken on
+// open, close and Shutdown, never per frame.
+const connShards = 64
+
+// Server accepts connections and runs them on netpoll. Create it with New,
+// then Start and eventually Shutdown. All methods are goroutine-safe.
+type Server struct {
+	cfg     Config
+	handler Handler
+	log     *slog.Logger
+	wheel   *wheel.Wheel
+
+	nextID  atomic.Uint64
+	open    atomic.Int64
+	drained chan struct{} // signalled when open drops to 0
+	conns   [connShards]connShard
+	stats   counters
+
+	pool atomic.Pointer[ants.PoolWithFuncGeneric[*Conn]]
+
+	backlog struct { // connections waiting for a drain worker
+		sync.Mutex
+		q []*Conn
+	}
+
+	shutdown  atomic.Bool
+	done      chan struct{} // closed when the first Shutdown finished
+	quit      chan struct{} // stops the tick goroutine
+	serveDone chan struct{} // closed when netpoll's Serve returned
+	wg        sync.WaitGroup
+
+	mu struct {
+		sync.Mutex
+		started bool
+		ln      netpoll.Listener
+		evl     netpoll.EventLoop
+	}
+}
+
+type connShard struct {
+	mu sync.Mutex
+	m  map[uint64]*Conn
+}
+
+// Stats are cumulative counters since New, except Open.
+type Stats struct {
+	Open               int64  // connections open now (= Len)
+	Accepted           uint64 // connections opened (OnOpen called)
+	Closed             uint64 // connections closed (OnClose called)
+	Rejected           uint64 // connections refused because Shutdown had begun
+	FramesIn           uint64 // whole inbound frames read
+	BytesIn            uint64 // bytes of those frames
+	FramesOut          uint64 // frames written to sockets, final frames included
+	BytesOut           uint64 // bytes of those frames
+	Flushes            uint64 // batches handed to netpoll, one socket write each (FramesOut/Flushes = batching)
+	SlowConsumerCloses uint64 // write queue overflows and flush timeouts
+	DeadlineCloses     uint64 // liveness and ack deadline expiries
+	BadFrames          uint64 // malformed or oversized inbound headers
+	DrainsDeferred     uint64 // drains parked on the backlog because the pool was saturated
+}
+
+type counters struct {
+	accepted, closed, rejected             atomic.Uint64
+	framesIn, bytesIn, framesOut, bytesOut atomic.Uint64
+	flushes                                atomic.Uint64
+	slowConsumer, deadline, badFrames      atomic.Uint64
+	deferred                               atomic.Uint64
+}
+
+// New checks cfg and returns a Server that is not listening yet. It starts
+// no goroutines and touches no process-wide state.
+func New(cfg Config, h Handler) (*Server, error) {
+	cfg = cfg.withDefaults()
+	err := cfg.validate()
+	if h == nil {
+		err = errors.Join(err, fmt.Errorf("%w: Handler is nil", ErrConfig))
+	}
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{
+		cfg:     cfg,
+		handler: h,
+		log:     cfg.Logger,
+		drained: make(chan struct{}, 1),
+		done:    make(chan struct{}),
+		quit:    make(chan struct{}),
+
+		serveDone: make(chan struct{}),
+	}
+	s.wheel, err = wheel.New(wheel.Config{Tick: cfg.Tick, Expire: func(e *wheel.Entry) { e.Value.(*Conn).expire(e) }})
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+	for i := range s.conns {
+		s.conns[i].m = make(map[uint64]*Conn)
+	}
+	return s, nil
+}
+
+// netpollOnce guards the one process-wide netpoll setting we make: netpoll
+// keeps its buffer sizes in package variables.
+var (
+	netpollOnce sync.Once
+	netpollBuf  int
+)
+
+func configureNetpoll(bufSize int, log *slog.Logger) error {
+	var err error
+	netpollOnce.Do(func() {
+		netpollBuf = bufSize
+		// LinkBufferCap is the minimum node size: without lowering it too, a
+		// 1 KiB BufferSize still allocates 4 KiB input nodes per connection.
+		netpoll.LinkBufferCap = bufSize
+		// AlwaysNoCopyRead stays off: read.go relies on ReadBinary copying.
+		err = netpoll.Configure(netpoll.Config{BufferSize: bufSize, LoadBalance: netpoll.RoundRobin})
+	})
+	if err == nil && netpollBuf != bufSize {
+		log.Warn("netpoll buffer size is process-wide and already set; ignoring this server's",
+			"in_use", netpollBuf, "configured", bufSize)
+	}
+	return err
+}
+
+// Start binds the listener (Addr is valid when it returns) and starts
+// serving. It returns ErrStarted if called twice and ErrShutdown after
+// Shutdown.
+func (s *Server) Start() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.shutdown.Load() {
+		return ErrShutdown
+	}
+	if s.mu.started {
+		return ErrStarted
+	}
+	if err := configureNetpoll(s.cfg.BufferSize, s.log); err != nil {
+		return fmt.Errorf("gateway: configure netpoll: %w", err)
+	}
+	pool, err := ants.NewPoolWithFuncGeneric(s.cfg.Workers, s.runDrain,
+		ants.WithNonblocking(true),
+		ants.WithPanicHandler(func(v any) { s.log.Error("panic in write drain", "panic", v) }),
+		ants.WithLogger(antsLogger{s.log}),
+	)
+	if err != nil {
+		return fmt.Errorf("gateway: drain pool: %w", err)
+	}
+	ln, err := netpoll.CreateListener("tcp", s.cfg.Addr)
+	if err != nil {
+		pool.Release()
+		return fmt.Errorf("gateway: listen %s: %w", s.cfg.Addr, err)
+	}
+	evl, err := netpoll.NewEventLoop(s.onRequest,
+		netpoll.WithOnPrepare(s.onPrepare),
+		netpoll.WithOnConnect(s.onConnect),
+		netpoll.WithReadTimeout(s.cfg.ReadTimeout),
+		netpoll.WithWriteTimeout(s.cfg.WriteTimeout),
+	)
+	if err != nil {
+		pool.Release()
+		_ = ln.Close()
+		return fmt.Errorf("gateway: event loop: %w", err)
+	}
+	s.pool.Store(pool)
+	s.mu.ln, s.mu.evl, s.mu.started = ln, evl, true
+	s.wg.Add(2)
+	go s.serve(evl, ln)
+	go s.tick()
+	s.log.Info("gateway listening", "addr", ln.Addr().String())
+	return nil
+}
+
+func (s *Server) serve(evl netpoll.EventLoop, ln netpoll.Listener) {
+	defer s.wg.Done()
+	defer close(s.serveDone)
+	if err := evl.Serve(ln); err != nil && !s.shutdown.Load() {
+		s.log.Error("gateway event loop stopped", "err", err)
+	}
+}
+
+// tick advances the deadline wheel and retries parked drains, every Tick.
+func (s *Server) tick() {
+	defer s.wg.Done()
+	t := time.NewTicker(s.cfg.Tick)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.quit:
+			return
+		case <-t.C:
+			s.wheel.Advance(s.wheel.Now())
+			s.retryBacklog()
+		}
+	}
+}
+
+// Addr is the bound listen address, or nil before Start.
+func (s *Server) Addr() net.Addr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.mu.ln == nil {
+		return nil
+	}
+	return s.mu.ln.Addr()
+}
+
+// Len is the number of open connections.
+func (s *Server) Len() int { return int(s.open.Load()) }
+
+// Stats returns the counters; each is read atomically, the set is not a
+// snapshot.
+func (s *Server) Stats() Stats {
+	st := &s.stats
+	return Stats{
+		Open:               s.open.Load(),
+		Accepted:           st.accepted.Load(),
+		Closed:             st.closed.Load(),
+		Rejected:           st.rejected.Load(),
+		FramesIn:           st.framesIn.Load(),
+		BytesIn:            st.bytesIn.Load(),
+		FramesOut:          st.framesOut.Load(),
+		BytesOut:           st.bytesOut.Load(),
+		Flushes:            st.flushes.Load(),
+		SlowConsumerCloses: st.slowConsumer.Load(),
+		DeadlineCloses:     st.deadline.Load(),
+		BadFrames:          st.badFrames.Load(),
+		DrainsDeferred:     st.deferred.Load(),
+	}
+}
+
+// onPrepare refuses connections once Shutdown began, before netpoll
+// registers them with a poller.
+func (s *Server) onPrepare(nc netpoll.Connection) context.Context {
+	if s.shutdown.Load() {
+		s.stats.rejected.Add(1)
+		_ = nc.Close()
+	}
+	return context.Background()
+}
+
+// onConnect opens the connection: registry, auth deadline, OnOpen. netpoll
+// runs it before any OnRequest and holds back close callbacks until it
+// returns, which gives Handler its OnOpen-first, OnClose-last order.
+func (s *Server) onConnect(ctx context.Context, nc netpoll.Connection) context.Context {
+	c := &Conn{srv: s, nc: nc, id: s.nextID.Add(1)}
+	c.ctx = connCtx{Context: ctx, c: c}
+	s.wheel.Init(&c.live, c)
+	s.wheel.Init(&c.ack, c)
+	c.code.Store(uint32(protocol.CodeAuthTimeout))
+	if !s.register(c) {
+		s.stats.rejected.Add(1)
+		_ = nc.Close()
+		return ctx
+	}
+	c.state.Store(stateOpen)
+	_ = nc.AddCloseCallback(c.onClosed)
+	s.stats.accepted.Add(1)
+	// Through SetDeadline: a Shutdown sweep may already have closed c, and
+	// SetDeadline keeps the close deadline in that case.
+	c.SetDeadline(s.cfg.AuthTimeout, protocol.CodeAuthTimeout)
+	if s.log.Enabled(context.Background(), slog.LevelDebug) {
+		s.log.Debug("conn opened", "conn", c.id, "remote", c.RemoteAddr())
+	}
+	s.handler.OnOpen(c)
+	return &c.ctx
+}
+
+// register adds c unless Shutdown began. Checking the flag under the shard
+// lock that Shutdown's sweep also takes means no connection slips past it.
+func (s *Server) register(c *Conn) bool {
+	sh := &s.conns[c.id%connShards]
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if s.shutdown.Load() {
+		return false
+	}
+	sh.m[c.id] = c
+	s.open.Add(1)
+	return true
+}
+
+func (s *Server) unregister(c *Conn) {
+	sh := &s.conns[c.id%connShards]
+	sh.mu.Lock()
+	delete(sh.m, c.id)
+	sh.mu.Unlock()
+}
+
+// forEachConn calls f for every registered connection, outside the locks.
+func (s *Server) forEachConn(f func(*Conn)) {
+	var batch []*Conn
+	for i := range s.conns {
+		sh := &s.conns[i]
+		sh.mu.Lock()
+		batch = batch[:0]
+		for _, c := range sh.m {
+			batch = append(batch, c)
+		}
+		sh.mu.Unlock()
+		for _, c := range batch {
+			f(c)
+		}
+	}
+}
+
+// schedule hands c, which has data or a close pending and no drain, to the
+// pool. When all Workers are busy c waits on the backlog: a worker that
+// finishes takes it (runDrain), and the tick retries as a backstop. Its
+// queue stays bounded by WriteQueueBytes meanwhile, so saturation shows up
+// as latency and, for connections that fall too far behind, slow-consumer
+// closes — never as unbounded goroutines or memory, nor as a blocked Write.
+func (s *Server) schedule(c *Conn) { s.trySchedule(c) }
+
+// trySchedule reports false if c was parked on the backlog.
+func (s *Server) trySchedule(c *Conn) bool {
+	err := s.pool.Load().Invoke(c)
+	switch {
+	case err == nil:
+	case errors.Is(err, ants.ErrPoolOverload):
+		s.stats.deferred.Add(1)
+		s.backlog.Lock()
+		s.backlog.q = append(s.backlog.q, c)
+		s.backlog.Unlock()
+		return false
+	default: // pool released: only after Shutdown gave up on its connections
+		c.abort(fmt.Errorf("%w: %w", ErrShutdown, err))
+	}
+	return true
+}
+
+// runDrain is the pool's task: drain c, then any parked connections.
+func (s *Server) runDrain(c *Conn) {
+	for c != nil {
+		c.drain()
+		c = s.popBacklog()
+	}
+}
+
+func (s *Server) popBacklog() *Conn {
+	s.backlog.Lock()
+	defer s.backlog.Unlock()
+	if len(s.backlog.q) == 0 {
+		return nil
+	}
+	c := s.backlog.q[0]
+	s.backlog.q[0] = nil
+	s.backlog.q = s.backlog.q[1:]
+	if len(s.backlog.q) == 0 {
+		s.backlog.q = nil
+	}
+	return c
+}
+
+func (s *Server) retryBacklog() {
+	for {
+		c := s.popBacklog()
+		if c == nil || !s.trySchedule(c) {
+			return // empty, or still saturated: try again next tick
+		}
+	}
+}
+
+// Shutdown stops accepting, sends ERROR protocol.CodeServerShutdown to
+// every open connection and closes it (OnClose gets ErrShutdown), waits for
+// the flushes, then stops the event loop, the tick goroutine and the drain
+// pool. When ctx ends first, the remaining connections are dropped without
+// their flush and Shutdown returns ctx's error after waiting at most
+// WriteTimeout more for its goroutines. Later calls wait for the first.
+func (s *Server) Shutdown(ctx context.Context) error {
+	if !s.shutdown.CompareAndSwap(false, true) {
+		select {
+		case <-s.done:
+			return nil
+		case <-ctx.Done():
+			return fmt.Errorf("gateway: shutdown: %w", ctx.Err())
+		}
+	}
+	defer close(s.done)
+	s.mu.Lock()
+	started, evl := s.mu.started, s.mu.evl
+	s.mu.Unlock()
+	if !started {
+		return nil
+	}
+	s.log.Info("gateway shutting down", "open", s.Len())
+
+	// Every conn gets its own copy: Write and Close pass ownership.
+	msg := protocol.ErrorFrame(0, protocol.CodeServerShutdown, "server shutting down")
+	s.forEachConn(func(c *Conn) { c.Close(append([]byte(nil), msg...), ErrShutdown) })
+
+	var errs []error
+	for s.open.Load() > 0 && ctx.Err() == nil {
+		select {
+		case <-s.drained:
+		case <-ctx.Done():
+		}
+	}
+	grace := ctx
+	if ctx.Err() != nil {
+		errs = append(errs, fmt.Errorf("gateway: shutdown: %w", ctx.Err()))
+		s.log.Warn("gateway shutdown timed out; dropping connections", "open", s.Len())
+		s.forEachConn(func(c *Conn) { c.abort(ErrShutdown) })
+		var cancel context.CancelFunc
+		grace, cancel = context.WithTimeout(context.Background(), s.cfg.WriteTimeout)
+		defer cancel()
+		for s.open.Load() > 0 && grace.Err() == nil {
+			select {
+			case <-s.drained:
+			case <-grace.Done():
+			}
+		}
+	}
+	// Connections are gone; this closes the listener and returns Serve.
+	if err := s.stopEventLoop(grace, evl); err != nil {
+		errs = append(errs, fmt.Errorf("gateway: event loop shutdown: %w", err))
+	}
+	close(s.quit)
+	s.wg.Wait()
+	if err := s.pool.Load().ReleaseContext(grace); err != nil {
+		errs = append(errs, fmt.Errorf("gateway: drain pool: %w", err))
+	}
+	return errors.Join(errs...)
+}
+
+// stopEventLoop shuts evl down and waits for Serve to return. netpoll's
+// Shutdown is a silent no-op if Serve has not yet registered its listener
+// (Serve runs on its own goroutine, so a Shutdown right after Start can
+// beat it), hence the retry until Serve is seen returning.
+func (s *Server) stopEventLoop(ctx context.Context, evl netpoll.EventLoop) error {
+	retry := time.NewTicker(5 * time.Millisecond)
+	defer retry.Stop()
+	var err error
+	for {
+		// Even with ctx done, Shutdown signals Serve to quit before it waits
+		// on connections (none are left by now), so this loop ends as soon
+		// as Serve has registered.
+		if e := evl.Shutdown(ctx); e != nil {
+			err = e
+		}
+		select {
+		case <-s.serveDone:
+			return err
+		case <-retry.C:
+		}
+	}
+}
+
+// antsLogger routes ants' messages (panics in drains) to slog.
+type antsLogger struct{ log *slog.Logger }
+
+func (l antsLogger) Printf(format string, args ...any) {
+	l.log.Error("ants: " + fmt.Sprintf(format, args...))
+}
