@@ -1,0 +1,360 @@
+package job
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/panjf2000/ants/v2"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/msync/msync/pkg/api"
+	"github.com/msync/msync/pkg/api/pb"
+	"github.com/msync/msync/pkg/directory"
+	"github.com/msync/msync/pkg/oplog"
+	"github.com/msync/msync/pkg/queue"
+)
+
+// Config configures a Job. Dependencies are required; other zero values take
+// the defaults noted per field.
+type Config struct {
+	// Consumer is the push stream. Job calls its Consume in Start and its
+	// Shutdown in Shutdown. Required.
+	Consumer queue.Consumer
+	// Directory resolves users and devices to sessions. Required.
+	Directory directory.Directory
+	// Comets resolves comet ids to push clients. Required.
+	Comets api.Comets
+	// Workers bounds concurrent comet calls (Push, Kick) across all batches.
+	// Zero means 256.
+	Workers int
+	// PushTimeout bounds one comet call. Zero means 5s.
+	PushTimeout time.Duration
+	// Logger receives logs. Nil discards.
+	Logger *slog.Logger
+	// Registerer registers the metrics. Nil means a private registry.
+	Registerer prometheus.Registerer
+}
+
+func (c *Config) setDefaults() {
+	if c.Workers == 0 {
+		c.Workers = 256
+	}
+	if c.PushTimeout == 0 {
+		c.PushTimeout = 5 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Registerer == nil {
+		c.Registerer = prometheus.NewRegistry()
+	}
+}
+
+func (c *Config) validate() error {
+	var errs []error
+	if c.Consumer == nil {
+		errs = append(errs, errors.New("Consumer is required"))
+	}
+	if c.Directory == nil {
+		errs = append(errs, errors.New("Directory is required"))
+	}
+	if c.Comets == nil {
+		errs = append(errs, errors.New("Comets is required"))
+	}
+	if c.Workers < 0 {
+		errs = append(errs, fmt.Errorf("Workers %d: want > 0", c.Workers))
+	}
+	if c.PushTimeout < 0 {
+		errs = append(errs, fmt.Errorf("PushTimeout %v: want > 0", c.PushTimeout))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalidConfig, err)
+	}
+	return nil
+}
+
+// Job is the job tier.
+type Job struct {
+	cfg Config
+	log *slog.Logger
+	m   *metrics
+
+	mu struct {
+		sync.Mutex
+		started bool
+		closed  bool
+		// pool is created by Start (it runs goroutines) and released by Shutdown.
+		pool *ants.Pool
+	}
+}
+
+// New validates cfg and builds a Job; it starts nothing.
+func New(cfg Config) (*Job, error) {
+	cfg.setDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	m, err := newMetrics(cfg.Registerer)
+	if err != nil {
+		return nil, err
+	}
+	return &Job{cfg: cfg, log: cfg.Logger, m: m}, nil
+}
+
+// antsLogger routes the pool's own log lines to slog.
+type antsLogger struct{ log *slog.Logger }
+
+func (a antsLogger) Printf(format string, args ...any) {
+	a.log.Warn("ants pool", "msg", fmt.Sprintf(format, args...))
+}
+
+// Start creates the worker pool and starts consuming.
+func (j *Job) Start() error {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	switch {
+	case j.mu.closed:
+		return ErrClosed
+	case j.mu.started:
+		return ErrStarted
+	}
+	pool, err := ants.NewPool(j.cfg.Workers,
+		ants.WithLogger(antsLogger{j.log}),
+		ants.WithPanicHandler(func(p any) {
+			j.m.panics.Inc()
+			j.log.Error("comet call panicked", "panic", fmt.Sprint(p))
+		}))
+	if err != nil {
+		return fmt.Errorf("job: worker pool: %w", err)
+	}
+	j.mu.pool = pool
+	j.mu.started = true // before Consume: handlers read the pool
+	if err := j.cfg.Consumer.Consume(j.handle); err != nil {
+		j.mu.started, j.mu.pool = false, nil
+		pool.Release()
+		return fmt.Errorf("job: consume: %w", err)
+	}
+	return nil
+}
+
+func (j *Job) pool() *ants.Pool {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return j.mu.pool
+}
+
+// Shutdown stops consuming (waiting for in-flight batches, so their pushes
+// finish) and releases the worker pool, bounded by ctx. Safe to call more
+// than once.
+func (j *Job) Shutdown(ctx context.Context) error {
+	j.mu.Lock()
+	started := j.mu.started
+	j.mu.closed = true
+	pool := j.mu.pool
+	j.mu.Unlock()
+	if !started {
+		return nil
+	}
+	var errs []error
+	if err := j.cfg.Consumer.Shutdown(ctx); err != nil {
+		errs = append(errs, fmt.Errorf("job: consumer shutdown: %w", err))
+	}
+	// ReleaseContext reports ErrPoolClosed on repeat calls, which then
+	// return at once: the first call did the waiting.
+	if err := pool.ReleaseContext(ctx); err != nil && !errors.Is(err, ants.ErrPoolClosed) {
+		errs = append(errs, fmt.Errorf("job: worker pool: %w", err))
+	}
+	return errors.Join(errs...)
+}
+
+type kickKey struct {
+	comet  string
+	code   uint32
+	reason string
+}
+
+// batch is what one consumed batch turns into.
+type batch struct {
+	pushOrder []string // comets in first-seen order (deterministic logs/tests)
+	pushes    map[string]*pb.PushReq
+	kickOrder []kickKey
+	kicks     map[kickKey]*pb.KickReq
+	// per-batch directory lookups: one per owner, however many oplogs
+	users   map[string][]directory.Session
+	devices map[string][]directory.Session
+}
+
+// handle is the queue handler. It always returns nil: see the package doc.
+func (j *Job) handle(ctx context.Context, msgs []queue.Message) error {
+	b := &batch{pushes: map[string]*pb.PushReq{}, kicks: map[kickKey]*pb.KickReq{},
+		users: map[string][]directory.Session{}, devices: map[string][]directory.Session{}}
+	for _, msg := range msgs {
+		var qm pb.QueueMsg
+		if err := proto.Unmarshal(msg.Value, &qm); err != nil {
+			j.bad("undecodable queue message", "key", msg.Key, "bytes", len(msg.Value), "err", err)
+			continue
+		}
+		switch body := qm.Body.(type) {
+		case *pb.QueueMsg_Oplog:
+			j.routeOplog(ctx, b, body.Oplog)
+		case *pb.QueueMsg_Kick:
+			j.routeKick(b, body.Kick)
+		default:
+			j.bad("queue message without a body", "key", msg.Key)
+		}
+	}
+	j.dispatch(ctx, b)
+	return nil
+}
+
+func (j *Job) bad(msg string, args ...any) {
+	j.m.bad.Inc()
+	j.log.Warn(msg, args...)
+}
+
+func (j *Job) routeOplog(ctx context.Context, b *batch, op *oplog.Oplog) {
+	if op == nil || op.Id == 0 {
+		j.bad("oplog queue message without an oplog or id")
+		return
+	}
+	j.m.messages.WithLabelValues("oplog").Inc()
+	_, kind, owner, err := oplog.ParseChannel(op.Channel)
+	if err != nil {
+		j.bad("oplog with a bad channel", "channel", op.Channel, "id", op.Id, "err", err)
+		return
+	}
+	var sessions []directory.Session
+	switch kind {
+	case oplog.KindUser:
+		s, ok := b.users[owner]
+		if !ok {
+			s, err = j.cfg.Directory.ByUser(ctx, owner)
+			b.users[owner] = s
+		}
+		sessions = s
+	case oplog.KindDevice:
+		s, ok := b.devices[owner]
+		if !ok {
+			var one directory.Session
+			one, err = j.cfg.Directory.ByDevice(ctx, owner)
+			if err == nil {
+				s = []directory.Session{one}
+			} else if errors.Is(err, directory.ErrNotFound) {
+				err = nil // offline: it syncs on connect
+			}
+			b.devices[owner] = s
+		}
+		sessions = s
+	default:
+		// Global channels need a fan-out to every matching session: issue 3.
+		j.m.skipped.WithLabelValues("global").Inc()
+		j.log.Debug("skipping global channel oplog: not routed yet", "channel", op.Channel, "id", op.Id)
+		return
+	}
+	if err != nil {
+		j.m.directoryErrors.Inc()
+		j.log.Warn("directory lookup failed; devices will catch up by sync", "channel", op.Channel, "id", op.Id, "err", err)
+		return
+	}
+	// Group this oplog's sessions per comet; one item per comet keeps each
+	// comet's items in the batch's order.
+	var comets []string
+	keys := make(map[string][]string, len(sessions))
+	for _, s := range sessions {
+		if _, ok := keys[s.Comet]; !ok {
+			comets = append(comets, s.Comet)
+		}
+		keys[s.Comet] = append(keys[s.Comet], s.Key)
+	}
+	for _, comet := range comets {
+		req := b.pushes[comet]
+		if req == nil {
+			req = &pb.PushReq{}
+			b.pushes[comet] = req
+			b.pushOrder = append(b.pushOrder, comet)
+		}
+		req.Items = append(req.Items, &pb.PushItem{Keys: keys[comet], Oplog: op})
+	}
+}
+
+func (j *Job) routeKick(b *batch, k *pb.KickMsg) {
+	if k == nil || k.Comet == "" || k.Key == "" {
+		j.bad("kick queue message without comet or key")
+		return
+	}
+	j.m.messages.WithLabelValues("kick").Inc()
+	kk := kickKey{comet: k.Comet, code: k.Code, reason: k.Reason}
+	req := b.kicks[kk]
+	if req == nil {
+		req = &pb.KickReq{Code: k.Code, Reason: k.Reason}
+		b.kicks[kk] = req
+		b.kickOrder = append(b.kickOrder, kk)
+	}
+	req.Keys = append(req.Keys, k.Key)
+}
+
+// dispatch sends every comet call of the batch on the pool and waits for
+// all of them, so the next batch of this partition cannot overtake them.
+func (j *Job) dispatch(ctx context.Context, b *batch) {
+	pool := j.pool()
+	var wg sync.WaitGroup
+	submit := func(what, comet string, call func(pb.CometClient)) {
+		c, ok := j.cfg.Comets.Comet(comet)
+		if !ok {
+			j.m.calls.WithLabelValues(what, "unknown_comet").Inc()
+			j.log.Warn("unknown comet; devices will catch up by sync", "op", what, "comet", comet)
+			return
+		}
+		wg.Add(1)
+		if err := pool.Submit(func() { defer wg.Done(); call(c) }); err != nil {
+			wg.Done()
+			j.m.calls.WithLabelValues(what, "not_submitted").Inc()
+			j.log.Warn("comet call not submitted", "op", what, "comet", comet, "err", err)
+		}
+	}
+	for _, comet := range b.pushOrder {
+		req := b.pushes[comet]
+		submit("push", comet, func(c pb.CometClient) { j.push(ctx, comet, c, req) })
+	}
+	for _, kk := range b.kickOrder {
+		req := b.kicks[kk]
+		submit("kick", kk.comet, func(c pb.CometClient) { j.kickComet(ctx, kk.comet, c, req) })
+	}
+	wg.Wait()
+}
+
+func (j *Job) push(ctx context.Context, comet string, c pb.CometClient, req *pb.PushReq) {
+	ctx, cancel := context.WithTimeout(ctx, j.cfg.PushTimeout)
+	defer cancel()
+	began := time.Now()
+	reply, err := c.Push(ctx, req)
+	j.m.pushSecs.Observe(time.Since(began).Seconds())
+	pairs := 0
+	for _, it := range req.Items {
+		pairs += len(it.Keys)
+	}
+	if err != nil {
+		j.m.calls.WithLabelValues("push", "error").Inc()
+		j.log.Warn("push to comet failed; devices will catch up by sync", "comet", comet, "items", len(req.Items), "err", err)
+		return
+	}
+	j.m.calls.WithLabelValues("push", "ok").Inc()
+	j.m.pushed.Add(float64(pairs))
+	j.m.delivered.Add(float64(reply.GetDelivered()))
+}
+
+func (j *Job) kickComet(ctx context.Context, comet string, c pb.CometClient, req *pb.KickReq) {
+	ctx, cancel := context.WithTimeout(ctx, j.cfg.PushTimeout)
+	defer cancel()
+	if _, err := c.Kick(ctx, req); err != nil {
+		j.m.calls.WithLabelValues("kick", "error").Inc()
+		j.log.Warn("kick on comet failed", "comet", comet, "keys", len(req.Keys), "err", err)
+		return
+	}
+	j.m.calls.WithLabelValues("kick", "ok").Inc()
+}

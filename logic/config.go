@@ -1,0 +1,149 @@
+package logic
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/msync/msync/pkg/auth"
+	"github.com/msync/msync/pkg/biz"
+	"github.com/msync/msync/pkg/directory"
+	"github.com/msync/msync/pkg/queue"
+	"github.com/msync/msync/pkg/store"
+)
+
+// Config configures a Logic. Dependencies are required; other zero values
+// take the defaults noted per field.
+type Config struct {
+	// HTTPAddr is the business API listen address. Zero means ":3111"; port 0
+	// picks a free port (see HTTPAddr after Start).
+	HTTPAddr string
+	// Store keeps oplogs and sync points. Required.
+	Store store.Store
+	// Queue receives push messages for job. Required.
+	Queue queue.Producer
+	// Directory is the online directory sessions are registered in. Required.
+	Directory directory.Directory
+	// Bizs is the set of configured bizs. Required.
+	Bizs *biz.Registry
+	// Tokens verifies device tokens on Connect. Required.
+	Tokens *auth.Tokens
+	// APIKeys checks business API keys. Required.
+	APIKeys *auth.APIKeys
+
+	// HeartbeatInterval is returned to comets in ConnectReply. Zero means 0,
+	// i.e. "use the comet's default".
+	HeartbeatInterval time.Duration
+	// PageLimit is the most oplogs scanned per channel per Sync page; a
+	// comet's smaller limit is honoured, a larger one capped. Zero means 200.
+	PageLimit int
+	// MaxPageBytes ends a Sync page once its payloads reach this many bytes
+	// (a page still carries at least one oplog). Zero means 256 KiB.
+	MaxPageBytes int
+	// MaxBatch is the most items in one POST /v1/sync/batch. Zero means 500.
+	MaxBatch int
+	// MaxBodyBytes bounds an HTTP request body. Zero means 4 MiB.
+	MaxBodyBytes int64
+	// AppendTimeout bounds each store call made for a request (append, read,
+	// sync points). Zero means 5s.
+	AppendTimeout time.Duration
+	// QueueTimeout bounds producing the push messages of one publish; on
+	// timeout the publish still succeeds (see the package doc). Zero means 1s.
+	QueueTimeout time.Duration
+	// JanitorInterval is how often expired oplogs are deleted
+	// (Store.DeleteExpired). Zero means 1m; negative disables the janitor.
+	JanitorInterval time.Duration
+	// JanitorBatch is the limit passed to each DeleteExpired call; a run
+	// repeats calls until one deletes fewer. Zero means 1000.
+	JanitorBatch int
+	// Logger receives logs. Nil discards.
+	Logger *slog.Logger
+	// Registerer registers the metrics. Nil means a private registry (which
+	// then is also the Gatherer).
+	Registerer prometheus.Registerer
+	// Gatherer is served on /metrics. Nil means the Registerer if it is a
+	// Gatherer (a *prometheus.Registry is), else the private registry.
+	Gatherer prometheus.Gatherer
+	// Now is the clock used for validity and filters. Nil means time.Now.
+	Now func() time.Time
+}
+
+func (c *Config) setDefaults() {
+	if c.HTTPAddr == "" {
+		c.HTTPAddr = ":3111"
+	}
+	if c.MaxPageBytes == 0 {
+		c.MaxPageBytes = 256 << 10
+	}
+	if c.PageLimit == 0 {
+		c.PageLimit = 200
+	}
+	if c.MaxBatch == 0 {
+		c.MaxBatch = 500
+	}
+	if c.MaxBodyBytes == 0 {
+		c.MaxBodyBytes = 4 << 20
+	}
+	if c.AppendTimeout == 0 {
+		c.AppendTimeout = 5 * time.Second
+	}
+	if c.QueueTimeout == 0 {
+		c.QueueTimeout = time.Second
+	}
+	if c.JanitorInterval == 0 {
+		c.JanitorInterval = time.Minute
+	}
+	if c.JanitorBatch == 0 {
+		c.JanitorBatch = 1000
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+}
+
+// validate lists every problem at once.
+func (c *Config) validate() error {
+	var errs []error
+	for _, dep := range []struct {
+		name string
+		nil  bool
+	}{
+		{"Store", c.Store == nil}, {"Queue", c.Queue == nil}, {"Directory", c.Directory == nil},
+		{"Bizs", c.Bizs == nil}, {"Tokens", c.Tokens == nil}, {"APIKeys", c.APIKeys == nil},
+	} {
+		if dep.nil {
+			errs = append(errs, fmt.Errorf("%s is required", dep.name))
+		}
+	}
+	if c.HeartbeatInterval < 0 {
+		errs = append(errs, fmt.Errorf("HeartbeatInterval %v: want >= 0", c.HeartbeatInterval))
+	}
+	if c.MaxPageBytes < 0 {
+		errs = append(errs, fmt.Errorf("MaxPageBytes %d: want > 0", c.MaxPageBytes))
+	}
+	if c.PageLimit < 0 {
+		errs = append(errs, fmt.Errorf("PageLimit %d: want > 0", c.PageLimit))
+	}
+	if c.MaxBatch < 0 {
+		errs = append(errs, fmt.Errorf("MaxBatch %d: want > 0", c.MaxBatch))
+	}
+	if c.MaxBodyBytes < 0 {
+		errs = append(errs, fmt.Errorf("MaxBodyBytes %d: want > 0", c.MaxBodyBytes))
+	}
+	if c.AppendTimeout < 0 || c.QueueTimeout < 0 {
+		errs = append(errs, fmt.Errorf("AppendTimeout %v, QueueTimeout %v: want > 0", c.AppendTimeout, c.QueueTimeout))
+	}
+	if c.JanitorBatch < 0 {
+		errs = append(errs, fmt.Errorf("JanitorBatch %d: want > 0", c.JanitorBatch))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalidConfig, err)
+	}
+	return nil
+}

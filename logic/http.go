@@ -1,0 +1,368 @@
+package logic
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/msync/msync/pkg/biz"
+	"github.com/msync/msync/pkg/oplog"
+)
+
+// Error codes in HTTP error bodies: {"error": {"code": ..., "message": ...}}.
+const (
+	CodeBadRequest       = "bad_request"
+	CodeUnauthorized     = "unauthorized"
+	CodeForbidden        = "forbidden"
+	CodeNotFound         = "not_found"
+	CodeUnknownBiz       = "unknown_biz"
+	CodeMethodNotAllowed = "method_not_allowed"
+	CodePayloadTooLarge  = "payload_too_large"
+	CodeNotSupported     = "not_supported"
+	CodeUnavailable      = "unavailable"
+	CodeInternal         = "internal"
+)
+
+// apiError is an error a business caller sees, with its HTTP status.
+type apiError struct {
+	Status  int    `json:"-"`
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+func (e *apiError) Error() string { return e.Code + ": " + e.Message }
+
+func errorf(status int, code, format string, args ...any) *apiError {
+	return &apiError{Status: status, Code: code, Message: fmt.Sprintf(format, args...)}
+}
+
+func badRequest(format string, args ...any) *apiError {
+	return errorf(http.StatusBadRequest, CodeBadRequest, format, args...)
+}
+
+type errorBody struct {
+	Error *apiError `json:"error"`
+}
+
+func (l *Logic) routes() http.Handler {
+	mux := http.NewServeMux()
+	route := func(pattern, name string, h http.HandlerFunc) {
+		mux.Handle(pattern, l.instrument(name, h))
+	}
+	route("POST /v1/sync", "sync", l.handlePublish)
+	route("POST /v1/sync/batch", "sync_batch", l.handleBatch)
+	route("GET /v1/devices/{device}/sync", "device_sync", l.handleDeviceSync)
+	route("GET /v1/bizs", "bizs", l.handleBizs)
+	route("GET /healthz", "healthz", l.handleHealthz)
+	mux.Handle("GET /metrics", l.instrument("metrics",
+		promhttp.HandlerFor(l.gather, promhttp.HandlerOpts{ErrorLog: slogPrinter{l}}).ServeHTTP))
+	// Method-less patterns catch the other methods of known paths (the
+	// method-qualified ones above are more specific), so they get a JSON 405
+	// instead of the mux's plain-text one.
+	for path, allow := range map[string]string{
+		"/v1/sync": "POST", "/v1/sync/batch": "POST", "/v1/devices/{device}/sync": "GET",
+		"/v1/bizs": "GET", "/healthz": "GET", "/metrics": "GET",
+	} {
+		route(path, "other", func(w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("Allow", allow)
+			writeError(w, errorf(http.StatusMethodNotAllowed, CodeMethodNotAllowed, "use %s", allow))
+		})
+	}
+	route("/", "other", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, errorf(http.StatusNotFound, CodeNotFound, "no route for %s %s", r.Method, r.URL.Path))
+	})
+	return mux
+}
+
+type slogPrinter struct{ l *Logic }
+
+func (p slogPrinter) Println(v ...any) { p.l.log.Warn("metrics handler", "err", fmt.Sprint(v...)) }
+
+// statusWriter records the status code for the request metric.
+type statusWriter struct {
+	http.ResponseWriter
+	code int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.code == 0 {
+		w.code = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(b []byte) (int, error) {
+	if w.code == 0 {
+		w.code = http.StatusOK
+	}
+	return w.ResponseWriter.Write(b)
+}
+
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// instrument counts requests by route name (a fixed set, so the label's
+// cardinality is bounded whatever paths clients send).
+func (l *Logic) instrument(name string, h http.HandlerFunc) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		sw := &statusWriter{ResponseWriter: w}
+		h(sw, r)
+		if sw.code == 0 {
+			sw.code = http.StatusOK
+		}
+		l.m.httpRequests.WithLabelValues(name, strconv.Itoa(sw.code)).Inc()
+	})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	// The client may be gone; there is nobody to tell about a write error.
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func writeError(w http.ResponseWriter, e *apiError) {
+	if e.Status == http.StatusUnauthorized {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="msync"`)
+	}
+	writeJSON(w, e.Status, errorBody{Error: e})
+}
+
+// apiKey returns the bearer key after checking it exists (any biz).
+func (l *Logic) apiKey(r *http.Request) (string, *apiError) {
+	h := r.Header.Get("Authorization")
+	scheme, key, ok := strings.Cut(h, " ")
+	if h == "" || !ok || !strings.EqualFold(scheme, "Bearer") || strings.TrimSpace(key) == "" {
+		return "", errorf(http.StatusUnauthorized, CodeUnauthorized, "missing API key: send Authorization: Bearer <key>")
+	}
+	key = strings.TrimSpace(key)
+	if err := l.cfg.APIKeys.Check(key, ""); err != nil {
+		return "", errorf(http.StatusUnauthorized, CodeUnauthorized, "unknown API key")
+	}
+	return key, nil
+}
+
+// decodeStrict decodes exactly one JSON value into v, rejecting unknown
+// fields and trailing data.
+func decodeStrict(r io.Reader, v any) *apiError {
+	dec := json.NewDecoder(r)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return decodeError(err)
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return decodeError(err)
+		}
+		return badRequest("bad JSON: trailing data after the object")
+	}
+	return nil
+}
+
+func decodeError(err error) *apiError {
+	var mbe *http.MaxBytesError
+	if errors.As(err, &mbe) {
+		return errorf(http.StatusRequestEntityTooLarge, CodePayloadTooLarge, "request body over %d bytes", mbe.Limit)
+	}
+	if errors.Is(err, io.EOF) {
+		return badRequest("bad JSON: empty body")
+	}
+	return badRequest("bad JSON: %v", err)
+}
+
+// publishResult is one published item; always with all three fields.
+type publishResult struct {
+	ID        uint64 `json:"id"`
+	Channel   string `json:"channel"`
+	Duplicate bool   `json:"duplicate"`
+}
+
+func (l *Logic) handlePublish(w http.ResponseWriter, r *http.Request) {
+	key, aerr := l.apiKey(r)
+	if aerr != nil {
+		writeError(w, aerr)
+		return
+	}
+	var req publishReq
+	if aerr := decodeStrict(http.MaxBytesReader(w, r.Body, l.cfg.MaxBodyBytes), &req); aerr != nil {
+		writeError(w, aerr)
+		return
+	}
+	op, aerr := l.prepare(key, &req, l.cfg.Now())
+	if aerr != nil {
+		writeError(w, aerr)
+		return
+	}
+	results, aerr := l.publish(r.Context(), []*oplog.Oplog{op})
+	if aerr != nil {
+		writeError(w, aerr)
+		return
+	}
+	writeJSON(w, http.StatusOK, publishResult{ID: results[0].ID, Channel: op.Channel, Duplicate: results[0].Duplicate})
+}
+
+type batchReq struct {
+	Items []json.RawMessage `json:"items"`
+}
+
+func (l *Logic) handleBatch(w http.ResponseWriter, r *http.Request) {
+	key, aerr := l.apiKey(r)
+	if aerr != nil {
+		writeError(w, aerr)
+		return
+	}
+	var req batchReq
+	if aerr := decodeStrict(http.MaxBytesReader(w, r.Body, l.cfg.MaxBodyBytes), &req); aerr != nil {
+		writeError(w, aerr)
+		return
+	}
+	switch {
+	case len(req.Items) == 0:
+		writeError(w, badRequest("items: want 1 to %d items", l.cfg.MaxBatch))
+		return
+	case len(req.Items) > l.cfg.MaxBatch:
+		writeError(w, badRequest("items: %d items, over the limit of %d", len(req.Items), l.cfg.MaxBatch))
+		return
+	}
+	now := l.cfg.Now()
+	// Each result is a publishResult or an errorBody, in item order.
+	out := make([]any, len(req.Items))
+	ops := make([]*oplog.Oplog, 0, len(req.Items))
+	idx := make([]int, 0, len(req.Items)) // ops[i] answers out[idx[i]]
+	for i, raw := range req.Items {
+		var item publishReq
+		aerr := decodeStrict(bytes.NewReader(raw), &item)
+		var op *oplog.Oplog
+		if aerr == nil {
+			op, aerr = l.prepare(key, &item, now)
+		}
+		if aerr != nil {
+			out[i] = errorBody{Error: aerr}
+			continue
+		}
+		ops = append(ops, op)
+		idx = append(idx, i)
+	}
+	if len(ops) > 0 {
+		// One Append for every valid item: one group commit, and ids in
+		// item order within each channel.
+		results, aerr := l.publish(r.Context(), ops)
+		if aerr != nil {
+			writeError(w, aerr)
+			return
+		}
+		for i, res := range results {
+			out[idx[i]] = publishResult{ID: res.ID, Channel: ops[i].Channel, Duplicate: res.Duplicate}
+		}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"results": out})
+}
+
+type channelState struct {
+	Channel   string `json:"channel"`
+	SyncPoint uint64 `json:"sync_point"`
+	MaxID     uint64 `json:"max_id"`
+	Lag       uint64 `json:"lag"`
+}
+
+func (l *Logic) handleDeviceSync(w http.ResponseWriter, r *http.Request) {
+	if _, aerr := l.apiKey(r); aerr != nil {
+		writeError(w, aerr)
+		return
+	}
+	device := r.PathValue("device")
+	if err := oplog.ValidID("device", device); err != nil {
+		writeError(w, badRequest("%v", err))
+		return
+	}
+	ctx, cancel := l.storeCtx(r.Context())
+	defer cancel()
+	points, err := l.cfg.Store.SyncPoints(ctx, device)
+	if err != nil {
+		writeError(w, l.storeError("sync_points", err))
+		return
+	}
+	chans := make([]string, 0, len(points))
+	for ch := range points {
+		chans = append(chans, ch)
+	}
+	sort.Strings(chans)
+	out := make([]channelState, 0, len(chans))
+	for _, ch := range chans {
+		maxID, err := l.cfg.Store.MaxID(ctx, ch)
+		if err != nil {
+			writeError(w, l.storeError("max_id", err))
+			return
+		}
+		st := channelState{Channel: ch, SyncPoint: points[ch], MaxID: maxID}
+		if maxID > st.SyncPoint {
+			st.Lag = maxID - st.SyncPoint
+		}
+		out = append(out, st)
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"device": device, "channels": out})
+}
+
+type bizInfo struct {
+	Name        string `json:"name"`
+	Target      string `json:"target"`
+	Scope       string `json:"scope"`
+	MultiDevice bool   `json:"multi_device"`
+	Persistent  bool   `json:"persistent"`
+	TTL         string `json:"ttl"`
+	Backlog     string `json:"backlog"`
+	Consistency bool   `json:"consistency"`
+	MaxPayload  int    `json:"max_payload"`
+}
+
+func (l *Logic) handleBizs(w http.ResponseWriter, r *http.Request) {
+	if _, aerr := l.apiKey(r); aerr != nil {
+		writeError(w, aerr)
+		return
+	}
+	all := l.cfg.Bizs.All()
+	out := make([]bizInfo, 0, len(all))
+	for _, b := range all {
+		out = append(out, bizInfo{Name: b.Name, Target: b.Target, Scope: b.Scope, MultiDevice: b.MultiDevice,
+			Persistent: b.Persistent, TTL: formatDuration(b.TTL), Backlog: b.Backlog(), Consistency: b.Consistency,
+			MaxPayload: b.MaxPayload})
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"bizs": out})
+}
+
+// formatDuration renders whole days as "7d" (the config syntax), else Go's form.
+func formatDuration(d time.Duration) string {
+	const day = 24 * time.Hour
+	if d > 0 && d%day == 0 {
+		return strconv.FormatInt(int64(d/day), 10) + "d"
+	}
+	return d.String()
+}
+
+func (l *Logic) handleHealthz(w http.ResponseWriter, _ *http.Request) {
+	if l.shutting.Load() {
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "shutting_down"})
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+}
+
+// checkBizKey maps an API key's permission for b to an error.
+func (l *Logic) checkBizKey(key string, b *biz.Biz) *apiError {
+	// apiKey already established that the key exists, so any failure here
+	// is a key that is not allowed this biz.
+	if err := l.cfg.APIKeys.Check(key, b.Name); err != nil {
+		return errorf(http.StatusForbidden, CodeForbidden, "API key not allowed biz %q", b.Name)
+	}
+	return nil
+}

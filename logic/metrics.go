@@ -1,0 +1,60 @@
+package logic
+
+import (
+	"fmt"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+type metrics struct {
+	published     *prometheus.CounterVec // by biz
+	duplicates    *prometheus.CounterVec // by biz
+	publishSecs   prometheus.Histogram
+	storeErrors   *prometheus.CounterVec // by op
+	queueFailures prometheus.Counter
+	connects      *prometheus.CounterVec // by result
+	replaced      prometheus.Counter
+	syncs         prometheus.Counter
+	syncOplogs    prometheus.Counter
+	acks          prometheus.Counter
+	expired       prometheus.Counter
+	httpRequests  *prometheus.CounterVec // by route, code
+}
+
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	const ns, sub = "msync", "logic"
+	m := &metrics{
+		published: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
+			Name: "published_total", Help: "Oplogs durably stored by publish calls (duplicates excluded)."}, []string{"biz"}),
+		duplicates: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
+			Name: "duplicates_total", Help: "Publish items answered with an existing oplog (dedup key repeat)."}, []string{"biz"}),
+		publishSecs: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub,
+			Name: "publish_duration_seconds", Help: "Store append plus queue send of one publish or batch call.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}),
+		storeErrors: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
+			Name: "store_errors_total", Help: "Failed store calls, by operation."}, []string{"op"}),
+		queueFailures: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
+			Name: "queue_send_failures_total", Help: "Queue sends that failed after the oplogs were stored (devices catch up by sync)."}),
+		connects: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
+			Name: "connects_total", Help: "Connect calls, by result."}, []string{"result"}),
+		replaced: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
+			Name: "sessions_replaced_total", Help: "Connects that replaced (and kicked) a previous session of the device."}),
+		syncs: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
+			Name: "syncs_total", Help: "Sync calls served."}),
+		syncOplogs: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
+			Name: "sync_oplogs_total", Help: "Oplogs returned in sync pages."}),
+		acks: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
+			Name: "acks_total", Help: "Ack items stored as sync points."}),
+		expired: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
+			Name: "expired_deleted_total", Help: "Expired oplogs deleted by the janitor."}),
+		httpRequests: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
+			Name: "http_requests_total", Help: "HTTP requests, by route and status code."}, []string{"route", "code"}),
+	}
+	for _, c := range []prometheus.Collector{m.published, m.duplicates, m.publishSecs, m.storeErrors, m.queueFailures,
+		m.connects, m.replaced, m.syncs, m.syncOplogs, m.acks, m.expired, m.httpRequests} {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("logic: register metrics: %w", err)
+		}
+	}
+	return m, nil
+}
