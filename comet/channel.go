@@ -1,0 +1,120 @@
+package comet
+
+import (
+	wirepb "github.com/msync/msync/pkg/protocol/pb"
+)
+
+// chanState is where one channel of a session is in its sync cycle.
+//
+//	needSync --(batched Logic.Sync)--> fetching --page with progress--> awaitAck
+//	   ^                                   |                              |
+//	   |                                   +--no progress---------> live  |
+//	   +-- ACK>=upto and (more or pendingMax>sent) <----------------------+
+//	   +-- gap / queue overflow / SYNC_REQ          live <-- ACK>=upto, nothing pending
+//
+// fetching exists only inside one drain round (the Logic.Sync call runs in
+// the session's drain task), so events never observe it.
+type chanState uint8
+
+const (
+	chLive     chanState = iota // live pushes with id == sent+1 are written
+	chNeedSync                  // waits for the next batched Logic.Sync
+	chFetching                  // its cursor is in the Logic.Sync being made
+	chAwaitAck                  // a backlog page is written; waits for ACK >= inflight
+)
+
+func (s chanState) String() string {
+	switch s {
+	case chLive:
+		return "live"
+	case chNeedSync:
+		return "need_sync"
+	case chFetching:
+		return "fetching"
+	case chAwaitAck:
+		return "await_ack"
+	}
+	return "?"
+}
+
+// channel is the sync state of one channel of one session. It is owned by the
+// session's drain task.
+type channel struct {
+	biz, name string
+	st        chanState
+
+	// sent is the highest id covered for this device: written in a frame or
+	// skipped (filtered, expired). Backlog cursors start after it.
+	sent uint64
+	// told is the highest upto written in a frame since the last SYNC_REQ: the
+	// `after` of the next page, so the client sees the pages as contiguous
+	// even across skipped ids.
+	told uint64
+	// toldMax is the highest upto ever written (or the starting point): an ACK
+	// or SYNC_REQ beyond it is a client bug. Unlike told it never goes back, so
+	// an ACK racing a SYNC_REQ is not mistaken for one.
+	toldMax uint64
+	// acked is the highest id the client acknowledged (forwarded to logic).
+	acked uint64
+	// inflight is the upto of the backlog page awaiting ACK (chAwaitAck).
+	inflight uint64
+	// more: the inflight page said the backlog continues.
+	more bool
+	// pendingMax is the highest live id seen while the channel could not take
+	// it (syncing, or not yet valid); after the last backlog page is acked, a
+	// pendingMax above sent triggers another sync.
+	pendingMax uint64
+
+	// live is the live page being built in the current drain round (nil if
+	// none): consecutive live pushes of one round go out as one page.
+	live *wirepb.ChannelPage
+	// liveBytes is the payload size of live, bounded by maxLivePage.
+	liveBytes int
+}
+
+func newChannel(biz, name string, from uint64) *channel {
+	return &channel{biz: biz, name: name, st: chNeedSync, sent: from, told: from, toldMax: from, acked: from}
+}
+
+// syncing reports whether live pushes must be deferred to a backlog page.
+func (ch *channel) syncing() bool { return ch.st != chLive }
+
+func (ch *channel) raisePending(id uint64) {
+	if id > ch.pendingMax {
+		ch.pendingMax = id
+	}
+}
+
+// cover records that ids up to upto were written in a frame.
+func (ch *channel) cover(upto uint64) {
+	ch.sent, ch.told = upto, upto
+	if upto > ch.toldMax {
+		ch.toldMax = upto
+	}
+}
+
+// pageAcked moves a channel whose backlog page was acked on. It reports the
+// resync reason when the channel must sync again because of pushes that
+// arrived meanwhile ("" otherwise).
+func (ch *channel) pageAcked() (resync string) {
+	ch.inflight = 0
+	switch {
+	case ch.more:
+		ch.more = false
+		ch.st = chNeedSync
+	case ch.pendingMax > ch.sent:
+		ch.st = chNeedSync
+		return resyncPending
+	default:
+		ch.st = chLive
+	}
+	return ""
+}
+
+// resetTo restarts the channel's backlog after id (SYNC_REQ).
+func (ch *channel) resetTo(id uint64) {
+	ch.live = nil // its after no longer matches what the client holds
+	ch.sent, ch.told = id, id
+	ch.inflight, ch.more = 0, false
+	ch.st = chNeedSync
+}

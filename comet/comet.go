@@ -1,0 +1,445 @@
+package comet
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/panjf2000/ants/v2"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/msync/msync/pkg/api/pb"
+	"github.com/msync/msync/pkg/oplog"
+	"github.com/msync/msync/pkg/protocol"
+)
+
+const (
+	// renewBatch is the most sessions per Logic.Renew call.
+	renewBatch = 1024
+	// rescheduleDelay is how long the rescheduler waits before retrying drain
+	// tasks the pool refused because every worker was busy.
+	rescheduleDelay = time.Millisecond
+	// releaseTimeout bounds the wait for pool workers on Shutdown when ctx
+	// has no deadline.
+	releaseTimeout = 5 * time.Second
+)
+
+// Comet is one connection-tier server. See doc.go for what is goroutine-safe.
+type Comet struct {
+	pb.UnimplementedCometServer
+
+	cfg     Config
+	log     *slog.Logger
+	metrics *metrics
+	buckets []bucket
+	pool    *ants.PoolWithFuncGeneric[*session]
+	acks    ackBatcher
+	now     func() time.Time // tests move the clock for validity windows
+
+	// baseCtx parents every logic call; it is cancelled at the end of
+	// Shutdown, or early when Shutdown's ctx expires, to abort stuck calls.
+	baseCtx    context.Context
+	cancelBase context.CancelFunc
+	quit       chan struct{} // closed by Shutdown: stops owned goroutines
+	wg         sync.WaitGroup
+	closing    atomic.Bool
+	// live counts registered, unfinished sessions; drained is signalled when
+	// it drops to zero during Shutdown.
+	live    atomic.Int64
+	drained chan struct{}
+
+	starved struct {
+		sync.Mutex
+		list []*session // refused by a full pool; retried by the rescheduler
+	}
+	starvedKick chan struct{}
+
+	life struct {
+		sync.Mutex
+		started   bool
+		transport transport
+		shutdown  bool
+		done      chan struct{} // closed when the first Shutdown returns
+		err       error
+	}
+}
+
+// bucket is one shard of the session map.
+type bucket struct {
+	mu struct {
+		sync.Mutex
+		sessions map[string]*session
+	}
+}
+
+// New builds a Comet from cfg. It starts the comet's background goroutines
+// (ack flusher, renewer, pool) but no listener: Start does that. Call
+// Shutdown to stop them, also when Start was never called.
+func New(cfg Config) (*Comet, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	m, err := newMetrics(cfg.Registerer, cfg.ID)
+	if err != nil {
+		return nil, err
+	}
+	c := &Comet{
+		cfg:         cfg,
+		log:         cfg.Logger.With("comet", cfg.ID),
+		metrics:     m,
+		buckets:     make([]bucket, cfg.Buckets),
+		now:         time.Now,
+		quit:        make(chan struct{}),
+		starvedKick: make(chan struct{}, 1),
+		drained:     make(chan struct{}, 1),
+	}
+	for i := range c.buckets {
+		c.buckets[i].mu.sessions = make(map[string]*session)
+	}
+	c.acks.init()
+	c.life.done = make(chan struct{})
+	// Non-blocking: OnFrame and Push must never wait for a worker. A refused
+	// drain task goes to the rescheduler, so overload delays sessions instead
+	// of dropping their events.
+	c.pool, err = ants.NewPoolWithFuncGeneric(cfg.Workers, (*session).drain,
+		ants.WithNonblocking(true),
+		ants.WithPanicHandler(func(p any) { c.log.Error("pool task panic", "panic", p) }))
+	if err != nil {
+		return nil, fmt.Errorf("comet: pool: %w", err)
+	}
+	c.baseCtx, c.cancelBase = context.WithCancel(context.Background())
+	c.wg.Add(3)
+	go c.runAcks()
+	go c.runRenew()
+	go c.runRescheduler()
+	return c, nil
+}
+
+// ID returns the comet's id in the directory.
+func (c *Comet) ID() string { return c.cfg.ID }
+
+// Addr returns the listener's address once Start returned, else nil.
+func (c *Comet) Addr() net.Addr {
+	c.life.Lock()
+	defer c.life.Unlock()
+	if c.life.transport == nil {
+		return nil
+	}
+	return c.life.transport.Addr()
+}
+
+// ---- sessions ----
+
+// bucketFor shards by FNV-1a of the key, inlined: it runs for every pushed
+// (key, oplog) pair and hash/fnv would allocate.
+func (c *Comet) bucketFor(key string) *bucket {
+	h := uint32(2166136261)
+	for i := 0; i < len(key); i++ {
+		h ^= uint32(key[i])
+		h *= 16777619
+	}
+	return &c.buckets[h%uint32(len(c.buckets))]
+}
+
+// open registers a new connection and returns its session; the transport
+// routes the connection's frames and close to it.
+func (c *Comet) open(conn Conn) *session {
+	key := strconv.FormatUint(conn.ID(), 10)
+	s := newSession(c, conn, key)
+	c.live.Add(1)
+	b := c.bucketFor(key)
+	b.mu.Lock()
+	_, dup := b.mu.sessions[key]
+	if !dup {
+		b.mu.sessions[key] = s
+	}
+	b.mu.Unlock()
+	switch {
+	case dup:
+		// Two transports handing out the same id would misroute pushes.
+		c.log.Error("duplicate connection key", "conn", key)
+		conn.Close(protocol.ErrorFrame(0, protocol.CodeUnavailable, "duplicate connection key"), ErrBadConfig)
+	case c.closing.Load():
+		// Shutdown may have taken its snapshot before this registration.
+		conn.Close(protocol.ErrorFrame(0, protocol.CodeServerShutdown, "server shutting down"), ErrShutdown)
+	}
+	return s
+}
+
+func (c *Comet) lookup(key string) *session {
+	b := c.bucketFor(key)
+	b.mu.Lock()
+	s := b.mu.sessions[key]
+	b.mu.Unlock()
+	return s
+}
+
+func (c *Comet) removeSession(s *session) {
+	b := c.bucketFor(s.key)
+	b.mu.Lock()
+	if b.mu.sessions[s.key] == s {
+		delete(b.mu.sessions, s.key)
+	}
+	b.mu.Unlock()
+}
+
+func (c *Comet) sessionDone() {
+	if c.live.Add(-1) == 0 && c.closing.Load() {
+		select {
+		case c.drained <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// snapshot returns every registered session.
+func (c *Comet) snapshot() []*session {
+	var all []*session
+	for i := range c.buckets {
+		b := &c.buckets[i]
+		b.mu.Lock()
+		for _, s := range b.mu.sessions {
+			all = append(all, s)
+		}
+		b.mu.Unlock()
+	}
+	return all
+}
+
+// submit hands a scheduled session to the pool.
+func (c *Comet) submit(s *session) {
+	err := c.pool.Invoke(s)
+	if err == nil {
+		return
+	}
+	if errors.Is(err, ants.ErrPoolOverload) {
+		c.starved.Lock()
+		c.starved.list = append(c.starved.list, s)
+		c.starved.Unlock()
+		select {
+		case c.starvedKick <- struct{}{}:
+		default:
+		}
+		return
+	}
+	// ErrPoolClosed: Shutdown finished or gave up; the session is gone.
+	c.log.Warn("drain task refused", "conn", s.key, "err", err)
+}
+
+// runRescheduler retries drain tasks the pool refused. The list holds each
+// session at most once (its scheduled flag stays set), so it is bounded by
+// the number of sessions.
+func (c *Comet) runRescheduler() {
+	defer c.wg.Done()
+	t := time.NewTimer(0)
+	<-t.C
+	for {
+		select {
+		case <-c.quit:
+			return
+		case <-c.starvedKick:
+		}
+		for {
+			c.starved.Lock()
+			list := c.starved.list
+			c.starved.list = nil
+			c.starved.Unlock()
+			var refused []*session
+			for i, s := range list {
+				if err := c.pool.Invoke(s); err != nil {
+					if !errors.Is(err, ants.ErrPoolOverload) {
+						return // closed
+					}
+					refused = list[i:]
+					break
+				}
+			}
+			if len(refused) == 0 {
+				break
+			}
+			c.starved.Lock()
+			c.starved.list = append(refused, c.starved.list...)
+			c.starved.Unlock()
+			t.Reset(rescheduleDelay)
+			select {
+			case <-c.quit:
+				t.Stop()
+				return
+			case <-t.C:
+			}
+		}
+	}
+}
+
+func (c *Comet) callCtx() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(c.baseCtx, c.cfg.CallTimeout)
+}
+
+// runRenew keeps this comet's sessions alive in logic's directory.
+func (c *Comet) runRenew() {
+	defer c.wg.Done()
+	t := time.NewTicker(c.cfg.RenewInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.quit:
+			return
+		case <-t.C:
+			c.renew()
+		}
+	}
+}
+
+// renew sends one batched Logic.Renew per renewBatch authenticated sessions.
+func (c *Comet) renew() {
+	refs := make([]*pb.SessionRef, 0, renewBatch)
+	send := func() {
+		ctx, cancel := c.callCtx()
+		_, err := c.cfg.Logic.Renew(ctx, &pb.RenewReq{Comet: c.cfg.ID, Sessions: refs})
+		cancel()
+		if err != nil {
+			c.metrics.logicErrs.WithLabelValues("renew").Inc()
+			c.log.Warn("logic renew failed", "sessions", len(refs), "err", err)
+		}
+		refs = make([]*pb.SessionRef, 0, renewBatch)
+	}
+	for _, s := range c.snapshot() {
+		id := s.ident.Load()
+		if id == nil {
+			continue
+		}
+		refs = append(refs, &pb.SessionRef{Key: s.key, Device: id.device, User: id.user})
+		if len(refs) == renewBatch {
+			send()
+		}
+	}
+	if len(refs) > 0 {
+		send()
+	}
+}
+
+// ---- pb.CometServer ----
+
+var _ pb.CometServer = (*Comet)(nil)
+
+// Push delivers each item's oplog as a live push to the sessions with the
+// item's connection keys. Delivered counts the (key, oplog) pairs a session
+// took: queued, or folded into a resync of the channel when the session's
+// queue is full. Unknown keys, sessions not yet authenticated and channels
+// the session does not sync are not counted; the store still has the oplog
+// for their next sync. Push never blocks on a session.
+func (c *Comet) Push(_ context.Context, req *pb.PushReq) (*pb.PushReply, error) {
+	if c.closing.Load() {
+		return nil, ErrShutdown
+	}
+	var delivered uint32
+	for _, it := range req.GetItems() {
+		if it.GetOplog() == nil {
+			continue
+		}
+		var op *oplog.Oplog // cloned on first use: sessions keep it after Push returns
+		for _, key := range it.Keys {
+			s := c.lookup(key)
+			if s == nil {
+				continue
+			}
+			if op == nil {
+				op = proto.Clone(it.Oplog).(*oplog.Oplog)
+			}
+			if s.push(op) {
+				delivered++
+			}
+		}
+	}
+	return &pb.PushReply{Delivered: delivered}, nil
+}
+
+// Kick sends KICK{code, reason} to the sessions with req's keys and closes
+// them. Code zero means 1007 (kicked by the business, reconnect allowed).
+func (c *Comet) Kick(_ context.Context, req *pb.KickReq) (*pb.Empty, error) {
+	code := protocol.Code(req.GetCode())
+	if code == 0 {
+		code = protocol.CodeKicked
+	}
+	for _, key := range req.GetKeys() {
+		if s := c.lookup(key); s != nil {
+			s.kick(code, req.GetReason())
+		}
+	}
+	return &pb.Empty{}, nil
+}
+
+// ---- lifecycle ----
+
+// Shutdown sends ERROR 1000 to every session and closes it, stops the
+// listener, tells logic about each session (Logic.Disconnect), flushes acks
+// and stops every goroutine. It waits for all that until ctx is done; then it
+// aborts outstanding logic calls and returns ctx's error. It is idempotent:
+// later calls wait for the first and return its result.
+func (c *Comet) Shutdown(ctx context.Context) error {
+	c.life.Lock()
+	if c.life.shutdown {
+		c.life.Unlock()
+		select {
+		case <-c.life.done:
+			return c.life.err
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	c.life.shutdown = true
+	tr := c.life.transport
+	c.life.Unlock()
+
+	c.closing.Store(true)
+	for _, s := range c.snapshot() {
+		// A frame per connection: Close takes ownership of it.
+		c.metrics.framesOut[opSlot(protocol.OpError)].Inc()
+		s.conn.Close(protocol.ErrorFrame(0, protocol.CodeServerShutdown, "server shutting down"), ErrShutdown)
+	}
+	var errs []error
+	if tr != nil {
+		if err := tr.Shutdown(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("comet: transport shutdown: %w", err))
+		}
+	}
+
+	// Sessions finish once their onClose is handled (Logic.Disconnect).
+wait:
+	for c.live.Load() > 0 {
+		select {
+		case <-c.drained:
+		case <-ctx.Done():
+			errs = append(errs, fmt.Errorf("comet: waiting for %d sessions: %w", c.live.Load(), ctx.Err()))
+			c.cancelBase() // unblock drain tasks stuck in logic calls
+			break wait
+		}
+	}
+
+	close(c.quit) // the ack flusher flushes a last time before it returns
+	c.wg.Wait()
+	c.cancelBase()
+	timeout := releaseTimeout
+	if dl, ok := ctx.Deadline(); ok {
+		timeout = max(time.Until(dl), time.Millisecond)
+	}
+	if err := c.pool.ReleaseTimeout(timeout); err != nil {
+		errs = append(errs, fmt.Errorf("comet: releasing pool: %w", err))
+	}
+	err := errors.Join(errs...)
+	c.life.Lock()
+	c.life.err = err
+	c.life.Unlock()
+	close(c.life.done)
+	if err == nil {
+		c.log.Info("comet stopped")
+	}
+	return err
+}

@@ -1,0 +1,123 @@
+package comet
+
+import (
+	"fmt"
+	"io"
+	"log/slog"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/msync/msync/gateway"
+	"github.com/msync/msync/pkg/api/pb"
+)
+
+// Config configures a Comet. Each field's comment says what its zero value means.
+type Config struct {
+	// ID is this comet's id in the directory; zero "comet-1".
+	ID string
+	// Gateway holds the transport settings; zero Addr ":3101". A nil
+	// Gateway.Logger gets the comet's logger.
+	Gateway gateway.Config
+	// Logic is the logic client (api.LocalLogic in-process, gRPC in cluster
+	// mode). Required.
+	Logic pb.LogicClient
+	// Buckets is the number of session shards; zero 64.
+	Buckets int
+	// HeartbeatInterval is told to clients unless logic's
+	// ConnectReply.heartbeat_ms is set; zero 30s. A session is closed with
+	// ERROR 1002 after 3*interval+5s without any frame.
+	HeartbeatInterval time.Duration
+	// PageLimit is the number of oplogs per channel page; zero 200.
+	PageLimit uint32
+	// AckTimeout bounds how long a backlog page may stay unacked before
+	// ERROR 1003; zero 30s.
+	AckTimeout time.Duration
+	// RenewInterval is the period of the batched Logic.Renew of all sessions;
+	// zero 60s.
+	RenewInterval time.Duration
+	// CallTimeout bounds each logic call; zero 5s.
+	CallTimeout time.Duration
+	// Workers bounds the session task pool (ants); zero 4096.
+	Workers int
+	// Logger receives the comet's logs; nil discards them.
+	Logger *slog.Logger
+	// Registerer registers the comet's metrics; nil uses a private registry.
+	Registerer prometheus.Registerer
+}
+
+const (
+	defaultID                = "comet-1"
+	defaultAddr              = ":3101"
+	defaultBuckets           = 64
+	defaultHeartbeatInterval = 30 * time.Second
+	defaultPageLimit         = 200
+	defaultAckTimeout        = 30 * time.Second
+	defaultRenewInterval     = 60 * time.Second
+	defaultCallTimeout       = 5 * time.Second
+	defaultWorkers           = 4096
+
+	// maxBuckets and maxWorkers catch configuration typos (a byte count in
+	// the wrong field) before they allocate gigabytes.
+	maxBuckets = 1 << 16
+	maxWorkers = 1 << 20
+)
+
+// withDefaults returns a copy of cfg with zero fields defaulted, or an error
+// for values that cannot work.
+func (cfg Config) withDefaults() (Config, error) {
+	if cfg.Logic == nil {
+		return cfg, ErrNoLogic
+	}
+	if cfg.ID == "" {
+		cfg.ID = defaultID
+	}
+	if cfg.Gateway.Addr == "" {
+		cfg.Gateway.Addr = defaultAddr
+	}
+	if cfg.Buckets == 0 {
+		cfg.Buckets = defaultBuckets
+	}
+	if cfg.HeartbeatInterval == 0 {
+		cfg.HeartbeatInterval = defaultHeartbeatInterval
+	}
+	if cfg.PageLimit == 0 {
+		cfg.PageLimit = defaultPageLimit
+	}
+	if cfg.AckTimeout == 0 {
+		cfg.AckTimeout = defaultAckTimeout
+	}
+	if cfg.RenewInterval == 0 {
+		cfg.RenewInterval = defaultRenewInterval
+	}
+	if cfg.CallTimeout == 0 {
+		cfg.CallTimeout = defaultCallTimeout
+	}
+	if cfg.Workers == 0 {
+		cfg.Workers = defaultWorkers
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if cfg.Gateway.Logger == nil {
+		cfg.Gateway.Logger = cfg.Logger.With("component", "gateway")
+	}
+	if cfg.Registerer == nil {
+		cfg.Registerer = prometheus.NewRegistry()
+	}
+	switch {
+	case cfg.Buckets < 0 || cfg.Buckets > maxBuckets:
+		return cfg, fmt.Errorf("%w: Buckets %d: want 1-%d", ErrBadConfig, cfg.Buckets, maxBuckets)
+	case cfg.Workers < 0 || cfg.Workers > maxWorkers:
+		return cfg, fmt.Errorf("%w: Workers %d: want 1-%d", ErrBadConfig, cfg.Workers, maxWorkers)
+	case cfg.HeartbeatInterval < 0, cfg.AckTimeout < 0, cfg.RenewInterval < 0, cfg.CallTimeout < 0:
+		return cfg, fmt.Errorf("%w: durations must not be negative", ErrBadConfig)
+	case cfg.HeartbeatInterval/time.Millisecond > 1<<31:
+		return cfg, fmt.Errorf("%w: HeartbeatInterval %s too long", ErrBadConfig, cfg.HeartbeatInterval)
+	}
+	return cfg, nil
+}
+
+// heartbeatDeadline is how long a session may stay silent: 3 intervals plus
+// slack for a slow mobile network.
+func heartbeatDeadline(interval time.Duration) time.Duration { return 3*interval + 5*time.Second }

@@ -1,0 +1,27 @@
+package comet
+
+import "errors"
+
+var (
+	// ErrNoLogic is returned by New when Config.Logic is nil.
+	ErrNoLogic = errors.New("comet: config: Logic is required")
+	// ErrBadConfig wraps an invalid configuration value.
+	ErrBadConfig = errors.New("comet: bad config")
+	// ErrShutdown is returned by calls made after Shutdown began, and is the
+	// close reason of connections closed by Shutdown.
+	ErrShutdown = errors.New("comet: shut down")
+	// ErrStarted is returned by a second Start.
+	ErrStarted = errors.New("comet: already started")
+	// ErrKicked is the close reason of a session closed by Kick.
+	ErrKicked = errors.New("comet: session kicked")
+	// ErrProtocol is the close reason of a session that broke the protocol
+	// (op before AUTH, unknown op, bad body, ack beyond what was sent ...);
+	// the wire code travels in a *protocol.WireError wrapped with it.
+	ErrProtocol = errors.New("comet: protocol violation")
+	// ErrRejected is the close reason of a session logic refused (bad token,
+	// bad fields) or could not serve (logic unavailable).
+	ErrRejected = errors.New("comet: session rejected")
+	// ErrOverload is the close reason of a session whose client sent more
+	// frames than its queue holds while earlier ones were still processed.
+	ErrOverload = errors.New("comet: too many frames in flight")
+)

@@ -1,0 +1,721 @@
+package comet
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/msync/msync/pkg/api"
+	"github.com/msync/msync/pkg/api/pb"
+	"github.com/msync/msync/pkg/oplog"
+	"github.com/msync/msync/pkg/protocol"
+	wirepb "github.com/msync/msync/pkg/protocol/pb"
+)
+
+const (
+	// maxQueuedFrames bounds client frames waiting for the drain task. A
+	// well-behaved client has a handful in flight (AUTH, a heartbeat, one ACK
+	// per channel); more than this while logic is slow is a flood.
+	maxQueuedFrames = 256
+	// maxQueuedPushes bounds live pushes waiting for the drain task. Beyond it
+	// pushes are not queued but folded into a per-channel resync mark, so a
+	// stalled session costs at most this many oplogs of memory and loses none.
+	maxQueuedPushes = 1024
+	// maxRounds bounds how many queue batches one drain task handles before
+	// it yields its pool worker, so a busy session cannot pin a worker.
+	maxRounds = 16
+	// maxSyncFrame is a soft bound on one SYNC frame: merged pages beyond it
+	// go out in further frames, so a multi-channel backlog does not become one
+	// frame larger than the transport's write queue.
+	maxSyncFrame = 256 << 10
+	// maxLivePage bounds the payload bytes of one live page: consecutive live
+	// pushes of a round share a page until it reaches this size.
+	maxLivePage = 64 << 10
+)
+
+type eventKind uint8
+
+const (
+	evFrame eventKind = iota
+	evPush
+	evClose
+)
+
+// event is one input of a session, handled in arrival order.
+type event struct {
+	kind  eventKind
+	frame protocol.Frame // evFrame; the body is owned by the session
+	op    *oplog.Oplog   // evPush; shared read-only between sessions
+	err   error          // evClose
+}
+
+// identity is what other goroutines may read about an authenticated session.
+// It is immutable once published.
+type identity struct {
+	user, device string
+	channels     map[string]struct{}
+}
+
+// phase is a session's lifecycle, owned by the drain task.
+type phase uint8
+
+const (
+	phaseNew     phase = iota // waiting for AUTH
+	phaseAuthed               // syncing and live
+	phaseClosing              // ERROR/close sent; waits for the transport's onClose
+	phaseDone                 // finished: removed, logic told
+)
+
+// session is one connection. Other goroutines only touch mu, ident and
+// hbDeadline; everything else belongs to the drain task (at most one runs at a
+// time, guaranteed by mu.scheduled).
+type session struct {
+	c    *Comet
+	conn Conn
+	key  string
+
+	ident      atomic.Pointer[identity] // nil until AUTH succeeded
+	hbDeadline atomic.Int64             // liveness deadline in ns; 0 before AUTH
+
+	mu struct {
+		sync.Mutex
+		events    []event
+		frames    int               // evFrame entries in events
+		pushes    int               // evPush entries in events
+		overflow  map[string]uint64 // channel -> highest live id not queued
+		scheduled bool              // a drain task is submitted or running
+		closed    bool              // evClose queued: accept nothing more
+	}
+
+	// Drain-task state.
+	log        *slog.Logger
+	phase      phase
+	user       string
+	device     string
+	platform   string
+	appVersion string
+	heartbeat  time.Duration
+	channels   map[string]*channel
+	order      []*channel // AUTH_REPLY order, so batches are deterministic
+	liveRound  []*channel // channels with a live page in this round
+	ackArmed   bool
+	spare      []event
+}
+
+func newSession(c *Comet, conn Conn, key string) *session {
+	s := &session{c: c, conn: conn, key: key}
+	s.log = c.log.With("conn", key, "remote", conn.RemoteAddr())
+	return s
+}
+
+// ---- called by the transport and the push API (any goroutine) ----
+
+// onFrame queues a client frame. It never blocks: a client that has more than
+// maxQueuedFrames frames waiting is closed.
+func (s *session) onFrame(f protocol.Frame) {
+	if d := s.hbDeadline.Load(); d > 0 {
+		// Any frame proves liveness, not only HEARTBEAT.
+		s.conn.SetDeadline(time.Duration(d), protocol.CodeHeartbeatTimeout)
+	}
+	s.mu.Lock()
+	if s.mu.closed {
+		s.mu.Unlock()
+		return
+	}
+	if s.mu.frames >= maxQueuedFrames {
+		s.mu.Unlock()
+		s.c.metrics.errorCode(protocol.CodeUnavailable)
+		s.c.metrics.framesOut[opSlot(protocol.OpError)].Inc()
+		s.conn.Close(protocol.ErrorFrame(f.Seq, protocol.CodeUnavailable, "too many frames in flight"), ErrOverload)
+		return
+	}
+	s.mu.frames++
+	s.mu.events = append(s.mu.events, event{kind: evFrame, frame: f})
+	submit := s.scheduleLocked()
+	s.mu.Unlock()
+	if submit {
+		s.c.submit(s)
+	}
+}
+
+// onClose queues the end of the session; the transport calls it exactly once.
+func (s *session) onClose(err error) {
+	s.mu.Lock()
+	if s.mu.closed {
+		s.mu.Unlock()
+		return
+	}
+	s.mu.closed = true
+	s.mu.events = append(s.mu.events, event{kind: evClose, err: err})
+	submit := s.scheduleLocked()
+	s.mu.Unlock()
+	if submit {
+		s.c.submit(s)
+	}
+}
+
+// push queues a live oplog of one of the session's channels. It reports
+// whether the session took responsibility for it: queued, or (queue full)
+// folded into a resync of its channel, which re-reads it from the store.
+func (s *session) push(op *oplog.Oplog) bool {
+	id := s.ident.Load()
+	if id == nil {
+		// Not authenticated yet: the backlog read that follows AUTH starts
+		// after the push was stored, so it covers this oplog.
+		return false
+	}
+	if _, ok := id.channels[op.Channel]; !ok {
+		return false
+	}
+	s.mu.Lock()
+	if s.mu.closed {
+		s.mu.Unlock()
+		return false
+	}
+	if s.mu.pushes >= maxQueuedPushes {
+		if s.mu.overflow == nil {
+			s.mu.overflow = make(map[string]uint64)
+		}
+		if op.Id > s.mu.overflow[op.Channel] {
+			s.mu.overflow[op.Channel] = op.Id
+		}
+		s.c.metrics.pushResync.Inc()
+	} else {
+		s.mu.pushes++
+		s.mu.events = append(s.mu.events, event{kind: evPush, op: op})
+	}
+	submit := s.scheduleLocked()
+	s.mu.Unlock()
+	if submit {
+		s.c.submit(s)
+	}
+	return true
+}
+
+// kick sends KICK{code, reason} and closes.
+func (s *session) kick(code protocol.Code, reason string) {
+	s.c.metrics.kicks.Inc()
+	s.c.metrics.framesOut[opSlot(protocol.OpKick)].Inc()
+	s.conn.Close(protocol.KickFrame(code, reason), fmt.Errorf("%w: %w", ErrKicked, protocol.Errorf(code, "%s", reason)))
+}
+
+// scheduleLocked marks the session scheduled and reports whether the caller
+// must submit a drain task. REQUIRES: s.mu.
+func (s *session) scheduleLocked() bool {
+	if s.mu.scheduled {
+		return false
+	}
+	s.mu.scheduled = true
+	return true
+}
+
+// ---- the drain task ----
+
+// drain handles queued events in order until the queue is empty. It runs on
+// a pool worker; mu.scheduled guarantees one at a time per session.
+func (s *session) drain() {
+	defer func() {
+		if r := recover(); r != nil {
+			// A bug in the state machine must not wedge the session (scheduled
+			// would stay set): close it and let the close event finish it.
+			s.log.Error("session panic", "panic", r)
+			s.phase = max(s.phase, phaseClosing)
+			s.conn.Close(protocol.ErrorFrame(0, protocol.CodeUnavailable, "internal error"), fmt.Errorf("comet: panic: %v", r))
+			s.c.submit(s)
+		}
+	}()
+	for range maxRounds {
+		s.mu.Lock()
+		if len(s.mu.events) == 0 && len(s.mu.overflow) == 0 {
+			s.mu.scheduled = false
+			s.mu.Unlock()
+			return
+		}
+		evs, overflow := s.mu.events, s.mu.overflow
+		s.mu.events, s.mu.overflow, s.spare = s.spare, nil, nil
+		s.mu.frames, s.mu.pushes = 0, 0
+		s.mu.Unlock()
+
+		for i := range evs {
+			s.handle(&evs[i])
+			evs[i] = event{} // drop references for the GC
+		}
+		if cap(evs) <= 2*maxQueuedPushes {
+			s.spare = evs[:0]
+		}
+		for ch, id := range overflow {
+			s.resyncOverflow(ch, id)
+		}
+		if s.phase == phaseAuthed {
+			s.flushLive()
+			s.syncNeeded()
+			s.updateAckDeadline()
+		}
+	}
+	// Still busy: yield the worker and queue behind other sessions.
+	s.c.submit(s)
+}
+
+func (s *session) handle(ev *event) {
+	switch ev.kind {
+	case evClose:
+		s.finish(ev.err)
+	case evFrame:
+		if s.phase < phaseClosing {
+			s.handleFrame(ev.frame)
+		}
+	case evPush:
+		if s.phase == phaseAuthed {
+			s.handlePush(ev.op)
+		}
+	}
+}
+
+func (s *session) handleFrame(f protocol.Frame) {
+	s.c.metrics.framesIn[opSlot(f.Op)].Inc()
+	if s.log.Enabled(context.Background(), slog.LevelDebug) {
+		s.log.Debug("frame in", "op", f.Op, "seq", f.Seq, "bytes", len(f.Body))
+	}
+	if !f.Op.Known() {
+		s.fail(f.Seq, protocol.CodeUnknownOp, fmt.Sprintf("unknown op %d", uint32(f.Op)), ErrProtocol)
+		return
+	}
+	if s.phase == phaseNew && f.Op != protocol.OpAuth {
+		s.fail(f.Seq, protocol.CodeNotAuthed, fmt.Sprintf("%s before AUTH", f.Op), ErrProtocol)
+		return
+	}
+	switch f.Op {
+	case protocol.OpAuth:
+		if s.phase != phaseNew {
+			s.fail(f.Seq, protocol.CodeOutOfOrder, "second AUTH", ErrProtocol)
+			return
+		}
+		s.handleAuth(f)
+	case protocol.OpHeartbeat:
+		if err := protocol.Unmarshal(f, &wirepb.Heartbeat{}); err != nil {
+			s.fail(f.Seq, protocol.CodeBadFrame, err.Error(), ErrProtocol)
+			return
+		}
+		s.write(protocol.OpHeartbeatReply, f.Seq, &wirepb.HeartbeatReply{IntervalMs: uint32(s.heartbeat / time.Millisecond)})
+	case protocol.OpAck:
+		s.handleAck(f)
+	case protocol.OpSyncReq:
+		s.handleSyncReq(f)
+	case protocol.OpError:
+		// A client may say why it is leaving; it closes the connection itself.
+		var e wirepb.Error
+		if protocol.Unmarshal(f, &e) == nil {
+			s.log.Info("client error", "code", e.Code, "message", e.Message)
+		}
+	default:
+		// Server-to-client ops, and rooms, which this comet does not serve.
+		s.fail(f.Seq, protocol.CodeUnknownOp, fmt.Sprintf("op %s not accepted from clients", f.Op), ErrProtocol)
+	}
+}
+
+func (s *session) handleAuth(f protocol.Frame) {
+	var a wirepb.Auth
+	if err := protocol.Unmarshal(f, &a); err != nil {
+		s.fail(f.Seq, protocol.CodeBadFrame, err.Error(), ErrProtocol)
+		return
+	}
+	req := &pb.ConnectReq{
+		Comet: s.c.cfg.ID, Key: s.key, Token: a.Token, Device: a.Device, Platform: a.Platform,
+		AppVersion: a.AppVersion, Bizs: a.Bizs, RemoteAddr: s.conn.RemoteAddr(),
+	}
+	if len(a.Points) > 0 {
+		req.Points = make([]*pb.Point, len(a.Points))
+		for i, p := range a.Points {
+			req.Points[i] = &pb.Point{Channel: p.Channel, Id: p.Id}
+		}
+	}
+	ctx, cancel := s.c.callCtx()
+	reply, err := s.c.cfg.Logic.Connect(ctx, req)
+	cancel()
+	if err != nil {
+		s.c.metrics.logicErrs.WithLabelValues("connect").Inc()
+		code, msg := api.CodeOf(err)
+		s.log.Info("auth rejected", "device", a.Device, "code", code, "err", err)
+		s.fail(f.Seq, code, msg, ErrRejected)
+		if code == protocol.CodeUnavailable {
+			// A timed-out Connect may still have registered the session in
+			// logic's directory; withdraw it rather than wait for its TTL.
+			ctx, cancel := s.c.callCtx()
+			_, _ = s.c.cfg.Logic.Disconnect(ctx, &pb.DisconnectReq{Comet: s.c.cfg.ID, Key: s.key, Device: a.Device})
+			cancel()
+		}
+		return
+	}
+
+	s.user, s.device, s.platform, s.appVersion = reply.User, a.Device, a.Platform, a.AppVersion
+	s.heartbeat = s.c.cfg.HeartbeatInterval
+	if reply.HeartbeatMs > 0 {
+		s.heartbeat = time.Duration(reply.HeartbeatMs) * time.Millisecond
+	}
+	s.log = s.log.With("user", s.user, "device", s.device)
+	s.channels = make(map[string]*channel, len(reply.Channels))
+	names := make(map[string]struct{}, len(reply.Channels))
+	out := &wirepb.AuthReply{User: reply.User, Session: s.key, HeartbeatMs: uint32(s.heartbeat / time.Millisecond)}
+	for _, cs := range reply.Channels {
+		if _, dup := s.channels[cs.Channel]; dup {
+			continue
+		}
+		ch := newChannel(cs.Biz, cs.Channel, cs.From)
+		s.channels[cs.Channel] = ch
+		s.order = append(s.order, ch)
+		names[cs.Channel] = struct{}{}
+		out.Channels = append(out.Channels, &wirepb.ChannelInfo{Biz: cs.Biz, Channel: cs.Channel, From: cs.From})
+	}
+	for _, r := range reply.Rejected {
+		out.Rejected = append(out.Rejected, &wirepb.RejectedBiz{Biz: r.Biz, Reason: r.Reason})
+	}
+	s.phase = phaseAuthed
+	s.ident.Store(&identity{user: s.user, device: s.device, channels: names})
+	s.c.metrics.sessions.Inc()
+	d := heartbeatDeadline(s.heartbeat)
+	s.hbDeadline.Store(int64(d))
+	s.conn.SetDeadline(d, protocol.CodeHeartbeatTimeout)
+	s.write(protocol.OpAuthReply, f.Seq, out)
+	s.log.Info("session authenticated", "platform", s.platform, "app_version", s.appVersion,
+		"channels", len(s.order), "rejected", len(out.Rejected))
+	// Every channel starts in chNeedSync: the drain round ends with one
+	// Logic.Sync for all of them.
+}
+
+func (s *session) handleAck(f protocol.Frame) {
+	var a wirepb.Ack
+	if err := protocol.Unmarshal(f, &a); err != nil {
+		s.fail(f.Seq, protocol.CodeBadFrame, err.Error(), ErrProtocol)
+		return
+	}
+	for _, p := range a.Points {
+		ch := s.channels[p.Channel]
+		if ch == nil {
+			s.fail(f.Seq, protocol.CodeOutOfOrder, fmt.Sprintf("ACK for channel %q not in this session", p.Channel), ErrProtocol)
+			return
+		}
+		if p.Id > ch.toldMax {
+			s.fail(f.Seq, protocol.CodeOutOfOrder, fmt.Sprintf("ACK %d of %q beyond %d sent", p.Id, p.Channel, ch.toldMax), ErrProtocol)
+			return
+		}
+		if p.Id > ch.acked {
+			ch.acked = p.Id
+			s.c.acks.add(s.device, s.user, ch.name, p.Id)
+		}
+		if ch.st == chAwaitAck && p.Id >= ch.inflight {
+			if reason := ch.pageAcked(); reason != "" {
+				s.c.metrics.resyncs.WithLabelValues(reason).Inc()
+			}
+		}
+	}
+}
+
+func (s *session) handleSyncReq(f protocol.Frame) {
+	var r wirepb.SyncReq
+	if err := protocol.Unmarshal(f, &r); err != nil {
+		s.fail(f.Seq, protocol.CodeBadFrame, err.Error(), ErrProtocol)
+		return
+	}
+	for _, p := range r.Points {
+		ch := s.channels[p.Channel]
+		if ch == nil {
+			s.fail(f.Seq, protocol.CodeOutOfOrder, fmt.Sprintf("SYNC_REQ for channel %q not in this session", p.Channel), ErrProtocol)
+			return
+		}
+		if p.Id > ch.toldMax {
+			s.fail(f.Seq, protocol.CodeOutOfOrder, fmt.Sprintf("SYNC_REQ %d of %q beyond %d sent", p.Id, p.Channel, ch.toldMax), ErrProtocol)
+			return
+		}
+		ch.resetTo(p.Id)
+		s.c.metrics.resyncs.WithLabelValues(resyncSyncReq).Inc()
+	}
+}
+
+// handlePush applies one live oplog to its channel (semantics.md "Live").
+func (s *session) handlePush(op *oplog.Oplog) {
+	m := s.c.metrics
+	ch := s.channels[op.Channel]
+	if ch == nil {
+		return // push filtered these already; kept for safety
+	}
+	if op.Id <= ch.sent {
+		m.pushDuplicate.Inc()
+		return
+	}
+	if ch.syncing() {
+		// The backlog page being fetched or acked may not include it; after
+		// the last page is acked, pendingMax > sent syncs again.
+		ch.raisePending(op.Id)
+		m.pushDeferred.Inc()
+		return
+	}
+	if op.Id > ch.sent+1 {
+		// A push was missed (dropped upstream, or a SYNC_REQ rewound sent):
+		// never write past a hole; fetch the range from the store.
+		ch.raisePending(op.Id)
+		ch.st = chNeedSync
+		m.pushResync.Inc()
+		m.resyncs.WithLabelValues(resyncGap).Inc()
+		return
+	}
+	switch oplog.Evaluate(op, s.platform, s.appVersion, s.c.now().UnixMilli()) {
+	case oplog.Deliver:
+		s.appendLive(ch, op)
+		m.pushDelivered.Inc()
+	case oplog.Skip:
+		// Filtered or expired for this device: covered without a frame. The
+		// next frame's after=told tells the client; a live page of this round
+		// can say it right away.
+		ch.sent = op.Id
+		if ch.live != nil {
+			ch.live.Upto = op.Id
+			ch.cover(op.Id)
+		}
+		m.pushSkipped.Inc()
+	case oplog.NotYet:
+		// valid_from is in the future. The channel stays live with sent below
+		// this id, so the next push of the channel is a gap and syncs; logic's
+		// pages stop before a not-yet-valid oplog, so it is delivered by the
+		// first sync of this channel after valid_from (that gap, a SYNC_REQ, or
+		// the next connect). Without later traffic on the channel it waits for
+		// one of those: nothing re-checks it on a timer.
+		ch.raisePending(op.Id)
+		m.pushResync.Inc()
+	}
+}
+
+func (s *session) appendLive(ch *channel, op *oplog.Oplog) {
+	if ch.live != nil && ch.liveBytes+len(op.Payload) > maxLivePage {
+		// A burst of large oplogs: write what this channel has so far, so
+		// no single frame outgrows the connection's write queue. Same
+		// channel, same order; the next page's after is this one's upto.
+		s.writePages([]*wirepb.ChannelPage{ch.live})
+		ch.live = nil
+	}
+	if ch.live == nil {
+		ch.liveBytes = 0
+		ch.live = &wirepb.ChannelPage{Channel: ch.name, Biz: ch.biz, After: ch.told, Live: true}
+		s.liveRound = append(s.liveRound, ch)
+	}
+	ch.live.Oplogs = append(ch.live.Oplogs, wireOplog(op))
+	ch.liveBytes += len(op.Payload)
+	ch.live.Upto = op.Id
+	ch.cover(op.Id)
+}
+
+// resyncOverflow folds live pushes the queue could not hold into a resync.
+func (s *session) resyncOverflow(name string, id uint64) {
+	ch := s.channels[name]
+	if ch == nil || s.phase != phaseAuthed || id <= ch.sent {
+		return
+	}
+	ch.raisePending(id)
+	if !ch.syncing() {
+		ch.st = chNeedSync
+		s.c.metrics.resyncs.WithLabelValues(resyncOverflow).Inc()
+	}
+}
+
+// flushLive writes this round's live pages as one SYNC frame.
+func (s *session) flushLive() {
+	if len(s.liveRound) == 0 {
+		return
+	}
+	pages := make([]*wirepb.ChannelPage, 0, len(s.liveRound))
+	for i, ch := range s.liveRound {
+		if ch.live != nil {
+			pages = append(pages, ch.live)
+			ch.live = nil
+		}
+		s.liveRound[i] = nil
+	}
+	s.liveRound = s.liveRound[:0]
+	s.writePages(pages)
+}
+
+// syncNeeded fetches the next page of every channel that needs one with a
+// single Logic.Sync and writes the pages merged into SYNC frames.
+func (s *session) syncNeeded() {
+	var cursors []*pb.Cursor
+	var fetching []*channel
+	for _, ch := range s.order {
+		if ch.st == chNeedSync {
+			ch.st = chFetching
+			cursors = append(cursors, &pb.Cursor{Channel: ch.name, After: ch.sent})
+			fetching = append(fetching, ch)
+		}
+	}
+	if len(cursors) == 0 {
+		return
+	}
+	ctx, cancel := s.c.callCtx()
+	reply, err := s.c.cfg.Logic.Sync(ctx, &pb.SyncReq{
+		Device: s.device, User: s.user, Platform: s.platform, AppVersion: s.appVersion,
+		Cursors: cursors, Limit: s.c.cfg.PageLimit,
+	})
+	cancel()
+	if err != nil {
+		for _, ch := range fetching {
+			ch.st = chNeedSync
+		}
+		s.c.metrics.logicErrs.WithLabelValues("sync").Inc()
+		code, msg := api.CodeOf(err)
+		s.log.Warn("sync failed", "channels", len(cursors), "code", code, "err", err)
+		s.fail(0, code, msg, ErrRejected)
+		return
+	}
+	var pages []*wirepb.ChannelPage
+	for _, p := range reply.Pages {
+		ch := s.channels[p.Channel]
+		if ch == nil || ch.st != chFetching {
+			s.log.Warn("sync reply: unexpected page", "channel", p.Channel)
+			continue
+		}
+		if page := s.applyPage(ch, p); page != nil {
+			pages = append(pages, page)
+		}
+	}
+	for _, ch := range fetching {
+		if ch.st == chFetching {
+			// No page, or one without progress (nothing new, or logic stopped
+			// before a not-yet-valid oplog): the channel is live from sent.
+			ch.st = chLive
+		}
+	}
+	if len(pages) > 0 {
+		s.writePages(pages)
+		s.conn.SetAckDeadline(s.c.cfg.AckTimeout)
+		s.ackArmed = true
+	}
+}
+
+// applyPage turns logic's page into a wire page and moves the channel to
+// awaitAck; it returns nil when the page makes no progress.
+func (s *session) applyPage(ch *channel, p *pb.Page) *wirepb.ChannelPage {
+	if p.After != ch.sent && s.log.Enabled(context.Background(), slog.LevelWarn) {
+		s.log.Warn("sync reply: page after differs from cursor", "channel", ch.name, "after", p.After, "cursor", ch.sent)
+	}
+	upto := max(p.Upto, ch.sent)
+	var oplogs []*wirepb.Oplog
+	for _, op := range p.Oplogs {
+		if op.Id > ch.sent && op.Id <= upto { // never resend what is covered
+			oplogs = append(oplogs, wireOplog(op))
+		}
+	}
+	if upto == ch.sent && len(oplogs) == 0 {
+		return nil
+	}
+	more := upto < p.MaxId
+	// after=told, not the cursor: ids in (told, sent] were skipped live
+	// pushes the client never heard of; this page covers them too.
+	page := &wirepb.ChannelPage{Channel: ch.name, Biz: ch.biz, After: ch.told, Upto: upto,
+		Oplogs: oplogs, More: more, Skipped: p.Skipped}
+	ch.cover(upto)
+	ch.inflight, ch.more, ch.st = upto, more, chAwaitAck
+	return page
+}
+
+// updateAckDeadline clears the ack deadline once no backlog page awaits its
+// ACK (it is armed when one is written).
+func (s *session) updateAckDeadline() {
+	if !s.ackArmed {
+		return
+	}
+	for _, ch := range s.order {
+		if ch.st == chAwaitAck {
+			return
+		}
+	}
+	s.conn.SetAckDeadline(0)
+	s.ackArmed = false
+}
+
+// writePages writes pages as SYNC frames of about maxSyncFrame bytes each.
+func (s *session) writePages(pages []*wirepb.ChannelPage) {
+	var batch []*wirepb.ChannelPage
+	size := 0
+	for _, p := range pages {
+		n := proto.Size(p)
+		if len(batch) > 0 && size+n > maxSyncFrame {
+			s.write(protocol.OpSync, 0, &wirepb.Sync{Pages: batch})
+			batch, size = nil, 0
+		}
+		batch = append(batch, p)
+		size += n
+	}
+	if len(batch) > 0 {
+		s.write(protocol.OpSync, 0, &wirepb.Sync{Pages: batch})
+	}
+}
+
+// write encodes m and hands the frame to the transport.
+func (s *session) write(op protocol.Op, seq uint32, m proto.Message) {
+	if s.phase >= phaseClosing {
+		return
+	}
+	b, err := protocol.AppendMessage(make([]byte, 0, protocol.HeaderSize+proto.Size(m)), op, seq, m)
+	if err != nil {
+		s.log.Error("encode frame", "op", op, "err", err)
+		s.fail(0, protocol.CodeUnavailable, "internal error", err)
+		return
+	}
+	if err := s.conn.Write(b); err != nil {
+		// The transport closes the connection itself (slow consumer, closed)
+		// and will call onClose; stop producing for it.
+		s.log.Debug("write failed", "op", op, "err", err)
+		s.phase = phaseClosing
+		return
+	}
+	s.c.metrics.framesOut[opSlot(op)].Inc()
+}
+
+// fail sends ERROR{code, msg} and closes the connection.
+func (s *session) fail(seq uint32, code protocol.Code, msg string, reason error) {
+	if s.phase >= phaseClosing {
+		return
+	}
+	s.phase = phaseClosing
+	s.c.metrics.errorCode(code)
+	s.c.metrics.framesOut[opSlot(protocol.OpError)].Inc()
+	if s.log.Enabled(context.Background(), slog.LevelDebug) {
+		s.log.Debug("closing session", "code", code, "message", msg)
+	}
+	s.conn.Close(protocol.ErrorFrame(seq, code, msg), fmt.Errorf("%w: %w", reason, protocol.Errorf(code, "%s", msg)))
+}
+
+// finish ends the session after the transport closed it: remove it from its
+// bucket and tell logic. Runs once, from the evClose event.
+func (s *session) finish(err error) {
+	if s.phase == phaseDone {
+		return
+	}
+	authed := s.ident.Load() != nil
+	s.phase = phaseDone
+	s.c.removeSession(s)
+	if authed {
+		s.c.metrics.sessions.Dec()
+		ctx, cancel := s.c.callCtx()
+		_, derr := s.c.cfg.Logic.Disconnect(ctx, &pb.DisconnectReq{Comet: s.c.cfg.ID, Key: s.key, Device: s.device, User: s.user})
+		cancel()
+		if derr != nil {
+			s.c.metrics.logicErrs.WithLabelValues("disconnect").Inc()
+			s.log.Warn("logic disconnect failed", "err", derr)
+		}
+	}
+	if err != nil && !errors.Is(err, ErrShutdown) {
+		s.log.Info("session closed", "err", err)
+	} else {
+		s.log.Debug("session closed", "err", err)
+	}
+	s.c.sessionDone()
+}
+
+func wireOplog(op *oplog.Oplog) *wirepb.Oplog {
+	return &wirepb.Oplog{Id: op.Id, Payload: op.Payload, CreatedMs: op.CreatedMs, ValidUntilMs: op.ValidUntilMs}
+}

@@ -1,0 +1,39 @@
+package comet
+
+import (
+	"context"
+	"net"
+	"time"
+
+	"github.com/msync/msync/pkg/protocol"
+)
+
+// Conn is what a session needs from its transport. *gateway.Conn implements
+// it; tests use a fake, and a WebSocket transport can too.
+//
+// Every method must be safe for concurrent use and must not block: sessions
+// call them from pool workers, Kick and Shutdown from API goroutines.
+type Conn interface {
+	// ID is unique per transport for the comet's lifetime; its decimal form
+	// is the connection key.
+	ID() uint64
+	RemoteAddr() string
+	// Write enqueues one whole frame; ownership of frame passes to the
+	// transport. An overflowing queue closes the connection.
+	Write(frame []byte) error
+	// Close writes what is queued, then final (may be nil), then closes. It is
+	// idempotent; the transport then calls the session's onClose once.
+	Close(final []byte, reason error)
+	// SetDeadline (re)arms the liveness deadline now+d; on expiry the
+	// transport writes ERROR(code) and closes.
+	SetDeadline(d time.Duration, code protocol.Code)
+	// SetAckDeadline arms (d > 0) or clears (d == 0) the backlog ack deadline;
+	// on expiry the transport writes ERROR 1003 and closes.
+	SetAckDeadline(d time.Duration)
+}
+
+// transport is a started listener, as Shutdown sees it.
+type transport interface {
+	Addr() net.Addr
+	Shutdown(ctx context.Context) error
+}

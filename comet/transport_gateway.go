@@ -1,0 +1,58 @@
+package comet
+
+import (
+	"fmt"
+
+	"github.com/msync/msync/gateway"
+	"github.com/msync/msync/pkg/protocol"
+)
+
+// The netpoll gateway is the default transport.
+var (
+	_ Conn            = (*gateway.Conn)(nil)
+	_ gateway.Handler = gatewayHandler{}
+	_ transport       = (*gateway.Server)(nil)
+)
+
+// gatewayHandler routes gateway callbacks to sessions. The gateway calls
+// OnOpen, then OnFrame serially per connection, then OnClose exactly once;
+// none of them blocks here: frames and closes only enter the session's queue.
+type gatewayHandler struct{ c *Comet }
+
+func (h gatewayHandler) OnOpen(gc *gateway.Conn) { gc.SetValue(h.c.open(gc)) }
+
+func (h gatewayHandler) OnFrame(gc *gateway.Conn, f protocol.Frame) {
+	if s, ok := gc.Value().(*session); ok {
+		s.onFrame(f)
+	}
+}
+
+func (h gatewayHandler) OnClose(gc *gateway.Conn, err error) {
+	if s, ok := gc.Value().(*session); ok {
+		s.onClose(err)
+	}
+}
+
+// Start binds the gateway listener (Config.Gateway) and starts serving; Addr
+// is valid when it returns.
+func (c *Comet) Start() error {
+	c.life.Lock()
+	defer c.life.Unlock()
+	switch {
+	case c.life.shutdown:
+		return ErrShutdown
+	case c.life.started:
+		return ErrStarted
+	}
+	srv, err := gateway.New(c.cfg.Gateway, gatewayHandler{c})
+	if err != nil {
+		return fmt.Errorf("comet: gateway: %w", err)
+	}
+	if err := srv.Start(); err != nil {
+		return fmt.Errorf("comet: gateway start: %w", err)
+	}
+	c.life.started = true
+	c.life.transport = srv
+	c.log.Info("comet listening", "addr", srv.Addr().String())
+	return nil
+}
