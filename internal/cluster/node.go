@@ -1,0 +1,216 @@
+// Package cluster assembles msync tiers in one process: the all-in-one server
+// (`msync all`) and the harness end-to-end tests start. Every dependency goes
+// through the tiers' Config structs, so nothing here is test-only magic.
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/pprof"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/msync/msync/comet"
+	"github.com/msync/msync/gateway"
+	"github.com/msync/msync/job"
+	"github.com/msync/msync/logic"
+	"github.com/msync/msync/pkg/api"
+	"github.com/msync/msync/pkg/auth"
+	"github.com/msync/msync/pkg/biz"
+	"github.com/msync/msync/pkg/config"
+	dirmem "github.com/msync/msync/pkg/directory/memory"
+	queuemem "github.com/msync/msync/pkg/queue/memory"
+	"github.com/msync/msync/pkg/store/pebble"
+)
+
+// Config is what an all-in-one node needs beyond the file.
+type Config struct {
+	// File is the validated configuration (required).
+	File *config.File
+	// DataDir overrides File.Store.Dir when set.
+	DataDir string
+	// Logger; nil discards.
+	Logger *slog.Logger
+}
+
+// Node is comet + logic + job over one Pebble store and an in-process queue.
+type Node struct {
+	Store     *pebble.Store
+	Queue     *queuemem.Queue
+	Directory *dirmem.Directory
+	Logic     *logic.Logic
+	Comet     *comet.Comet
+	Job       *job.Job
+	Registry  *prometheus.Registry
+
+	log      *slog.Logger
+	pprofSrv *http.Server
+	pprofLn  net.Listener
+	once     sync.Once
+	err      error
+}
+
+// Start opens the store and starts every tier; on error everything opened so
+// far is closed again.
+func Start(cfg Config) (n *Node, err error) {
+	f := cfg.File
+	if f == nil {
+		return nil, errors.New("cluster: Config.File is required")
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	dir := f.Store.Dir
+	if cfg.DataDir != "" {
+		dir = cfg.DataDir
+	}
+	bizs, err := biz.NewRegistry(f.Bizs)
+	if err != nil {
+		return nil, err
+	}
+	tokens, err := auth.NewTokens(f.Secret)
+	if err != nil {
+		return nil, err
+	}
+	n = &Node{log: log, Registry: prometheus.NewRegistry()}
+	n.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	defer func() {
+		if err != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			_ = n.Shutdown(ctx)
+			n = nil
+		}
+	}()
+
+	if n.Store, err = pebble.Open(pebble.Config{Dir: dir, Logger: log.With("tier", "store")}); err != nil {
+		return n, fmt.Errorf("cluster: store: %w", err)
+	}
+	if n.Queue, err = queuemem.New(queuemem.Config{}); err != nil {
+		return n, fmt.Errorf("cluster: queue: %w", err)
+	}
+	if n.Directory, err = dirmem.New(dirmem.Config{}); err != nil {
+		return n, fmt.Errorf("cluster: directory: %w", err)
+	}
+	if n.Logic, err = logic.New(logic.Config{
+		HTTPAddr:   f.Logic.HTTPAddr,
+		Store:      n.Store,
+		Queue:      n.Queue,
+		Directory:  n.Directory,
+		Bizs:       bizs,
+		Tokens:     tokens,
+		APIKeys:    auth.NewAPIKeys(f.APIKeys),
+		MaxBatch:   f.Logic.MaxBatch,
+		Logger:     log.With("tier", "logic"),
+		Registerer: n.Registry,
+		Gatherer:   n.Registry,
+	}); err != nil {
+		return n, err
+	}
+	if n.Comet, err = comet.New(comet.Config{
+		ID: f.Comet.ID,
+		Gateway: gateway.Config{
+			Addr:            f.Comet.Addr,
+			AuthTimeout:     time.Duration(f.Comet.AuthTimeout),
+			WriteQueueBytes: f.Comet.WriteQueueBytes,
+			Logger:          log.With("tier", "gateway"),
+		},
+		Logic:             api.LocalLogic(n.Logic),
+		Buckets:           f.Comet.Buckets,
+		HeartbeatInterval: time.Duration(f.Comet.Heartbeat),
+		PageLimit:         uint32(f.Comet.PageLimit),
+		AckTimeout:        time.Duration(f.Comet.AckTimeout),
+		Logger:            log.With("tier", "comet"),
+		Registerer:        n.Registry,
+	}); err != nil {
+		return n, err
+	}
+	if n.Job, err = job.New(job.Config{
+		Consumer:   n.Queue,
+		Directory:  n.Directory,
+		Comets:     api.StaticComets{n.Comet.ID(): api.LocalComet(n.Comet)},
+		Workers:    f.Job.Workers,
+		Logger:     log.With("tier", "job"),
+		Registerer: n.Registry,
+	}); err != nil {
+		return n, err
+	}
+	// Start order: logic serves comets, job pushes to comets; each Start binds
+	// synchronously so addresses are final when Start returns.
+	for _, s := range []interface{ Start() error }{n.Logic, n.Comet, n.Job} {
+		if err = s.Start(); err != nil {
+			return n, err
+		}
+	}
+	if f.Pprof != "" {
+		if err = n.startPprof(f.Pprof); err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+func (n *Node) startPprof(addr string) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("cluster: pprof: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	n.pprofLn = ln
+	n.pprofSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = n.pprofSrv.Serve(ln) }() // stopped by Shutdown (Close ends Serve)
+	n.log.Info("pprof listening", "addr", ln.Addr().String())
+	return nil
+}
+
+// Shutdown stops the tiers in the order that loses nothing: no new publishes
+// (logic HTTP first), then connections (comet), then the push stream (job,
+// queue), then the store. Idempotent; later calls return the first result.
+func (n *Node) Shutdown(ctx context.Context) error {
+	n.once.Do(func() {
+		var errs []error
+		type stopper interface{ Shutdown(context.Context) error }
+		var tiers []stopper // only what was created; typed nils would not compare nil
+		if n.Logic != nil {
+			tiers = append(tiers, n.Logic)
+		}
+		if n.Comet != nil {
+			tiers = append(tiers, n.Comet)
+		}
+		if n.Job != nil {
+			tiers = append(tiers, n.Job)
+		}
+		if n.Queue != nil {
+			tiers = append(tiers, n.Queue)
+		}
+		if n.Directory != nil {
+			tiers = append(tiers, n.Directory)
+		}
+		for _, s := range tiers {
+			if err := s.Shutdown(ctx); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		if n.pprofSrv != nil {
+			errs = append(errs, n.pprofSrv.Close())
+		}
+		if n.Store != nil {
+			errs = append(errs, n.Store.Close())
+		}
+		n.err = errors.Join(errs...)
+	})
+	return n.err
+}
