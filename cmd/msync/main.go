@@ -20,8 +20,13 @@ Usage:
 
 Commands:
   all      run comet + logic + job in one process (Pebble store, in-process queue)
+  comet    run a comet (connection tier) process of a cluster
+  logic    run a logic (API tier) process of a cluster
+  job      run a job (push tier) process of a cluster
+  migrate  create the Cassandra schema
   token    print a client token signed with the config's secret
   client   connect as a device and print received oplogs as JSON lines
+  bench    run a load scenario and report figures
 
 Run 'msync <command> --help' for the flags of a command.
 `
@@ -46,6 +51,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	switch cmd, rest := args[0], args[1:]; cmd {
 	case "all":
 		return runAll(ctx, rest, stderr)
+	case "comet":
+		return runComet(ctx, rest, stderr)
+	case "logic":
+		return runLogic(ctx, rest, stderr)
+	case "job":
+		return runJob(ctx, rest, stderr)
+	case "migrate":
+		return runMigrate(ctx, rest, stdout, stderr)
+	case "bench":
+		return runBench(ctx, rest, stdout, stderr)
 	case "token":
 		return runToken(rest, stdout, stderr)
 	case "client":
