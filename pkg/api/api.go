@@ -43,6 +43,12 @@ type localComet struct{ s pb.CometServer }
 func (c localComet) Push(ctx context.Context, in *pb.PushReq, _ ...grpc.CallOption) (*pb.PushReply, error) {
 	return c.s.Push(ctx, in)
 }
+func (c localComet) Broadcast(ctx context.Context, in *pb.BroadcastReq, _ ...grpc.CallOption) (*pb.PushReply, error) {
+	return c.s.Broadcast(ctx, in)
+}
+func (c localComet) Rooms(ctx context.Context, in *pb.RoomsReq, _ ...grpc.CallOption) (*pb.Empty, error) {
+	return c.s.Rooms(ctx, in)
+}
 func (c localComet) Kick(ctx context.Context, in *pb.KickReq, _ ...grpc.CallOption) (*pb.Empty, error) {
 	return c.s.Kick(ctx, in)
 }

@@ -535,9 +535,13 @@ func (x *SessionRef) GetUser() string {
 
 // RenewReq keeps a comet's sessions alive in the directory (batched).
 type RenewReq struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Comet         string                 `protobuf:"bytes,1,opt,name=comet,proto3" json:"comet,omitempty"`
-	Sessions      []*SessionRef          `protobuf:"bytes,2,rep,name=sessions,proto3" json:"sessions,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Comet    string                 `protobuf:"bytes,1,opt,name=comet,proto3" json:"comet,omitempty"`
+	Sessions []*SessionRef          `protobuf:"bytes,2,rep,name=sessions,proto3" json:"sessions,omitempty"`
+	// grpc_addr is where the comet serves its Comet service (cluster mode);
+	// logic registers the comet in the directory under it, with a TTL, and job
+	// discovers comets there. Empty in all-in-one mode.
+	GrpcAddr      string `protobuf:"bytes,3,opt,name=grpc_addr,json=grpcAddr,proto3" json:"grpc_addr,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -584,6 +588,13 @@ func (x *RenewReq) GetSessions() []*SessionRef {
 		return x.Sessions
 	}
 	return nil
+}
+
+func (x *RenewReq) GetGrpcAddr() string {
+	if x != nil {
+		return x.GrpcAddr
+	}
+	return ""
 }
 
 type Cursor struct {
@@ -735,8 +746,11 @@ type Page struct {
 	Upto   uint64         `protobuf:"varint,4,opt,name=upto,proto3" json:"upto,omitempty"`
 	Oplogs []*oplog.Oplog `protobuf:"bytes,5,rep,name=oplogs,proto3" json:"oplogs,omitempty"`
 	// max_id is the channel's durable max id when the page was read.
-	MaxId         uint64 `protobuf:"varint,6,opt,name=max_id,json=maxId,proto3" json:"max_id,omitempty"`
-	Skipped       uint64 `protobuf:"varint,7,opt,name=skipped,proto3" json:"skipped,omitempty"`
+	MaxId   uint64 `protobuf:"varint,6,opt,name=max_id,json=maxId,proto3" json:"max_id,omitempty"`
+	Skipped uint64 `protobuf:"varint,7,opt,name=skipped,proto3" json:"skipped,omitempty"`
+	// next_valid_ms: the page ended before an oplog whose valid_from is in the
+	// future; the comet syncs the channel again at that time (unix ms).
+	NextValidMs   int64 `protobuf:"varint,8,opt,name=next_valid_ms,json=nextValidMs,proto3" json:"next_valid_ms,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -816,6 +830,13 @@ func (x *Page) GetMaxId() uint64 {
 func (x *Page) GetSkipped() uint64 {
 	if x != nil {
 		return x.Skipped
+	}
+	return 0
+}
+
+func (x *Page) GetNextValidMs() int64 {
+	if x != nil {
+		return x.NextValidMs
 	}
 	return 0
 }
@@ -978,9 +999,11 @@ func (x *AckReq) GetItems() []*AckItem {
 
 type PushItem struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// keys: connection keys on this comet to deliver the oplog to.
-	Keys          []string     `protobuf:"bytes,1,rep,name=keys,proto3" json:"keys,omitempty"`
+	// keys: connection keys on this comet to deliver to.
+	Keys []string `protobuf:"bytes,1,rep,name=keys,proto3" json:"keys,omitempty"`
+	// Exactly one of oplog (persistent, synced) and push (non-persistent).
 	Oplog         *oplog.Oplog `protobuf:"bytes,2,opt,name=oplog,proto3" json:"oplog,omitempty"`
+	Push          *PushMsg     `protobuf:"bytes,3,opt,name=push,proto3" json:"push,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1029,6 +1052,193 @@ func (x *PushItem) GetOplog() *oplog.Oplog {
 	return nil
 }
 
+func (x *PushItem) GetPush() *PushMsg {
+	if x != nil {
+		return x.Push
+	}
+	return nil
+}
+
+// PushMsg is a non-persistent message: online sessions only, never stored.
+type PushMsg struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// room is set for room broadcasts (and echoed to the client).
+	Room          string `protobuf:"bytes,1,opt,name=room,proto3" json:"room,omitempty"`
+	Payload       []byte `protobuf:"bytes,2,opt,name=payload,proto3" json:"payload,omitempty"`
+	CreatedMs     int64  `protobuf:"varint,3,opt,name=created_ms,json=createdMs,proto3" json:"created_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PushMsg) Reset() {
+	*x = PushMsg{}
+	mi := &file_pkg_api_pb_api_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PushMsg) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PushMsg) ProtoMessage() {}
+
+func (x *PushMsg) ProtoReflect() protoreflect.Message {
+	mi := &file_pkg_api_pb_api_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PushMsg.ProtoReflect.Descriptor instead.
+func (*PushMsg) Descriptor() ([]byte, []int) {
+	return file_pkg_api_pb_api_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *PushMsg) GetRoom() string {
+	if x != nil {
+		return x.Room
+	}
+	return ""
+}
+
+func (x *PushMsg) GetPayload() []byte {
+	if x != nil {
+		return x.Payload
+	}
+	return nil
+}
+
+func (x *PushMsg) GetCreatedMs() int64 {
+	if x != nil {
+		return x.CreatedMs
+	}
+	return 0
+}
+
+// BroadcastReq goes to every comet.
+type BroadcastReq struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Exactly one of:
+	// oplog of a global channel: every session that syncs that channel.
+	Oplog *oplog.Oplog `protobuf:"bytes,1,opt,name=oplog,proto3" json:"oplog,omitempty"`
+	// push: non-persistent, to the sessions in push.room, or to every session
+	// when push.room is empty.
+	Push          *PushMsg `protobuf:"bytes,2,opt,name=push,proto3" json:"push,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BroadcastReq) Reset() {
+	*x = BroadcastReq{}
+	mi := &file_pkg_api_pb_api_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BroadcastReq) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BroadcastReq) ProtoMessage() {}
+
+func (x *BroadcastReq) ProtoReflect() protoreflect.Message {
+	mi := &file_pkg_api_pb_api_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BroadcastReq.ProtoReflect.Descriptor instead.
+func (*BroadcastReq) Descriptor() ([]byte, []int) {
+	return file_pkg_api_pb_api_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *BroadcastReq) GetOplog() *oplog.Oplog {
+	if x != nil {
+		return x.Oplog
+	}
+	return nil
+}
+
+func (x *BroadcastReq) GetPush() *PushMsg {
+	if x != nil {
+		return x.Push
+	}
+	return nil
+}
+
+// RoomsReq joins or leaves rooms on behalf of sessions (server-side rooms).
+type RoomsReq struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Keys          []string               `protobuf:"bytes,1,rep,name=keys,proto3" json:"keys,omitempty"`
+	Join          []string               `protobuf:"bytes,2,rep,name=join,proto3" json:"join,omitempty"`
+	Leave         []string               `protobuf:"bytes,3,rep,name=leave,proto3" json:"leave,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RoomsReq) Reset() {
+	*x = RoomsReq{}
+	mi := &file_pkg_api_pb_api_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RoomsReq) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RoomsReq) ProtoMessage() {}
+
+func (x *RoomsReq) ProtoReflect() protoreflect.Message {
+	mi := &file_pkg_api_pb_api_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RoomsReq.ProtoReflect.Descriptor instead.
+func (*RoomsReq) Descriptor() ([]byte, []int) {
+	return file_pkg_api_pb_api_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *RoomsReq) GetKeys() []string {
+	if x != nil {
+		return x.Keys
+	}
+	return nil
+}
+
+func (x *RoomsReq) GetJoin() []string {
+	if x != nil {
+		return x.Join
+	}
+	return nil
+}
+
+func (x *RoomsReq) GetLeave() []string {
+	if x != nil {
+		return x.Leave
+	}
+	return nil
+}
+
 type PushReq struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Items         []*PushItem            `protobuf:"bytes,1,rep,name=items,proto3" json:"items,omitempty"`
@@ -1038,7 +1248,7 @@ type PushReq struct {
 
 func (x *PushReq) Reset() {
 	*x = PushReq{}
-	mi := &file_pkg_api_pb_api_proto_msgTypes[16]
+	mi := &file_pkg_api_pb_api_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1050,7 +1260,7 @@ func (x *PushReq) String() string {
 func (*PushReq) ProtoMessage() {}
 
 func (x *PushReq) ProtoReflect() protoreflect.Message {
-	mi := &file_pkg_api_pb_api_proto_msgTypes[16]
+	mi := &file_pkg_api_pb_api_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1063,7 +1273,7 @@ func (x *PushReq) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PushReq.ProtoReflect.Descriptor instead.
 func (*PushReq) Descriptor() ([]byte, []int) {
-	return file_pkg_api_pb_api_proto_rawDescGZIP(), []int{16}
+	return file_pkg_api_pb_api_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *PushReq) GetItems() []*PushItem {
@@ -1083,7 +1293,7 @@ type PushReply struct {
 
 func (x *PushReply) Reset() {
 	*x = PushReply{}
-	mi := &file_pkg_api_pb_api_proto_msgTypes[17]
+	mi := &file_pkg_api_pb_api_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1095,7 +1305,7 @@ func (x *PushReply) String() string {
 func (*PushReply) ProtoMessage() {}
 
 func (x *PushReply) ProtoReflect() protoreflect.Message {
-	mi := &file_pkg_api_pb_api_proto_msgTypes[17]
+	mi := &file_pkg_api_pb_api_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1108,7 +1318,7 @@ func (x *PushReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PushReply.ProtoReflect.Descriptor instead.
 func (*PushReply) Descriptor() ([]byte, []int) {
-	return file_pkg_api_pb_api_proto_rawDescGZIP(), []int{17}
+	return file_pkg_api_pb_api_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *PushReply) GetDelivered() uint32 {
@@ -1129,7 +1339,7 @@ type KickReq struct {
 
 func (x *KickReq) Reset() {
 	*x = KickReq{}
-	mi := &file_pkg_api_pb_api_proto_msgTypes[18]
+	mi := &file_pkg_api_pb_api_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1141,7 +1351,7 @@ func (x *KickReq) String() string {
 func (*KickReq) ProtoMessage() {}
 
 func (x *KickReq) ProtoReflect() protoreflect.Message {
-	mi := &file_pkg_api_pb_api_proto_msgTypes[18]
+	mi := &file_pkg_api_pb_api_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1154,7 +1364,7 @@ func (x *KickReq) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KickReq.ProtoReflect.Descriptor instead.
 func (*KickReq) Descriptor() ([]byte, []int) {
-	return file_pkg_api_pb_api_proto_rawDescGZIP(), []int{18}
+	return file_pkg_api_pb_api_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *KickReq) GetKeys() []string {
@@ -1186,6 +1396,8 @@ type QueueMsg struct {
 	//
 	//	*QueueMsg_Oplog
 	//	*QueueMsg_Kick
+	//	*QueueMsg_Push
+	//	*QueueMsg_Rooms
 	Body          isQueueMsg_Body `protobuf_oneof:"body"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1193,7 +1405,7 @@ type QueueMsg struct {
 
 func (x *QueueMsg) Reset() {
 	*x = QueueMsg{}
-	mi := &file_pkg_api_pb_api_proto_msgTypes[19]
+	mi := &file_pkg_api_pb_api_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1205,7 +1417,7 @@ func (x *QueueMsg) String() string {
 func (*QueueMsg) ProtoMessage() {}
 
 func (x *QueueMsg) ProtoReflect() protoreflect.Message {
-	mi := &file_pkg_api_pb_api_proto_msgTypes[19]
+	mi := &file_pkg_api_pb_api_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1218,7 +1430,7 @@ func (x *QueueMsg) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueueMsg.ProtoReflect.Descriptor instead.
 func (*QueueMsg) Descriptor() ([]byte, []int) {
-	return file_pkg_api_pb_api_proto_rawDescGZIP(), []int{19}
+	return file_pkg_api_pb_api_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *QueueMsg) GetBody() isQueueMsg_Body {
@@ -1246,6 +1458,24 @@ func (x *QueueMsg) GetKick() *KickMsg {
 	return nil
 }
 
+func (x *QueueMsg) GetPush() *PushTarget {
+	if x != nil {
+		if x, ok := x.Body.(*QueueMsg_Push); ok {
+			return x.Push
+		}
+	}
+	return nil
+}
+
+func (x *QueueMsg) GetRooms() *RoomsMsg {
+	if x != nil {
+		if x, ok := x.Body.(*QueueMsg_Rooms); ok {
+			return x.Rooms
+		}
+	}
+	return nil
+}
+
 type isQueueMsg_Body interface {
 	isQueueMsg_Body()
 }
@@ -1258,9 +1488,160 @@ type QueueMsg_Kick struct {
 	Kick *KickMsg `protobuf:"bytes,2,opt,name=kick,proto3,oneof"`
 }
 
+type QueueMsg_Push struct {
+	Push *PushTarget `protobuf:"bytes,3,opt,name=push,proto3,oneof"`
+}
+
+type QueueMsg_Rooms struct {
+	Rooms *RoomsMsg `protobuf:"bytes,4,opt,name=rooms,proto3,oneof"`
+}
+
 func (*QueueMsg_Oplog) isQueueMsg_Body() {}
 
 func (*QueueMsg_Kick) isQueueMsg_Body() {}
+
+func (*QueueMsg_Push) isQueueMsg_Body() {}
+
+func (*QueueMsg_Rooms) isQueueMsg_Body() {}
+
+// PushTarget is a non-persistent push and whom it goes to (exactly one of
+// user, device, room, all).
+type PushTarget struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	User          string                 `protobuf:"bytes,1,opt,name=user,proto3" json:"user,omitempty"`
+	Device        string                 `protobuf:"bytes,2,opt,name=device,proto3" json:"device,omitempty"`
+	Room          string                 `protobuf:"bytes,3,opt,name=room,proto3" json:"room,omitempty"`
+	All           bool                   `protobuf:"varint,4,opt,name=all,proto3" json:"all,omitempty"`
+	Msg           *PushMsg               `protobuf:"bytes,5,opt,name=msg,proto3" json:"msg,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PushTarget) Reset() {
+	*x = PushTarget{}
+	mi := &file_pkg_api_pb_api_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PushTarget) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PushTarget) ProtoMessage() {}
+
+func (x *PushTarget) ProtoReflect() protoreflect.Message {
+	mi := &file_pkg_api_pb_api_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PushTarget.ProtoReflect.Descriptor instead.
+func (*PushTarget) Descriptor() ([]byte, []int) {
+	return file_pkg_api_pb_api_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *PushTarget) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
+func (x *PushTarget) GetDevice() string {
+	if x != nil {
+		return x.Device
+	}
+	return ""
+}
+
+func (x *PushTarget) GetRoom() string {
+	if x != nil {
+		return x.Room
+	}
+	return ""
+}
+
+func (x *PushTarget) GetAll() bool {
+	if x != nil {
+		return x.All
+	}
+	return false
+}
+
+func (x *PushTarget) GetMsg() *PushMsg {
+	if x != nil {
+		return x.Msg
+	}
+	return nil
+}
+
+// RoomsMsg joins or leaves rooms for a device's current session.
+type RoomsMsg struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Device        string                 `protobuf:"bytes,1,opt,name=device,proto3" json:"device,omitempty"`
+	Join          []string               `protobuf:"bytes,2,rep,name=join,proto3" json:"join,omitempty"`
+	Leave         []string               `protobuf:"bytes,3,rep,name=leave,proto3" json:"leave,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RoomsMsg) Reset() {
+	*x = RoomsMsg{}
+	mi := &file_pkg_api_pb_api_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RoomsMsg) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RoomsMsg) ProtoMessage() {}
+
+func (x *RoomsMsg) ProtoReflect() protoreflect.Message {
+	mi := &file_pkg_api_pb_api_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RoomsMsg.ProtoReflect.Descriptor instead.
+func (*RoomsMsg) Descriptor() ([]byte, []int) {
+	return file_pkg_api_pb_api_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *RoomsMsg) GetDevice() string {
+	if x != nil {
+		return x.Device
+	}
+	return ""
+}
+
+func (x *RoomsMsg) GetJoin() []string {
+	if x != nil {
+		return x.Join
+	}
+	return nil
+}
+
+func (x *RoomsMsg) GetLeave() []string {
+	if x != nil {
+		return x.Leave
+	}
+	return nil
+}
 
 type KickMsg struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1274,7 +1655,7 @@ type KickMsg struct {
 
 func (x *KickMsg) Reset() {
 	*x = KickMsg{}
-	mi := &file_pkg_api_pb_api_proto_msgTypes[20]
+	mi := &file_pkg_api_pb_api_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1286,7 +1667,7 @@ func (x *KickMsg) String() string {
 func (*KickMsg) ProtoMessage() {}
 
 func (x *KickMsg) ProtoReflect() protoreflect.Message {
-	mi := &file_pkg_api_pb_api_proto_msgTypes[20]
+	mi := &file_pkg_api_pb_api_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1299,7 +1680,7 @@ func (x *KickMsg) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KickMsg.ProtoReflect.Descriptor instead.
 func (*KickMsg) Descriptor() ([]byte, []int) {
-	return file_pkg_api_pb_api_proto_rawDescGZIP(), []int{20}
+	return file_pkg_api_pb_api_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *KickMsg) GetComet() string {
@@ -1373,10 +1754,11 @@ const file_pkg_api_pb_api_proto_rawDesc = "" +
 	"SessionRef\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x16\n" +
 	"\x06device\x18\x02 \x01(\tR\x06device\x12\x12\n" +
-	"\x04user\x18\x03 \x01(\tR\x04user\"V\n" +
+	"\x04user\x18\x03 \x01(\tR\x04user\"s\n" +
 	"\bRenewReq\x12\x14\n" +
 	"\x05comet\x18\x01 \x01(\tR\x05comet\x124\n" +
-	"\bsessions\x18\x02 \x03(\v2\x18.msync.api.v1.SessionRefR\bsessions\"8\n" +
+	"\bsessions\x18\x02 \x03(\v2\x18.msync.api.v1.SessionRefR\bsessions\x12\x1b\n" +
+	"\tgrpc_addr\x18\x03 \x01(\tR\bgrpcAddr\"8\n" +
 	"\x06Cursor\x12\x18\n" +
 	"\achannel\x18\x01 \x01(\tR\achannel\x12\x14\n" +
 	"\x05after\x18\x02 \x01(\x04R\x05after\"\xb8\x01\n" +
@@ -1387,7 +1769,7 @@ const file_pkg_api_pb_api_proto_rawDesc = "" +
 	"\vapp_version\x18\x04 \x01(\tR\n" +
 	"appVersion\x12.\n" +
 	"\acursors\x18\x05 \x03(\v2\x14.msync.api.v1.CursorR\acursors\x12\x14\n" +
-	"\x05limit\x18\x06 \x01(\rR\x05limit\"\xbc\x01\n" +
+	"\x05limit\x18\x06 \x01(\rR\x05limit\"\xe0\x01\n" +
 	"\x04Page\x12\x18\n" +
 	"\achannel\x18\x01 \x01(\tR\achannel\x12\x10\n" +
 	"\x03biz\x18\x02 \x01(\tR\x03biz\x12\x14\n" +
@@ -1395,7 +1777,8 @@ const file_pkg_api_pb_api_proto_rawDesc = "" +
 	"\x04upto\x18\x04 \x01(\x04R\x04upto\x12-\n" +
 	"\x06oplogs\x18\x05 \x03(\v2\x15.msync.oplog.v1.OplogR\x06oplogs\x12\x15\n" +
 	"\x06max_id\x18\x06 \x01(\x04R\x05maxId\x12\x18\n" +
-	"\askipped\x18\a \x01(\x04R\askipped\"5\n" +
+	"\askipped\x18\a \x01(\x04R\askipped\x12\"\n" +
+	"\rnext_valid_ms\x18\b \x01(\x03R\vnextValidMs\"5\n" +
 	"\tSyncReply\x12(\n" +
 	"\x05pages\x18\x01 \x03(\v2\x12.msync.api.v1.PageR\x05pages\"_\n" +
 	"\aAckItem\x12\x16\n" +
@@ -1404,10 +1787,23 @@ const file_pkg_api_pb_api_proto_rawDesc = "" +
 	"\achannel\x18\x03 \x01(\tR\achannel\x12\x0e\n" +
 	"\x02id\x18\x04 \x01(\x04R\x02id\"5\n" +
 	"\x06AckReq\x12+\n" +
-	"\x05items\x18\x01 \x03(\v2\x15.msync.api.v1.AckItemR\x05items\"K\n" +
+	"\x05items\x18\x01 \x03(\v2\x15.msync.api.v1.AckItemR\x05items\"v\n" +
 	"\bPushItem\x12\x12\n" +
 	"\x04keys\x18\x01 \x03(\tR\x04keys\x12+\n" +
-	"\x05oplog\x18\x02 \x01(\v2\x15.msync.oplog.v1.OplogR\x05oplog\"7\n" +
+	"\x05oplog\x18\x02 \x01(\v2\x15.msync.oplog.v1.OplogR\x05oplog\x12)\n" +
+	"\x04push\x18\x03 \x01(\v2\x15.msync.api.v1.PushMsgR\x04push\"V\n" +
+	"\aPushMsg\x12\x12\n" +
+	"\x04room\x18\x01 \x01(\tR\x04room\x12\x18\n" +
+	"\apayload\x18\x02 \x01(\fR\apayload\x12\x1d\n" +
+	"\n" +
+	"created_ms\x18\x03 \x01(\x03R\tcreatedMs\"f\n" +
+	"\fBroadcastReq\x12+\n" +
+	"\x05oplog\x18\x01 \x01(\v2\x15.msync.oplog.v1.OplogR\x05oplog\x12)\n" +
+	"\x04push\x18\x02 \x01(\v2\x15.msync.api.v1.PushMsgR\x04push\"H\n" +
+	"\bRoomsReq\x12\x12\n" +
+	"\x04keys\x18\x01 \x03(\tR\x04keys\x12\x12\n" +
+	"\x04join\x18\x02 \x03(\tR\x04join\x12\x14\n" +
+	"\x05leave\x18\x03 \x03(\tR\x05leave\"7\n" +
 	"\aPushReq\x12,\n" +
 	"\x05items\x18\x01 \x03(\v2\x16.msync.api.v1.PushItemR\x05items\")\n" +
 	"\tPushReply\x12\x1c\n" +
@@ -1415,11 +1811,24 @@ const file_pkg_api_pb_api_proto_rawDesc = "" +
 	"\aKickReq\x12\x12\n" +
 	"\x04keys\x18\x01 \x03(\tR\x04keys\x12\x12\n" +
 	"\x04code\x18\x02 \x01(\rR\x04code\x12\x16\n" +
-	"\x06reason\x18\x03 \x01(\tR\x06reason\"n\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"\xce\x01\n" +
 	"\bQueueMsg\x12-\n" +
 	"\x05oplog\x18\x01 \x01(\v2\x15.msync.oplog.v1.OplogH\x00R\x05oplog\x12+\n" +
-	"\x04kick\x18\x02 \x01(\v2\x15.msync.api.v1.KickMsgH\x00R\x04kickB\x06\n" +
-	"\x04body\"]\n" +
+	"\x04kick\x18\x02 \x01(\v2\x15.msync.api.v1.KickMsgH\x00R\x04kick\x12.\n" +
+	"\x04push\x18\x03 \x01(\v2\x18.msync.api.v1.PushTargetH\x00R\x04push\x12.\n" +
+	"\x05rooms\x18\x04 \x01(\v2\x16.msync.api.v1.RoomsMsgH\x00R\x05roomsB\x06\n" +
+	"\x04body\"\x87\x01\n" +
+	"\n" +
+	"PushTarget\x12\x12\n" +
+	"\x04user\x18\x01 \x01(\tR\x04user\x12\x16\n" +
+	"\x06device\x18\x02 \x01(\tR\x06device\x12\x12\n" +
+	"\x04room\x18\x03 \x01(\tR\x04room\x12\x10\n" +
+	"\x03all\x18\x04 \x01(\bR\x03all\x12'\n" +
+	"\x03msg\x18\x05 \x01(\v2\x15.msync.api.v1.PushMsgR\x03msg\"L\n" +
+	"\bRoomsMsg\x12\x16\n" +
+	"\x06device\x18\x01 \x01(\tR\x06device\x12\x12\n" +
+	"\x04join\x18\x02 \x03(\tR\x04join\x12\x14\n" +
+	"\x05leave\x18\x03 \x03(\tR\x05leave\"]\n" +
 	"\aKickMsg\x12\x14\n" +
 	"\x05comet\x18\x01 \x01(\tR\x05comet\x12\x10\n" +
 	"\x03key\x18\x02 \x01(\tR\x03key\x12\x12\n" +
@@ -1431,9 +1840,11 @@ const file_pkg_api_pb_api_proto_rawDesc = "" +
 	"Disconnect\x12\x1b.msync.api.v1.DisconnectReq\x1a\x13.msync.api.v1.Empty\x124\n" +
 	"\x05Renew\x12\x16.msync.api.v1.RenewReq\x1a\x13.msync.api.v1.Empty\x126\n" +
 	"\x04Sync\x12\x15.msync.api.v1.SyncReq\x1a\x17.msync.api.v1.SyncReply\x120\n" +
-	"\x03Ack\x12\x14.msync.api.v1.AckReq\x1a\x13.msync.api.v1.Empty2s\n" +
+	"\x03Ack\x12\x14.msync.api.v1.AckReq\x1a\x13.msync.api.v1.Empty2\xeb\x01\n" +
 	"\x05Comet\x126\n" +
-	"\x04Push\x12\x15.msync.api.v1.PushReq\x1a\x17.msync.api.v1.PushReply\x122\n" +
+	"\x04Push\x12\x15.msync.api.v1.PushReq\x1a\x17.msync.api.v1.PushReply\x12@\n" +
+	"\tBroadcast\x12\x1a.msync.api.v1.BroadcastReq\x1a\x17.msync.api.v1.PushReply\x124\n" +
+	"\x05Rooms\x12\x16.msync.api.v1.RoomsReq\x1a\x13.msync.api.v1.Empty\x122\n" +
 	"\x04Kick\x12\x15.msync.api.v1.KickReq\x1a\x13.msync.api.v1.EmptyB#Z!github.com/msync/msync/pkg/api/pbb\x06proto3"
 
 var (
@@ -1448,7 +1859,7 @@ func file_pkg_api_pb_api_proto_rawDescGZIP() []byte {
 	return file_pkg_api_pb_api_proto_rawDescData
 }
 
-var file_pkg_api_pb_api_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_pkg_api_pb_api_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
 var file_pkg_api_pb_api_proto_goTypes = []any{
 	(*Empty)(nil),         // 0: msync.api.v1.Empty
 	(*ConnectReq)(nil),    // 1: msync.api.v1.ConnectReq
@@ -1466,12 +1877,17 @@ var file_pkg_api_pb_api_proto_goTypes = []any{
 	(*AckItem)(nil),       // 13: msync.api.v1.AckItem
 	(*AckReq)(nil),        // 14: msync.api.v1.AckReq
 	(*PushItem)(nil),      // 15: msync.api.v1.PushItem
-	(*PushReq)(nil),       // 16: msync.api.v1.PushReq
-	(*PushReply)(nil),     // 17: msync.api.v1.PushReply
-	(*KickReq)(nil),       // 18: msync.api.v1.KickReq
-	(*QueueMsg)(nil),      // 19: msync.api.v1.QueueMsg
-	(*KickMsg)(nil),       // 20: msync.api.v1.KickMsg
-	(*oplog.Oplog)(nil),   // 21: msync.oplog.v1.Oplog
+	(*PushMsg)(nil),       // 16: msync.api.v1.PushMsg
+	(*BroadcastReq)(nil),  // 17: msync.api.v1.BroadcastReq
+	(*RoomsReq)(nil),      // 18: msync.api.v1.RoomsReq
+	(*PushReq)(nil),       // 19: msync.api.v1.PushReq
+	(*PushReply)(nil),     // 20: msync.api.v1.PushReply
+	(*KickReq)(nil),       // 21: msync.api.v1.KickReq
+	(*QueueMsg)(nil),      // 22: msync.api.v1.QueueMsg
+	(*PushTarget)(nil),    // 23: msync.api.v1.PushTarget
+	(*RoomsMsg)(nil),      // 24: msync.api.v1.RoomsMsg
+	(*KickMsg)(nil),       // 25: msync.api.v1.KickMsg
+	(*oplog.Oplog)(nil),   // 26: msync.oplog.v1.Oplog
 }
 var file_pkg_api_pb_api_proto_depIdxs = []int32{
 	2,  // 0: msync.api.v1.ConnectReq.points:type_name -> msync.api.v1.Point
@@ -1479,32 +1895,42 @@ var file_pkg_api_pb_api_proto_depIdxs = []int32{
 	4,  // 2: msync.api.v1.ConnectReply.rejected:type_name -> msync.api.v1.Rejected
 	7,  // 3: msync.api.v1.RenewReq.sessions:type_name -> msync.api.v1.SessionRef
 	9,  // 4: msync.api.v1.SyncReq.cursors:type_name -> msync.api.v1.Cursor
-	21, // 5: msync.api.v1.Page.oplogs:type_name -> msync.oplog.v1.Oplog
+	26, // 5: msync.api.v1.Page.oplogs:type_name -> msync.oplog.v1.Oplog
 	11, // 6: msync.api.v1.SyncReply.pages:type_name -> msync.api.v1.Page
 	13, // 7: msync.api.v1.AckReq.items:type_name -> msync.api.v1.AckItem
-	21, // 8: msync.api.v1.PushItem.oplog:type_name -> msync.oplog.v1.Oplog
-	15, // 9: msync.api.v1.PushReq.items:type_name -> msync.api.v1.PushItem
-	21, // 10: msync.api.v1.QueueMsg.oplog:type_name -> msync.oplog.v1.Oplog
-	20, // 11: msync.api.v1.QueueMsg.kick:type_name -> msync.api.v1.KickMsg
-	1,  // 12: msync.api.v1.Logic.Connect:input_type -> msync.api.v1.ConnectReq
-	6,  // 13: msync.api.v1.Logic.Disconnect:input_type -> msync.api.v1.DisconnectReq
-	8,  // 14: msync.api.v1.Logic.Renew:input_type -> msync.api.v1.RenewReq
-	10, // 15: msync.api.v1.Logic.Sync:input_type -> msync.api.v1.SyncReq
-	14, // 16: msync.api.v1.Logic.Ack:input_type -> msync.api.v1.AckReq
-	16, // 17: msync.api.v1.Comet.Push:input_type -> msync.api.v1.PushReq
-	18, // 18: msync.api.v1.Comet.Kick:input_type -> msync.api.v1.KickReq
-	5,  // 19: msync.api.v1.Logic.Connect:output_type -> msync.api.v1.ConnectReply
-	0,  // 20: msync.api.v1.Logic.Disconnect:output_type -> msync.api.v1.Empty
-	0,  // 21: msync.api.v1.Logic.Renew:output_type -> msync.api.v1.Empty
-	12, // 22: msync.api.v1.Logic.Sync:output_type -> msync.api.v1.SyncReply
-	0,  // 23: msync.api.v1.Logic.Ack:output_type -> msync.api.v1.Empty
-	17, // 24: msync.api.v1.Comet.Push:output_type -> msync.api.v1.PushReply
-	0,  // 25: msync.api.v1.Comet.Kick:output_type -> msync.api.v1.Empty
-	19, // [19:26] is the sub-list for method output_type
-	12, // [12:19] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	26, // 8: msync.api.v1.PushItem.oplog:type_name -> msync.oplog.v1.Oplog
+	16, // 9: msync.api.v1.PushItem.push:type_name -> msync.api.v1.PushMsg
+	26, // 10: msync.api.v1.BroadcastReq.oplog:type_name -> msync.oplog.v1.Oplog
+	16, // 11: msync.api.v1.BroadcastReq.push:type_name -> msync.api.v1.PushMsg
+	15, // 12: msync.api.v1.PushReq.items:type_name -> msync.api.v1.PushItem
+	26, // 13: msync.api.v1.QueueMsg.oplog:type_name -> msync.oplog.v1.Oplog
+	25, // 14: msync.api.v1.QueueMsg.kick:type_name -> msync.api.v1.KickMsg
+	23, // 15: msync.api.v1.QueueMsg.push:type_name -> msync.api.v1.PushTarget
+	24, // 16: msync.api.v1.QueueMsg.rooms:type_name -> msync.api.v1.RoomsMsg
+	16, // 17: msync.api.v1.PushTarget.msg:type_name -> msync.api.v1.PushMsg
+	1,  // 18: msync.api.v1.Logic.Connect:input_type -> msync.api.v1.ConnectReq
+	6,  // 19: msync.api.v1.Logic.Disconnect:input_type -> msync.api.v1.DisconnectReq
+	8,  // 20: msync.api.v1.Logic.Renew:input_type -> msync.api.v1.RenewReq
+	10, // 21: msync.api.v1.Logic.Sync:input_type -> msync.api.v1.SyncReq
+	14, // 22: msync.api.v1.Logic.Ack:input_type -> msync.api.v1.AckReq
+	19, // 23: msync.api.v1.Comet.Push:input_type -> msync.api.v1.PushReq
+	17, // 24: msync.api.v1.Comet.Broadcast:input_type -> msync.api.v1.BroadcastReq
+	18, // 25: msync.api.v1.Comet.Rooms:input_type -> msync.api.v1.RoomsReq
+	21, // 26: msync.api.v1.Comet.Kick:input_type -> msync.api.v1.KickReq
+	5,  // 27: msync.api.v1.Logic.Connect:output_type -> msync.api.v1.ConnectReply
+	0,  // 28: msync.api.v1.Logic.Disconnect:output_type -> msync.api.v1.Empty
+	0,  // 29: msync.api.v1.Logic.Renew:output_type -> msync.api.v1.Empty
+	12, // 30: msync.api.v1.Logic.Sync:output_type -> msync.api.v1.SyncReply
+	0,  // 31: msync.api.v1.Logic.Ack:output_type -> msync.api.v1.Empty
+	20, // 32: msync.api.v1.Comet.Push:output_type -> msync.api.v1.PushReply
+	20, // 33: msync.api.v1.Comet.Broadcast:output_type -> msync.api.v1.PushReply
+	0,  // 34: msync.api.v1.Comet.Rooms:output_type -> msync.api.v1.Empty
+	0,  // 35: msync.api.v1.Comet.Kick:output_type -> msync.api.v1.Empty
+	27, // [27:36] is the sub-list for method output_type
+	18, // [18:27] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_pkg_api_pb_api_proto_init() }
@@ -1512,9 +1938,11 @@ func file_pkg_api_pb_api_proto_init() {
 	if File_pkg_api_pb_api_proto != nil {
 		return
 	}
-	file_pkg_api_pb_api_proto_msgTypes[19].OneofWrappers = []any{
+	file_pkg_api_pb_api_proto_msgTypes[22].OneofWrappers = []any{
 		(*QueueMsg_Oplog)(nil),
 		(*QueueMsg_Kick)(nil),
+		(*QueueMsg_Push)(nil),
+		(*QueueMsg_Rooms)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1522,7 +1950,7 @@ func file_pkg_api_pb_api_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_pkg_api_pb_api_proto_rawDesc), len(file_pkg_api_pb_api_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   21,
+			NumMessages:   26,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

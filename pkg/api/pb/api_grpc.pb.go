@@ -278,8 +278,10 @@ var Logic_ServiceDesc = grpc.ServiceDesc{
 }
 
 const (
-	Comet_Push_FullMethodName = "/msync.api.v1.Comet/Push"
-	Comet_Kick_FullMethodName = "/msync.api.v1.Comet/Kick"
+	Comet_Push_FullMethodName      = "/msync.api.v1.Comet/Push"
+	Comet_Broadcast_FullMethodName = "/msync.api.v1.Comet/Broadcast"
+	Comet_Rooms_FullMethodName     = "/msync.api.v1.Comet/Rooms"
+	Comet_Kick_FullMethodName      = "/msync.api.v1.Comet/Kick"
 )
 
 // CometClient is the client API for Comet service.
@@ -287,6 +289,8 @@ const (
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 type CometClient interface {
 	Push(ctx context.Context, in *PushReq, opts ...grpc.CallOption) (*PushReply, error)
+	Broadcast(ctx context.Context, in *BroadcastReq, opts ...grpc.CallOption) (*PushReply, error)
+	Rooms(ctx context.Context, in *RoomsReq, opts ...grpc.CallOption) (*Empty, error)
 	Kick(ctx context.Context, in *KickReq, opts ...grpc.CallOption) (*Empty, error)
 }
 
@@ -308,6 +312,26 @@ func (c *cometClient) Push(ctx context.Context, in *PushReq, opts ...grpc.CallOp
 	return out, nil
 }
 
+func (c *cometClient) Broadcast(ctx context.Context, in *BroadcastReq, opts ...grpc.CallOption) (*PushReply, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PushReply)
+	err := c.cc.Invoke(ctx, Comet_Broadcast_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *cometClient) Rooms(ctx context.Context, in *RoomsReq, opts ...grpc.CallOption) (*Empty, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Empty)
+	err := c.cc.Invoke(ctx, Comet_Rooms_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *cometClient) Kick(ctx context.Context, in *KickReq, opts ...grpc.CallOption) (*Empty, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(Empty)
@@ -323,6 +347,8 @@ func (c *cometClient) Kick(ctx context.Context, in *KickReq, opts ...grpc.CallOp
 // for forward compatibility.
 type CometServer interface {
 	Push(context.Context, *PushReq) (*PushReply, error)
+	Broadcast(context.Context, *BroadcastReq) (*PushReply, error)
+	Rooms(context.Context, *RoomsReq) (*Empty, error)
 	Kick(context.Context, *KickReq) (*Empty, error)
 	mustEmbedUnimplementedCometServer()
 }
@@ -336,6 +362,12 @@ type UnimplementedCometServer struct{}
 
 func (UnimplementedCometServer) Push(context.Context, *PushReq) (*PushReply, error) {
 	return nil, status.Error(codes.Unimplemented, "method Push not implemented")
+}
+func (UnimplementedCometServer) Broadcast(context.Context, *BroadcastReq) (*PushReply, error) {
+	return nil, status.Error(codes.Unimplemented, "method Broadcast not implemented")
+}
+func (UnimplementedCometServer) Rooms(context.Context, *RoomsReq) (*Empty, error) {
+	return nil, status.Error(codes.Unimplemented, "method Rooms not implemented")
 }
 func (UnimplementedCometServer) Kick(context.Context, *KickReq) (*Empty, error) {
 	return nil, status.Error(codes.Unimplemented, "method Kick not implemented")
@@ -379,6 +411,42 @@ func _Comet_Push_Handler(srv interface{}, ctx context.Context, dec func(interfac
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Comet_Broadcast_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(BroadcastReq)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CometServer).Broadcast(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Comet_Broadcast_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CometServer).Broadcast(ctx, req.(*BroadcastReq))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Comet_Rooms_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RoomsReq)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CometServer).Rooms(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Comet_Rooms_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CometServer).Rooms(ctx, req.(*RoomsReq))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _Comet_Kick_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(KickReq)
 	if err := dec(in); err != nil {
@@ -407,6 +475,14 @@ var Comet_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Push",
 			Handler:    _Comet_Push_Handler,
+		},
+		{
+			MethodName: "Broadcast",
+			Handler:    _Comet_Broadcast_Handler,
+		},
+		{
+			MethodName: "Rooms",
+			Handler:    _Comet_Rooms_Handler,
 		},
 		{
 			MethodName: "Kick",
