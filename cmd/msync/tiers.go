@@ -12,6 +12,3 @@ var errClusterMode = errors.New("cluster mode is not built yet: use 'msync all'"
 func runComet(ctx context.Context, args []string, stderr io.Writer) error { return errClusterMode }
 func runLogic(ctx context.Context, args []string, stderr io.Writer) error { return errClusterMode }
 func runJob(ctx context.Context, args []string, stderr io.Writer) error   { return errClusterMode }
-func runMigrate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	return errClusterMode
-}

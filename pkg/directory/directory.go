@@ -42,3 +42,20 @@ type Directory interface {
 	// ByDevice returns the device's session or ErrNotFound.
 	ByDevice(ctx context.Context, device string) (Session, error)
 }
+
+// CometInfo is one registered comet.
+type CometInfo struct {
+	ID   string
+	Addr string // gRPC address of its Comet service
+	Seen time.Time
+}
+
+// Comets is the comet registry of cluster mode: comets register (through
+// logic's Renew) with a TTL and job discovers them here, noticing joins and
+// departures without a restart.
+type Comets interface {
+	// RegisterComet adds comet id at addr, or renews it, for the TTL.
+	RegisterComet(ctx context.Context, id, addr string) error
+	// Comets lists the comets registered and not expired.
+	Comets(ctx context.Context) ([]CometInfo, error)
+}
