@@ -26,6 +26,11 @@ import (
 // Run runs the conformance suite. open must return a new, empty store for
 // each call; the suite closes it (Close must be idempotent).
 func Run(t *testing.T, open func(t *testing.T) store.Store) {
+	RunWith(t, open, Options{})
+}
+
+// RunWith is Run with options for backends that differ where store.go allows.
+func RunWith(t *testing.T, open func(t *testing.T) store.Store, opt Options) {
 	tests := []struct {
 		name string
 		fn   func(t *testing.T, s store.Store)
@@ -45,6 +50,9 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"Close", testClose},
 	}
 	for _, tt := range tests {
+		if opt.NativeTTL {
+			tt.fn = nativeTTLVariant(tt.name, tt.fn)
+		}
 		t.Run(tt.name, func(t *testing.T) {
 			s := open(t)
 			t.Cleanup(func() {

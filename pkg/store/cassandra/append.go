@@ -1,0 +1,381 @@
+package cassandra
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/gocql/gocql"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/msync/msync/pkg/oplog"
+	"github.com/msync/msync/pkg/store"
+)
+
+// maxCASRetries bounds the rounds one batch loses to other writers of the
+// same channel (other logic processes) before Append gives up.
+const maxCASRetries = 64
+
+// pendingOp is one oplog on its way into a batch.
+type pendingOp struct {
+	body []byte
+	uuid gocql.UUID
+	ttl  int
+	id   uint64 // set when committed
+}
+
+// appendReq is one caller's ops of one channel.
+type appendReq struct {
+	ctx  context.Context
+	ops  []*pendingOp
+	done chan error    // buffered 1: the outcome
+	lead chan struct{} // buffered 1: the caller becomes the channel's leader
+}
+
+// chanQueue serialises one channel's appends in this process: a caller
+// that finds no leader leads, committing queued requests in groups (one LWT
+// batch per group and bucket) until its own is done, then hands leadership
+// to the next waiter. No goroutine is started.
+type chanQueue struct {
+	pending []*appendReq
+	busy    bool
+	known   bool   // cur is trusted
+	cur     uint64 // the channel's max id as of our last applied LWT
+}
+
+// submit commits req's ops (one channel) and returns when they have ids.
+func (s *Store) submit(ch string, req *appendReq) error {
+	s.mu.Lock()
+	q := s.chans[ch]
+	if q == nil {
+		q = &chanQueue{}
+		s.chans[ch] = q
+	}
+	q.pending = append(q.pending, req)
+	lead := !q.busy
+	q.busy = true
+	s.mu.Unlock()
+	if !lead {
+		select {
+		case err := <-req.done:
+			return err
+		case <-req.lead:
+		}
+	}
+	for {
+		select {
+		case err := <-req.done:
+			s.handOff(ch, q)
+			return err
+		default:
+		}
+		group := s.takeGroup(q)
+		if len(group) == 0 {
+			// Our own request was answered in takeGroup (cancelled).
+			continue
+		}
+		var ops []*pendingOp
+		for _, r := range group {
+			ops = append(ops, r.ops...)
+		}
+		// The leader's ctx must not cut short other callers' writes, and an
+		// LWT in flight must be resolved even if the caller gave up.
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(req.ctx), 4*s.cfg.Timeout*time.Duration(1+len(ops)/s.cfg.MaxBatch))
+		err := s.commit(ctx, ch, q, ops)
+		cancel()
+		for _, r := range group {
+			r.done <- err
+		}
+	}
+}
+
+// takeGroup takes queued requests up to MaxBatch ops (at least one request);
+// requests whose caller already gave up are answered and skipped.
+func (s *Store) takeGroup(q *chanQueue) []*appendReq {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var group []*appendReq
+	n := 0
+	for len(q.pending) > 0 {
+		r := q.pending[0]
+		if err := r.ctx.Err(); err != nil {
+			q.pending = q.pending[1:]
+			r.done <- err
+			continue
+		}
+		if len(group) > 0 && n+len(r.ops) > s.cfg.MaxBatch {
+			break
+		}
+		q.pending = q.pending[1:]
+		group = append(group, r)
+		n += len(r.ops)
+	}
+	return group
+}
+
+func (s *Store) handOff(ch string, q *chanQueue) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(q.pending) > 0 {
+		q.pending[0].lead <- struct{}{}
+		return
+	}
+	q.busy = false
+	if q.known {
+		if len(s.heads) >= maxHeads {
+			clear(s.heads)
+		}
+		s.heads[ch] = max(s.heads[ch], q.cur)
+	}
+	delete(s.chans, ch)
+}
+
+// commit assigns ids cur+1.. to ops and writes them, one single-partition
+// conditional batch per bucket: UPDATE max_id IF max_id = cur (or IF max_id
+// = null for a bucket's first ids) plus the INSERTs of the rows. Paxos on
+// the partition commits id n+1 only after n: readers never see a hole.
+// On error ops before the failing bucket may be committed (their ids set).
+func (s *Store) commit(ctx context.Context, ch string, q *chanQueue, ops []*pendingOp) error {
+	retries := 0
+	for len(ops) > 0 {
+		if !q.known {
+			cur, err := s.maxID(ctx, ch, s.cons)
+			if err != nil {
+				return err
+			}
+			q.cur, q.known = cur, true
+		}
+		first := q.cur + 1
+		b := s.bucketOf(first)
+		n := int(min(uint64(len(ops)), s.bucketEnd(b)-q.cur))
+		part := ops[:n]
+		applied, current, err := s.casBatch(ctx, ch, b, q.cur, part)
+		switch {
+		case err != nil:
+			// Unknown outcome: settle it by a SERIAL read, never by
+			// allocating again.
+			s.cfg.Logger.Warn("cassandra append: LWT outcome unknown, resolving at serial consistency",
+				"channel", ch, "bucket", b, "first_id", first, "err", err)
+			applied, current, err = s.resolve(ctx, ch, b, q.cur, part)
+			if err != nil {
+				q.known = false
+				return fmt.Errorf("%w: %w: %w", ErrUnknownOutcome, store.ErrUnavailable, err)
+			}
+		}
+		if applied {
+			for i, op := range part {
+				op.id = first + uint64(i)
+			}
+			q.cur += uint64(n)
+			ops = ops[n:]
+			retries = 0
+			continue
+		}
+		retries++
+		if retries > maxCASRetries {
+			q.known = false
+			return fmt.Errorf("store/cassandra: append to %s: %w: lost %d LWT rounds in a row", ch, store.ErrUnavailable, retries-1)
+		}
+		if current == nil {
+			// The bucket we took for the head is not initialised: our
+			// idea of the head is wrong; look again.
+			q.known = false
+			continue
+		}
+		q.cur = *current
+	}
+	return nil
+}
+
+// casBatch runs one conditional batch on partition (ch, b). current is the
+// partition's max_id reported by a not-applied result (nil if unset).
+func (s *Store) casBatch(ctx context.Context, ch string, b int64, cur uint64, part []*pendingOp) (applied bool, current *uint64, err error) {
+	// A fresh *Batch per execution: gocql batches must not be reused.
+	batch := s.sess.NewBatch(gocql.LoggedBatch).WithContext(ctx)
+	batch.SetConsistency(s.cons)
+	batch.SerialConsistency(gocql.SerialConsistency(s.serial))
+	batch.RetryPolicy(nil) // a retried CAS could apply twice
+	newMax := int64(cur) + int64(len(part))
+	if cur+1 == s.bucketStart(b) {
+		batch.Query(s.st.casInit, newMax, ch, b)
+	} else {
+		batch.Query(s.st.casAdvance, newMax, ch, b, int64(cur))
+	}
+	for i, op := range part {
+		batch.Query(s.st.insertOp, ch, b, int64(cur)+1+int64(i), op.uuid, op.body, op.ttl)
+	}
+	dest := make(map[string]any)
+	applied, iter, err := s.mapExecuteBatchCAS(batch, dest)
+	if err != nil {
+		return false, nil, err
+	}
+	if err := iter.Close(); err != nil {
+		return false, nil, err
+	}
+	if applied {
+		return true, nil, nil
+	}
+	if m, ok := dest["max_id"].(int64); ok {
+		v := uint64(m)
+		return false, &v, nil
+	}
+	return false, nil, nil
+}
+
+// mapExecuteBatchCAS guards gocql's MapExecuteBatchCAS, which panics when a
+// result lacks [applied]; such a result is an unknown outcome.
+func (s *Store) mapExecuteBatchCAS(b *gocql.Batch, dest map[string]any) (applied bool, iter *gocql.Iter, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			applied, iter, err = false, nil, fmt.Errorf("conditional batch result without [applied]: %v", r)
+		}
+	}()
+	applied, iter, err = s.sess.MapExecuteBatchCAS(b, dest)
+	if err == nil && iter == nil {
+		err = errors.New("conditional batch: no result")
+	}
+	return applied, iter, err
+}
+
+// resolve settles an LWT batch whose outcome is unknown. A SERIAL read of
+// the partition first completes (or forever invalidates) any in-flight
+// Paxos proposal; then the batch applied iff row cur+1 carries part[0]'s
+// uuid. If not, current is the partition's max_id now.
+func (s *Store) resolve(ctx context.Context, ch string, b int64, cur uint64, part []*pendingOp) (applied bool, current *uint64, err error) {
+	m, ok, err := s.readHead(ctx, ch, b, s.serial)
+	if err != nil {
+		return false, nil, err
+	}
+	if !ok {
+		return false, nil, nil
+	}
+	if m > cur {
+		got, err := s.uuidsIn(ctx, ch, b, cur, cur+1, s.serial)
+		if err != nil {
+			return false, nil, err
+		}
+		if u, found := got[cur+1]; found && u == part[0].uuid {
+			return true, nil, nil
+		}
+	}
+	return false, &m, nil
+}
+
+// uuidsIn reads the op uuids of ids (lo, hi] in bucket b.
+func (s *Store) uuidsIn(ctx context.Context, ch string, b int64, lo, hi uint64, cons gocql.Consistency) (map[uint64]gocql.UUID, error) {
+	out := make(map[uint64]gocql.UUID)
+	iter := s.sess.Query(s.st.selectUUIDs, ch, b, int64(lo), int64(hi)).WithContext(ctx).Consistency(cons).Iter()
+	var id int64
+	var u gocql.UUID
+	for iter.Scan(&id, &u) {
+		out[uint64(id)] = u
+	}
+	if err := iter.Close(); err != nil {
+		return nil, s.wrap("read op uuids", err)
+	}
+	return out, nil
+}
+
+// Append implements store.Appender. See the package doc for what a failed
+// call may leave visible.
+func (s *Store) Append(ctx context.Context, ops []*oplog.Oplog) ([]store.AppendResult, error) {
+	now := time.Now()
+	pend := make([]*pendingOp, len(ops))
+	for i, op := range ops {
+		if op == nil {
+			return nil, fmt.Errorf("%w: nil oplog", store.ErrInvalid)
+		}
+		if err := checkChannel(op.Channel); err != nil {
+			return nil, err
+		}
+		if op.Id != 0 {
+			return nil, fmt.Errorf("%w: id %d already set", store.ErrInvalid, op.Id)
+		}
+		body, err := proto.Marshal(op)
+		if err != nil {
+			return nil, fmt.Errorf("%w: marshal: %w", store.ErrInvalid, err)
+		}
+		u, err := gocql.RandomUUID()
+		if err != nil {
+			return nil, fmt.Errorf("store/cassandra: uuid: %w", err)
+		}
+		pend[i] = &pendingOp{body: body, uuid: u, ttl: ttlOf(op, now)}
+	}
+	if err := s.check(ctx); err != nil {
+		return nil, err
+	}
+	if len(ops) == 0 {
+		return []store.AppendResult{}, nil
+	}
+
+	res := make([]store.AppendResult, len(ops))
+	dupOf := make([]int, len(ops)) // index of the earlier op with the same key, or -1
+	byChan := make(map[string][]int)
+	var chans []string
+	seen := make(map[[2]string]int)
+	for i, op := range ops {
+		dupOf[i] = -1
+		if op.DedupKey != "" {
+			k := [2]string{op.Channel, op.DedupKey}
+			if j, ok := seen[k]; ok {
+				dupOf[i] = j
+				continue
+			}
+			seen[k] = i
+		}
+		if _, ok := byChan[op.Channel]; !ok {
+			chans = append(chans, op.Channel)
+		}
+		byChan[op.Channel] = append(byChan[op.Channel], i)
+	}
+
+	for _, ch := range chans {
+		var claimed []int
+		var toWrite []*pendingOp
+		var idx []int
+		for _, i := range byChan[ch] {
+			op := ops[i]
+			if op.DedupKey != "" {
+				id, dup, err := s.claim(ctx, ch, op.DedupKey, pend[i].uuid)
+				if err != nil {
+					s.release(ctx, ch, ops, pend, claimed)
+					return nil, err
+				}
+				if dup {
+					res[i] = store.AppendResult{ID: id, Duplicate: true}
+					continue
+				}
+				claimed = append(claimed, i)
+			}
+			toWrite = append(toWrite, pend[i])
+			idx = append(idx, i)
+		}
+		if len(toWrite) > 0 {
+			req := &appendReq{ctx: ctx, ops: toWrite, done: make(chan error, 1), lead: make(chan struct{}, 1)}
+			if err := s.submit(ch, req); err != nil {
+				if !errors.Is(err, ErrUnknownOutcome) {
+					s.release(ctx, ch, ops, pend, claimed)
+				}
+				return nil, s.wrap("append", err)
+			}
+			for _, i := range idx {
+				res[i] = store.AppendResult{ID: pend[i].id}
+			}
+		}
+		for _, i := range claimed {
+			s.setDedupID(ctx, ch, ops[i].DedupKey, pend[i].id)
+		}
+	}
+	for i, j := range dupOf {
+		if j >= 0 {
+			res[i] = store.AppendResult{ID: res[j].ID, Duplicate: true}
+		}
+	}
+	for i, op := range ops {
+		if !res[i].Duplicate {
+			op.Id = res[i].ID
+		}
+	}
+	return res, nil
+}

@@ -1,0 +1,51 @@
+// Package cassandra is the cluster-mode store.Store (gocql v1.7.0) and the
+// cluster directory (directory.Directory and directory.Comets). The schema
+// is created by Migrate (`msync migrate -c FILE`); see Schema.
+//
+// Ids. Oplogs live in partitions (channel, bucket), bucket = id/BucketSize,
+// each with a STATIC max_id. An append is one single-partition conditional
+// LOGGED batch: UPDATE max_id = cur+n IF max_id = cur (IF max_id = null for a
+// bucket's first ids) plus the INSERTs of rows cur+1..cur+n. Paxos on the
+// partition commits n+1 only after n, so the committed max_id is the durable
+// watermark and readers (id > ? AND id <= max LIMIT n, bucket by bucket)
+// never see a hole. A group that would cross a bucket boundary is split, one
+// LWT per bucket. Appends of one channel are serialised in-process (a caller
+// leads and commits waiting callers' ops with its own, MaxBatch at most per
+// LWT); other processes' appends show up as lost CAS rounds, retried with the
+// max_id the server returned. No RetryPolicy is set anywhere.
+//
+// Unknown outcomes. Any error from an LWT batch (a CAS write timeout, a lost
+// connection, a cancelled context) is settled by a SERIAL read of the
+// partition — which completes or forever invalidates an in-flight proposal —
+// and matching the op uuid stored in row cur+1; never by allocating again.
+// If that read fails too, Append returns ErrUnknownOutcome and forgets its
+// cached head.
+//
+// Deviations from store.go (documented, not hidden): a call spanning several
+// channels or buckets is several LWTs, so on error the parts committed before
+// the failure stay visible (retrying with dedup keys returns their ids).
+//
+// Dedup keys: table dedup keyed by (channel, dedup_key), claimed with INSERT
+// ... IF NOT EXISTS (op uuid, from_id = a lower bound of the id, claimed_at)
+// before the append; the id is written after the append commits. Crash
+// windows: (1) after the claim, before the append: the claim has no id; a
+// later op with the key scans ids > from_id for the claim's uuid after a
+// SERIAL head read, finds nothing, and takes the claim over (LWT IF op_uuid =
+// old) once DedupLease has passed — until then it waits (bounded by its ctx).
+// This assumes the claimer cannot still commit after the lease (its commit is
+// bounded by timeouts well below the lease) and bounded clock skew. (2) after
+// the append, before the id is written: the scan finds the uuid and returns
+// that id as the duplicate. (3) an append that failed definitely releases its
+// claims (DELETE IF op_uuid = ours). Residual risk: an oplog whose TTL ended
+// before resolution cannot be found by uuid, so the key may be appended again.
+//
+// Sync points are written USING TIMESTAMP = id: last-write-wins keeps the
+// highest id with one plain write (no read, no LWT); nothing may write that
+// table with wall-clock timestamps. Oplogs expire by native TTL (from
+// ValidUntilMs, at least 1s, at most 20 years); max_id has none, so ids are
+// never reused; DeleteExpired returns 0.
+//
+// Cost: an append is one LWT (~4 round trips) per group per bucket, plus a
+// LOCAL_QUORUM read of the head when the channel is not cached, plus for each
+// dedup key one LWT claim and one write.
+package cassandra
