@@ -5,6 +5,7 @@ package cluster
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -28,6 +29,7 @@ import (
 	dirmem "github.com/msync/msync/pkg/directory/memory"
 	queuemem "github.com/msync/msync/pkg/queue/memory"
 	"github.com/msync/msync/pkg/store/pebble"
+	"github.com/msync/msync/web"
 )
 
 // Config is what an all-in-one node needs beyond the file.
@@ -100,37 +102,45 @@ func Start(cfg Config) (n *Node, err error) {
 	if n.Directory, err = dirmem.New(dirmem.Config{}); err != nil {
 		return n, fmt.Errorf("cluster: directory: %w", err)
 	}
+	// The browser demo at /demo/ on the logic listener. It mints client
+	// tokens only while the development API key is configured (package web).
+	devKey := ""
+	if f.HasDevKey() {
+		devKey = config.DevAPIKey
+	}
+	demo, err := web.New(web.Config{
+		Tokens: tokens, DevKey: devKey, WSPath: gateway.DefaultWSPath,
+		// Called per request: the comet binds after this handler is built.
+		WSAddr: func() net.Addr { return n.Comet.Addrs().WS },
+		Logger: log.With("tier", "demo"),
+	})
+	if err != nil {
+		return n, err
+	}
 	if n.Logic, err = logic.New(logic.Config{
-		HTTPAddr:   f.Logic.HTTPAddr,
-		Store:      n.Store,
-		Queue:      n.Queue,
-		Directory:  n.Directory,
-		Bizs:       bizs,
-		Tokens:     tokens,
-		APIKeys:    auth.NewAPIKeys(f.APIKeys),
-		MaxBatch:   f.Logic.MaxBatch,
-		Logger:     log.With("tier", "logic"),
-		Registerer: n.Registry,
-		Gatherer:   n.Registry,
+		HTTPAddr:       f.Logic.HTTPAddr,
+		Store:          n.Store,
+		Queue:          n.Queue,
+		Directory:      n.Directory,
+		Bizs:           bizs,
+		Tokens:         tokens,
+		APIKeys:        auth.NewAPIKeys(f.APIKeys),
+		MaxBatch:       f.Logic.MaxBatch,
+		MaxPushPayload: f.Logic.MaxPushPayload,
+		Mount:          map[string]http.Handler{web.Prefix: demo},
+		Logger:         log.With("tier", "logic"),
+		Registerer:     n.Registry,
+		Gatherer:       n.Registry,
 	}); err != nil {
 		return n, err
 	}
-	if n.Comet, err = comet.New(comet.Config{
-		ID: f.Comet.ID,
-		Gateway: gateway.Config{
-			Addr:            f.Comet.Addr,
-			AuthTimeout:     time.Duration(f.Comet.AuthTimeout),
-			WriteQueueBytes: f.Comet.WriteQueueBytes,
-			Logger:          log.With("tier", "gateway"),
-		},
-		Logic:             api.LocalLogic(n.Logic),
-		Buckets:           f.Comet.Buckets,
-		HeartbeatInterval: time.Duration(f.Comet.Heartbeat),
-		PageLimit:         uint32(f.Comet.PageLimit),
-		AckTimeout:        time.Duration(f.Comet.AckTimeout),
-		Logger:            log.With("tier", "comet"),
-		Registerer:        n.Registry,
-	}); err != nil {
+	ccfg, err := CometConfig(f, log)
+	if err != nil {
+		return n, err
+	}
+	ccfg.Logic = api.LocalLogic(n.Logic)
+	ccfg.Registerer = n.Registry
+	if n.Comet, err = comet.New(ccfg); err != nil {
 		return n, err
 	}
 	if n.Job, err = job.New(job.Config{
@@ -213,4 +223,21 @@ func (n *Node) Shutdown(ctx context.Context) error {
 		n.err = errors.Join(errs...)
 	})
 	return n.err
+}
+
+// CometTransports sets the WebSocket and TLS listeners of g from the comet
+// section (ws_addr, tls): it loads the certificate, so a bad cert_file or
+// key_file fails here, at start-up.
+func CometTransports(g *gateway.Config, c config.Comet) error {
+	g.WSAddr = c.WSAddr
+	if !c.TLS.Enabled() {
+		return nil
+	}
+	pair, err := tls.LoadX509KeyPair(c.TLS.CertFile, c.TLS.KeyFile)
+	if err != nil {
+		return fmt.Errorf("cluster: comet.tls: %w", err)
+	}
+	g.TLS = &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}
+	g.TLSAddr, g.TLSWSAddr = c.TLS.TCPAddr, c.TLS.WSAddr
+	return nil
 }

@@ -7,6 +7,9 @@
 // does not grow with devices that vanished without a disconnect. Shutdown
 // (or Close) stops the sweeper.
 //
+// It is also the comet registry (directory.Comets, comets.go) of the mixed
+// local cluster: comets registered with the same TTL, pruned on register.
+//
 // Lock order: a device shard's lock, then a user shard's lock. Index updates
 // happen under the device shard lock, so operations on one device are
 // serialised with their index changes.

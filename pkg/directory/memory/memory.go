@@ -78,6 +78,12 @@ type Directory struct {
 	devices []deviceShard
 	users   []userShard
 
+	// comets is the comet registry (comets.go); a leaf lock.
+	comets struct {
+		sync.Mutex
+		m map[string]cometEntry
+	}
+
 	closed   atomic.Bool
 	stopOnce sync.Once
 	quit     chan struct{}

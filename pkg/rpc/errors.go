@@ -1,0 +1,12 @@
+package rpc
+
+import "errors"
+
+var (
+	// ErrInvalidConfig wraps every configuration problem.
+	ErrInvalidConfig = errors.New("rpc: invalid config")
+	// ErrClosed is returned by calls made after Shutdown.
+	ErrClosed = errors.New("rpc: closed")
+	// ErrStarted is returned by a second Start.
+	ErrStarted = errors.New("rpc: already started")
+)
