@@ -1,10 +1,12 @@
 package gateway
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"strings"
 	"time"
 
 	"github.com/msync/msync/pkg/protocol"
@@ -39,12 +41,34 @@ type Config struct {
 	// Workers bounds the write drains running at once (one per connection
 	// with queued data). Zero means 10000.
 	Workers int
-	// BufferSize is netpoll's per-connection buffer size. netpoll keeps it
+	// BufferSize is netpoll's per-connection buffer size: the input buffer
+	// every connection keeps while idle (it doubles per connection while
+	// reads fill it) and the minimum output buffer node. netpoll keeps it
 	// in a process global, so only the first Server started in a process
-	// applies it. Zero means 1024, which keeps idle connections near 4 KB.
+	// applies it. Zero means 256: clients send small frames (AUTH, ACK,
+	// heartbeats), and an idle session is mostly these buffers, so a larger
+	// default costs every idle connection for no gain.
 	BufferSize int
 	// Logger receives the server's logs. Nil discards them.
 	Logger *slog.Logger
+
+	// WSAddr, when set, also serves WebSocket on netpoll there: each binary
+	// message carries one frame (rules in ws.go and docs/transports.md).
+	// Zero means no WebSocket listener. Connections of every listener share
+	// one ID space, the Handler and all the settings above.
+	WSAddr string
+	// WSPath is the only path the WebSocket upgrade accepts (others get
+	// HTTP 404). Zero means "/sub".
+	WSPath string
+	// TLS is the server certificate configuration of the TLS listeners;
+	// required when TLSAddr or TLSWSAddr is set. Zero means no TLS.
+	TLS *tls.Config
+	// TLSAddr, when set, serves msync frames over TLS there; TLSWSAddr
+	// serves WebSocket over TLS. They run on crypto/tls and std net with a
+	// goroutine per connection (netpoll has no TLS): same Handler,
+	// deadlines and bounded write queue, more memory per connection. Zero
+	// means no listener.
+	TLSAddr, TLSWSAddr string
 }
 
 const (
@@ -55,7 +79,7 @@ const (
 	defaultAuthTimeout     = 10 * time.Second
 	defaultTick            = 250 * time.Millisecond
 	defaultWorkers         = 10000
-	defaultBufferSize      = 1024
+	defaultBufferSize      = 256
 )
 
 // withDefaults returns a copy of c with zero fields defaulted.
@@ -89,6 +113,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.WSPath == "" {
+		c.WSPath = DefaultWSPath
 	}
 	return c
 }
@@ -125,6 +152,20 @@ func (c Config) validate() error {
 	}
 	if c.BufferSize < 0 {
 		bad("BufferSize %d is negative", c.BufferSize)
+	}
+	for name, addr := range map[string]string{"WSAddr": c.WSAddr, "TLSAddr": c.TLSAddr, "TLSWSAddr": c.TLSWSAddr} {
+		if addr == "" {
+			continue
+		}
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			bad("%s %q: %v", name, addr, err)
+		}
+	}
+	if !strings.HasPrefix(c.WSPath, "/") {
+		bad("WSPath %q must start with /", c.WSPath)
+	}
+	if (c.TLSAddr != "" || c.TLSWSAddr != "") && (c.TLS == nil || (len(c.TLS.Certificates) == 0 && c.TLS.GetCertificate == nil && c.TLS.GetConfigForClient == nil)) {
+		bad("TLSAddr/TLSWSAddr need TLS with a certificate")
 	}
 	if len(errs) == 0 {
 		return nil

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -17,10 +18,16 @@ import (
 
 // Conn is one accepted connection. All methods are goroutine-safe.
 type Conn struct {
-	ctx connCtx // returned to netpoll from OnConnect; handed back in OnRequest
-	srv *Server
-	nc  netpoll.Connection
-	id  uint64
+	ctx  connCtx // returned to netpoll from OnConnect; handed back in OnRequest
+	srv  *Server
+	sock socket // netpoll.Connection, or a TLS connection on std net
+	id   uint64
+	kind connKind
+
+	// ready is false until a WebSocket upgrade or TLS handshake finished
+	// (always true for plain TCP); until then the handler knows nothing of
+	// the connection and nothing queued is written.
+	ready atomic.Bool
 
 	live wheel.Entry   // liveness deadline; once closing, the hard close deadline
 	ack  wheel.Entry   // ack deadline
@@ -40,6 +47,7 @@ type Conn struct {
 		closing   bool     // no more Writes; the drain flushes final and closes
 		final     []byte   // written after q by the closing drain
 		reason    error    // passed to OnClose
+		pong      []byte   // WebSocket: the latest unanswered ping's pong frame
 	}
 }
 
@@ -62,7 +70,7 @@ func (c *Conn) ID() uint64 { return c.id }
 
 // RemoteAddr is the peer's address, e.g. "10.0.0.7:52114".
 func (c *Conn) RemoteAddr() string {
-	if a := c.nc.RemoteAddr(); a != nil {
+	if a := c.sock.RemoteAddr(); a != nil {
 		return a.String()
 	}
 	return ""
@@ -221,7 +229,7 @@ func (c *Conn) expire(e *wheel.Entry) {
 	if c.closing.Load() {
 		// The closing flush overran WriteTimeout: drop the connection. This
 		// also wakes a drain blocked in Flush.
-		_ = c.nc.Close()
+		_ = c.sock.Close()
 		return
 	}
 	s.stats.deadline.Add(1)
@@ -258,9 +266,9 @@ func (c *Conn) drain() {
 		c.mu.Lock()
 		q, queued := c.mu.q, c.mu.queued
 		c.mu.q, c.mu.queued = spare, 0
-		closing, final := c.mu.closing, c.mu.final
-		c.mu.final = nil
-		if len(q) == 0 && !closing {
+		closing, final, pong, reason := c.mu.closing, c.mu.final, c.mu.pong, c.mu.reason
+		c.mu.final, c.mu.pong = nil, nil
+		if len(q) == 0 && !closing && pong == nil {
 			c.mu.scheduled = false
 			c.mu.Unlock()
 			return
@@ -271,8 +279,18 @@ func (c *Conn) drain() {
 			q = append(q, final)
 			queued += len(final)
 		}
-		err := c.writeFrames(q)
-		if err == nil {
+		var err error
+		if c.ready.Load() {
+			// Before the upgrade or handshake the peer speaks HTTP or a TLS
+			// handshake: msync frames would be garbage to it, so a close
+			// (auth deadline, Shutdown) just drops the socket.
+			var tail []byte
+			if closing && c.kind.ws() {
+				tail = wsCloseFrame(reason)
+			}
+			err = c.writeFrames(pong, q, tail)
+		}
+		if err == nil && c.ready.Load() {
 			s.stats.framesOut.Add(uint64(len(q)))
 			s.stats.bytesOut.Add(uint64(queued))
 		}
@@ -282,7 +300,7 @@ func (c *Conn) drain() {
 			spare = nil
 		}
 		if err != nil {
-			if errors.Is(err, netpoll.ErrWriteTimeout) {
+			if errors.Is(err, netpoll.ErrWriteTimeout) || errors.Is(err, os.ErrDeadlineExceeded) {
 				err = fmt.Errorf("%w: flush timed out after %v", ErrSlowConsumer, s.cfg.WriteTimeout)
 				s.stats.slowConsumer.Add(1)
 			} else {
@@ -292,7 +310,7 @@ func (c *Conn) drain() {
 			return
 		}
 		if closing {
-			_ = c.nc.Close()
+			c.closeGracefully()
 			return
 		}
 	}
@@ -308,24 +326,55 @@ func (c *Conn) drain() {
 // WriteBinary do not take it, so a peer closing mid-batch would have the
 // drain write into freed buffer nodes. Connection.Write holds that lock
 // across the copy and the flush.
-func (c *Conn) writeFrames(q [][]byte) error {
+//
+// On WebSocket connections each frame of q goes out as one binary message
+// (a WebSocket header is written in front of it); pre and post are
+// complete WebSocket control frames (a pong, the close frame) written as
+// they are. On TCP, pre and post are nil.
+func (c *Conn) writeFrames(pre []byte, q [][]byte, post []byte) error {
 	bp := batchPool.Get().(*[]byte)
 	buf := (*bp)[:0]
 	defer func() { *bp = buf[:0]; batchPool.Put(bp) }()
-	for _, f := range q {
-		if len(buf) > 0 && len(buf)+len(f) > maxBatch {
+	ws := c.kind.ws()
+	var hdr [maxWSHeader]byte
+	put := func(h, f []byte) error {
+		if len(buf) > 0 && len(buf)+len(h)+len(f) > maxBatch {
 			if err := c.flush(buf); err != nil {
 				return err
 			}
 			buf = buf[:0]
 		}
+		buf = append(buf, h...)
 		if len(f) >= maxBatch { // too big to batch: no point copying it twice
-			if err := c.flush(f); err != nil {
-				return err
+			if len(buf) > 0 {
+				if err := c.flush(buf); err != nil {
+					return err
+				}
+				buf = buf[:0]
 			}
-			continue
+			return c.flush(f)
 		}
 		buf = append(buf, f...)
+		return nil
+	}
+	if len(pre) > 0 {
+		if err := put(nil, pre); err != nil {
+			return err
+		}
+	}
+	for _, f := range q {
+		var h []byte
+		if ws {
+			h = appendWSHeader(hdr[:0], wsOpBinary, len(f))
+		}
+		if err := put(h, f); err != nil {
+			return err
+		}
+	}
+	if len(post) > 0 {
+		if err := put(nil, post); err != nil {
+			return err
+		}
 	}
 	if len(buf) > 0 {
 		return c.flush(buf)
@@ -335,8 +384,18 @@ func (c *Conn) writeFrames(q [][]byte) error {
 
 func (c *Conn) flush(b []byte) error {
 	c.srv.stats.flushes.Add(1)
-	_, err := c.nc.Write(b)
+	_, err := c.sock.Write(b)
 	return err
+}
+
+// closeGracefully closes the socket after the closing flush: on TLS it
+// sends close_notify first, so the peer can tell the end from truncation.
+func (c *Conn) closeGracefully() {
+	if g, ok := c.sock.(interface{ CloseGracefully() error }); ok {
+		_ = g.CloseGracefully()
+		return
+	}
+	_ = c.sock.Close()
 }
 
 // abort closes the socket now, keeping the first reason recorded.
@@ -347,28 +406,43 @@ func (c *Conn) abort(reason error) {
 		c.mu.reason = reason
 		c.closing.Store(true)
 	}
-	c.mu.q, c.mu.queued, c.mu.final = nil, 0, nil
+	c.mu.q, c.mu.queued, c.mu.final, c.mu.pong = nil, 0, nil, nil
 	c.mu.Unlock()
-	_ = c.nc.Close()
+	_ = c.sock.Close()
 }
 
 // onClosed runs as netpoll's close callback, exactly once, after the last
 // OnRequest for the connection returned.
 func (c *Conn) onClosed(netpoll.Connection) error {
+	c.closed()
+	return nil
+}
+
+// closed finishes a connection whose socket is gone: netpoll's close
+// callback, or the end of a std-net connection's read goroutine. Either runs
+// after the connection's last OnFrame returned.
+func (c *Conn) closed() {
 	s := c.srv
 	c.mu.Lock()
 	c.mu.closing = true
 	c.closing.Store(true)
 	reason := c.mu.reason
-	c.mu.q, c.mu.queued, c.mu.final = nil, 0, nil
+	c.mu.q, c.mu.queued, c.mu.final, c.mu.pong = nil, 0, nil, nil
 	c.mu.Unlock()
 	s.wheel.Remove(&c.live)
 	s.wheel.Remove(&c.ack)
 	if reason == nil {
 		reason = ErrPeerClosed
 	}
+	if c.state.CompareAndSwap(stateNew, stateClosed) {
+		// Registered but never opened (failed upgrade or handshake): the
+		// handler never saw it, so no OnClose.
+		s.unregister(c)
+		s.connGone()
+		return
+	}
 	if !c.state.CompareAndSwap(stateOpen, stateClosed) {
-		return nil
+		return
 	}
 	s.unregister(c)
 	s.stats.closed.Add(1)
@@ -376,11 +450,36 @@ func (c *Conn) onClosed(netpoll.Connection) error {
 		s.log.Debug("conn closed", "conn", c.id, "remote", c.RemoteAddr(), "reason", reason)
 	}
 	s.handler.OnClose(c, reason)
+	s.connGone()
+}
+
+// connGone counts a registered connection out and wakes Shutdown on the last.
+func (s *Server) connGone() {
 	if s.open.Add(-1) == 0 {
 		select {
 		case s.drained <- struct{}{}:
 		default:
 		}
 	}
-	return nil
+}
+
+// markOpen makes a registered connection visible to the handler: state
+// open, a fresh AuthTimeout liveness deadline, OnOpen. It reports false if
+// the connection was closed or is closing meanwhile (no OnOpen then, and
+// no OnClose later).
+func (c *Conn) markOpen() bool {
+	s := c.srv
+	if c.closing.Load() || !c.state.CompareAndSwap(stateNew, stateOpen) {
+		return false
+	}
+	c.ready.Store(true)
+	s.stats.accepted.Add(1)
+	// Through SetDeadline: a Shutdown sweep may already have closed c, and
+	// SetDeadline keeps the close deadline in that case.
+	c.SetDeadline(s.cfg.AuthTimeout, protocol.CodeAuthTimeout)
+	if s.log.Enabled(context.Background(), slog.LevelDebug) {
+		s.log.Debug("conn opened", "conn", c.id, "remote", c.RemoteAddr(), "transport", c.kind.String())
+	}
+	s.handler.OnOpen(c)
+	return true
 }

@@ -23,6 +23,17 @@
 //   - Shutdown sends ERROR protocol.CodeServerShutdown to every connection,
 //     closes them, and waits for every goroutine the Server started.
 //
+// Listeners: besides TCP (Config.Addr) a Server can serve WebSocket on
+// netpoll (Config.WSAddr; ws.go: one frame per binary message, upgrade path
+// Config.WSPath) and, since netpoll has no TLS, TLS and WebSocket over TLS
+// on crypto/tls with a goroutine per connection (Config.TLSAddr,
+// TLSWSAddr; tls.go). Every listener feeds the same Handler with the same
+// write queue, deadlines and close semantics, and connection IDs come from
+// one counter. A WebSocket or TLS connection reaches OnOpen only after its
+// upgrade or handshake succeeded (both bounded by AuthTimeout); one that
+// fails never reaches the Handler. Memory per idle connection and the
+// alternative of terminating TLS in front: docs/transports.md.
+//
 // When the drain pool is saturated (Config.Workers drains in flight), a
 // connection with new data is parked on a backlog instead of being dropped
 // or drained inline: the next worker to finish takes it, and the wheel's

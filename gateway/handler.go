@@ -14,6 +14,9 @@ import "github.com/msync/msync/pkg/protocol"
 //
 //	Execution order:  OnOpen => OnFrame* => OnClose
 //
+// On the TLS listeners (crypto/tls on std net) "a netpoll handler
+// goroutine" is the connection's own read goroutine; the order is the same.
+//
 // OnOpen returns before the first OnFrame starts; OnFrame calls of one
 // connection never overlap and come in arrival order; OnClose is called
 // exactly once for every connection that got OnOpen, after its last OnFrame

@@ -13,7 +13,7 @@ import (
 // TestIdleMemoryPerConn opens idle connections and measures the Go memory
 // (live heap plus goroutine stacks) the server holds for each. The clients
 // are raw sockets, so they add nothing to the Go heap. The contract target
-// is about 4 KB per connection with the default 1 KiB netpoll buffer.
+// is about 4 KB per connection with the default 256-byte netpoll buffer.
 func TestIdleMemoryPerConn(t *testing.T) {
 	const n = 2000
 	h := newHandler()

@@ -28,6 +28,10 @@ func (s *Server) onRequest(ctx context.Context, nc netpoll.Connection) error {
 		return nil
 	}
 	c := cc.c
+	if c.kind.ws() {
+		s.onRequestWS(c, nc, r)
+		return nil
+	}
 	for r.Len() > 0 {
 		if c.closing.Load() {
 			discard(r)

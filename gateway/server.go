@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/cloudwego/netpoll"
+	"github.com/gobwas/ws"
 	"github.com/panjf2000/ants/v2"
 
 	"github.com/msync/msync/gateway/wheel"
@@ -33,6 +34,8 @@ type Server struct {
 	log     *slog.Logger
 	wheel   *wheel.Wheel
 
+	upgrader ws.Upgrader // WebSocket handshake; stateless, shared
+
 	nextID  atomic.Uint64
 	open    atomic.Int64
 	drained chan struct{} // signalled when open drops to 0
@@ -50,6 +53,7 @@ type Server struct {
 	done      chan struct{} // closed when the first Shutdown finished
 	quit      chan struct{} // stops the tick goroutine
 	serveDone chan struct{} // closed when netpoll's Serve returned
+	wsDone    chan struct{} // closed when the WebSocket loop's Serve returned
 	wg        sync.WaitGroup
 
 	mu struct {
@@ -57,6 +61,10 @@ type Server struct {
 		started bool
 		ln      netpoll.Listener
 		evl     netpoll.EventLoop
+		wsLn    netpoll.Listener  // nil unless Config.WSAddr
+		wsEvl   netpoll.EventLoop // nil unless Config.WSAddr
+		tlsLn   net.Listener      // nil unless Config.TLSAddr
+		tlsWSLn net.Listener      // nil unless Config.TLSWSAddr
 	}
 }
 
@@ -80,6 +88,7 @@ type Stats struct {
 	DeadlineCloses     uint64 // liveness and ack deadline expiries
 	BadFrames          uint64 // malformed or oversized inbound headers
 	DrainsDeferred     uint64 // drains parked on the backlog because the pool was saturated
+	HandshakesFailed   uint64 // failed WebSocket upgrades and TLS handshakes (no OnOpen)
 }
 
 type counters struct {
@@ -87,7 +96,7 @@ type counters struct {
 	framesIn, bytesIn, framesOut, bytesOut atomic.Uint64
 	flushes                                atomic.Uint64
 	slowConsumer, deadline, badFrames      atomic.Uint64
-	deferred                               atomic.Uint64
+	deferred, handshakes                   atomic.Uint64
 }
 
 // New checks cfg and returns a Server that is not listening yet. It starts
@@ -110,6 +119,8 @@ func New(cfg Config, h Handler) (*Server, error) {
 		quit:    make(chan struct{}),
 
 		serveDone: make(chan struct{}),
+		wsDone:    make(chan struct{}),
+		upgrader:  newUpgrader(cfg.WSPath),
 	}
 	s.wheel, err = wheel.New(wheel.Config{Tick: cfg.Tick, Expire: func(e *wheel.Entry) { e.Value.(*Conn).expire(e) }})
 	if err != nil {
@@ -133,7 +144,7 @@ func configureNetpoll(bufSize int, log *slog.Logger) error {
 	netpollOnce.Do(func() {
 		netpollBuf = bufSize
 		// LinkBufferCap is the minimum node size: without lowering it too, a
-		// 1 KiB BufferSize still allocates 4 KiB input nodes per connection.
+		// small BufferSize still allocates 4 KiB input nodes per connection.
 		netpoll.LinkBufferCap = bufSize
 		// AlwaysNoCopyRead stays off: read.go relies on ReadBinary copying.
 		err = netpoll.Configure(netpoll.Config{BufferSize: bufSize, LoadBalance: netpoll.RoundRobin})
@@ -184,18 +195,76 @@ func (s *Server) Start() error {
 		_ = ln.Close()
 		return fmt.Errorf("gateway: event loop: %w", err)
 	}
+	var wsLn netpoll.Listener
+	var wsEvl netpoll.EventLoop
+	var tlsLn, tlsWSLn net.Listener
+	fail := func(err error) error {
+		pool.Release()
+		for _, l := range []interface{ Close() error }{ln, wsLn, tlsLn, tlsWSLn} {
+			if l != nil {
+				_ = l.Close()
+			}
+		}
+		return err
+	}
+	if s.cfg.WSAddr != "" {
+		if wsLn, err = netpoll.CreateListener("tcp", s.cfg.WSAddr); err != nil {
+			wsLn = nil
+			return fail(fmt.Errorf("gateway: listen websocket %s: %w", s.cfg.WSAddr, err))
+		}
+		wsEvl, err = netpoll.NewEventLoop(s.onRequest,
+			netpoll.WithOnPrepare(s.onPrepare),
+			netpoll.WithOnConnect(s.onConnectWS),
+			netpoll.WithReadTimeout(s.cfg.ReadTimeout),
+			netpoll.WithWriteTimeout(s.cfg.WriteTimeout),
+		)
+		if err != nil {
+			return fail(fmt.Errorf("gateway: websocket event loop: %w", err))
+		}
+	}
+	if s.cfg.TLSAddr != "" {
+		if tlsLn, err = net.Listen("tcp", s.cfg.TLSAddr); err != nil {
+			tlsLn = nil
+			return fail(fmt.Errorf("gateway: listen tls %s: %w", s.cfg.TLSAddr, err))
+		}
+	}
+	if s.cfg.TLSWSAddr != "" {
+		if tlsWSLn, err = net.Listen("tcp", s.cfg.TLSWSAddr); err != nil {
+			tlsWSLn = nil
+			return fail(fmt.Errorf("gateway: listen tls websocket %s: %w", s.cfg.TLSWSAddr, err))
+		}
+	}
 	s.pool.Store(pool)
 	s.mu.ln, s.mu.evl, s.mu.started = ln, evl, true
+	s.mu.wsLn, s.mu.wsEvl, s.mu.tlsLn, s.mu.tlsWSLn = wsLn, wsEvl, tlsLn, tlsWSLn
 	s.wg.Add(2)
-	go s.serve(evl, ln)
+	go s.serve(evl, ln, s.serveDone)
 	go s.tick()
 	s.log.Info("gateway listening", "addr", ln.Addr().String())
+	if wsEvl != nil {
+		s.wg.Add(1)
+		go s.serve(wsEvl, wsLn, s.wsDone)
+		s.log.Info("gateway websocket listening", "addr", wsLn.Addr().String(), "path", s.cfg.WSPath)
+	} else {
+		close(s.wsDone)
+	}
+	for _, l := range []struct {
+		ln   net.Listener
+		kind connKind
+	}{{tlsLn, kindTLS}, {tlsWSLn, kindTLSWS}} {
+		if l.ln == nil {
+			continue
+		}
+		s.wg.Add(1)
+		go s.serveStd(l.ln, l.kind)
+		s.log.Info("gateway tls listening", "addr", l.ln.Addr().String(), "transport", l.kind.String())
+	}
 	return nil
 }
 
-func (s *Server) serve(evl netpoll.EventLoop, ln netpoll.Listener) {
+func (s *Server) serve(evl netpoll.EventLoop, ln netpoll.Listener, done chan struct{}) {
 	defer s.wg.Done()
-	defer close(s.serveDone)
+	defer close(done)
 	if err := evl.Serve(ln); err != nil && !s.shutdown.Load() {
 		s.log.Error("gateway event loop stopped", "err", err)
 	}
@@ -227,6 +296,35 @@ func (s *Server) Addr() net.Addr {
 	return s.mu.ln.Addr()
 }
 
+// Addrs are the bound addresses of every listener; a listener that is not
+// configured (or not started yet) is nil.
+type Addrs struct {
+	TCP   net.Addr // Config.Addr: msync frames on netpoll
+	WS    net.Addr // Config.WSAddr: WebSocket on netpoll
+	TLS   net.Addr // Config.TLSAddr: msync frames over TLS
+	TLSWS net.Addr // Config.TLSWSAddr: WebSocket over TLS
+}
+
+// Addrs returns the bound addresses of all listeners.
+func (s *Server) Addrs() Addrs {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var a Addrs
+	if s.mu.ln != nil {
+		a.TCP = s.mu.ln.Addr()
+	}
+	if s.mu.wsLn != nil {
+		a.WS = s.mu.wsLn.Addr()
+	}
+	if s.mu.tlsLn != nil {
+		a.TLS = s.mu.tlsLn.Addr()
+	}
+	if s.mu.tlsWSLn != nil {
+		a.TLSWS = s.mu.tlsWSLn.Addr()
+	}
+	return a
+}
+
 // Len is the number of open connections.
 func (s *Server) Len() int { return int(s.open.Load()) }
 
@@ -248,6 +346,7 @@ func (s *Server) Stats() Stats {
 		DeadlineCloses:     st.deadline.Load(),
 		BadFrames:          st.badFrames.Load(),
 		DrainsDeferred:     st.deferred.Load(),
+		HandshakesFailed:   st.handshakes.Load(),
 	}
 }
 
@@ -265,27 +364,41 @@ func (s *Server) onPrepare(nc netpoll.Connection) context.Context {
 // runs it before any OnRequest and holds back close callbacks until it
 // returns, which gives Handler its OnOpen-first, OnClose-last order.
 func (s *Server) onConnect(ctx context.Context, nc netpoll.Connection) context.Context {
-	c := &Conn{srv: s, nc: nc, id: s.nextID.Add(1)}
+	return s.openNetpoll(ctx, nc, kindTCP)
+}
+
+// onConnectWS is onConnect for the WebSocket listener: the connection is
+// registered (Shutdown and the auth deadline see it) but OnOpen waits for
+// the upgrade, in onRequestWS.
+func (s *Server) onConnectWS(ctx context.Context, nc netpoll.Connection) context.Context {
+	return s.openNetpoll(ctx, nc, kindWS)
+}
+
+func (s *Server) openNetpoll(ctx context.Context, nc netpoll.Connection, kind connKind) context.Context {
+	c := s.newConn(nc, kind)
 	c.ctx = connCtx{Context: ctx, c: c}
-	s.wheel.Init(&c.live, c)
-	s.wheel.Init(&c.ack, c)
-	c.code.Store(uint32(protocol.CodeAuthTimeout))
 	if !s.register(c) {
 		s.stats.rejected.Add(1)
 		_ = nc.Close()
 		return ctx
 	}
-	c.state.Store(stateOpen)
 	_ = nc.AddCloseCallback(c.onClosed)
-	s.stats.accepted.Add(1)
-	// Through SetDeadline: a Shutdown sweep may already have closed c, and
-	// SetDeadline keeps the close deadline in that case.
-	c.SetDeadline(s.cfg.AuthTimeout, protocol.CodeAuthTimeout)
-	if s.log.Enabled(context.Background(), slog.LevelDebug) {
-		s.log.Debug("conn opened", "conn", c.id, "remote", c.RemoteAddr())
+	if kind == kindTCP {
+		c.markOpen()
+	} else {
+		c.SetDeadline(s.cfg.AuthTimeout, protocol.CodeAuthTimeout)
 	}
-	s.handler.OnOpen(c)
 	return &c.ctx
+}
+
+// newConn returns an unregistered connection in state new. IDs come from one
+// counter for all listeners, so they are unique per Server.
+func (s *Server) newConn(sock socket, kind connKind) *Conn {
+	c := &Conn{srv: s, sock: sock, id: s.nextID.Add(1), kind: kind}
+	s.wheel.Init(&c.live, c)
+	s.wheel.Init(&c.ack, c)
+	c.code.Store(uint32(protocol.CodeAuthTimeout))
+	return c
 }
 
 // register adds c unless Shutdown began. Checking the flag under the shard
@@ -400,12 +513,20 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	defer close(s.done)
 	s.mu.Lock()
-	started, evl := s.mu.started, s.mu.evl
+	started, evl, wsEvl := s.mu.started, s.mu.evl, s.mu.wsEvl
+	stdLns := []net.Listener{s.mu.tlsLn, s.mu.tlsWSLn}
 	s.mu.Unlock()
 	if !started {
 		return nil
 	}
 	s.log.Info("gateway shutting down", "open", s.Len())
+	// TLS accept loops stop now; a connection they accepted meanwhile is
+	// refused by register, which checks the shutdown flag.
+	for _, ln := range stdLns {
+		if ln != nil {
+			_ = ln.Close()
+		}
+	}
 
 	// Every conn gets its own copy: Write and Close pass ownership.
 	msg := protocol.ErrorFrame(0, protocol.CodeServerShutdown, "server shutting down")
@@ -434,8 +555,13 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		}
 	}
 	// Connections are gone; this closes the listener and returns Serve.
-	if err := s.stopEventLoop(grace, evl); err != nil {
+	if err := s.stopEventLoop(grace, evl, s.serveDone); err != nil {
 		errs = append(errs, fmt.Errorf("gateway: event loop shutdown: %w", err))
+	}
+	if wsEvl != nil {
+		if err := s.stopEventLoop(grace, wsEvl, s.wsDone); err != nil {
+			errs = append(errs, fmt.Errorf("gateway: websocket event loop shutdown: %w", err))
+		}
 	}
 	close(s.quit)
 	s.wg.Wait()
@@ -449,7 +575,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 // Shutdown is a silent no-op if Serve has not yet registered its listener
 // (Serve runs on its own goroutine, so a Shutdown right after Start can
 // beat it), hence the retry until Serve is seen returning.
-func (s *Server) stopEventLoop(ctx context.Context, evl netpoll.EventLoop) error {
+func (s *Server) stopEventLoop(ctx context.Context, evl netpoll.EventLoop, serveDone chan struct{}) error {
 	retry := time.NewTicker(5 * time.Millisecond)
 	defer retry.Stop()
 	var err error
@@ -461,7 +587,7 @@ func (s *Server) stopEventLoop(ctx context.Context, evl netpoll.EventLoop) error
 			err = e
 		}
 		select {
-		case <-s.serveDone:
+		case <-serveDone:
 			return err
 		case <-retry.C:
 		}

@@ -528,9 +528,11 @@ func TestPoolSaturated(t *testing.T) {
 
 	// More than loopback socket buffers hold, so the only worker blocks in
 	// a flush until WriteTimeout.
-	big := make([]byte, 1<<20)
+	// One frame queued 48 times (the drain only reads it): encoding 48 MB
+	// anew took longer than WriteTimeout under -race on a loaded machine.
+	big := protocol.AppendFrame(nil, protocol.OpPush, 0, make([]byte, 1<<20))
 	for i := 0; i < 48; i++ {
-		if err := slowConn.Write(protocol.AppendFrame(nil, protocol.OpPush, 0, big)); err != nil {
+		if err := slowConn.Write(big); err != nil {
 			t.Fatalf("queueing: %v", err)
 		}
 	}

@@ -3,6 +3,7 @@ package client
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net"
@@ -29,23 +30,65 @@ type frameConn interface {
 // dialFunc opens a frameConn to addr.
 type dialFunc func(ctx context.Context, addr string, maxFrame int) (frameConn, error)
 
-// parseAddr picks the transport for addr: "host:port" and "tcp://host:port"
-// use TCP. ws:// and wss:// are reserved for the WebSocket transport.
-func parseAddr(addr string) (dialFunc, string, error) {
+// parseAddr picks the transport for addr and returns the dialer and the
+// target it dials:
+//
+//	host:port, tcp://host:port  msync frames on TCP
+//	tls://host:port             msync frames on TLS (tlsCfg, or system roots)
+//	ws://host:port/path         WebSocket, one frame per binary message;
+//	                            path zero: /sub
+//	wss://host:port/path        WebSocket over TLS (tlsCfg, or system roots)
+func parseAddr(addr string, tlsCfg *tls.Config) (dialFunc, string, error) {
 	scheme, rest, ok := strings.Cut(addr, "://")
 	if !ok {
 		scheme, rest = "tcp", addr
 	}
+	hostport, path, _ := strings.Cut(rest, "/")
 	switch scheme {
-	case "tcp":
-		if _, _, err := net.SplitHostPort(rest); err != nil {
+	case "tcp", "tls", "ws", "wss":
+		if _, _, err := net.SplitHostPort(hostport); err != nil {
 			return nil, "", fmt.Errorf("%w: address %q: %w", ErrBadOptions, addr, err)
 		}
-		return dialTCP, rest, nil
-	case "ws", "wss":
-		return nil, "", fmt.Errorf("%w: %s (use host:port for TCP)", ErrUnsupportedTransport, scheme)
+	default:
+		return nil, "", fmt.Errorf("%w: %q (want tcp, tls, ws or wss)", ErrUnsupportedTransport, scheme)
 	}
-	return nil, "", fmt.Errorf("%w: %q", ErrUnsupportedTransport, scheme)
+	if (scheme == "tcp" || scheme == "tls") && path != "" {
+		return nil, "", fmt.Errorf("%w: address %q: %s takes no path", ErrBadOptions, addr, scheme)
+	}
+	switch scheme {
+	case "tcp":
+		return dialTCP, hostport, nil
+	case "tls":
+		cfg := clientTLS(tlsCfg, hostport)
+		return func(ctx context.Context, addr string, maxFrame int) (frameConn, error) {
+			return dialTLS(ctx, addr, maxFrame, cfg)
+		}, hostport, nil
+	}
+	if path == "" {
+		path = "sub"
+	}
+	url := scheme + "://" + hostport + "/" + path
+	var cfg *tls.Config
+	if scheme == "wss" {
+		cfg = clientTLS(tlsCfg, hostport)
+	}
+	return func(ctx context.Context, url string, maxFrame int) (frameConn, error) {
+		return dialWS(ctx, url, maxFrame, cfg)
+	}, url, nil
+}
+
+// clientTLS returns a copy of cfg (nil: system roots) with ServerName set
+// from hostport when empty.
+func clientTLS(cfg *tls.Config, hostport string) *tls.Config {
+	if cfg == nil {
+		cfg = &tls.Config{MinVersion: tls.VersionTLS12}
+	} else {
+		cfg = cfg.Clone()
+	}
+	if cfg.ServerName == "" {
+		cfg.ServerName, _, _ = net.SplitHostPort(hostport)
+	}
+	return cfg
 }
 
 // tcpConn reads frames back to back from a byte stream.
@@ -63,6 +106,18 @@ func dialTCP(ctx context.Context, addr string, maxFrame int) (frameConn, error) 
 	}
 	if tc, ok := c.(*net.TCPConn); ok {
 		// Acks and heartbeats are tiny; Nagle would hold them back.
+		_ = tc.SetNoDelay(true)
+	}
+	return &tcpConn{c: c, r: bufio.NewReaderSize(c, 32<<10), maxFrame: maxFrame}, nil
+}
+
+func dialTLS(ctx context.Context, addr string, maxFrame int, cfg *tls.Config) (frameConn, error) {
+	d := tls.Dialer{Config: cfg}
+	c, err := d.DialContext(ctx, "tcp", addr) // handshake included, bounded by ctx
+	if err != nil {
+		return nil, err
+	}
+	if tc, ok := c.(*tls.Conn).NetConn().(*net.TCPConn); ok {
 		_ = tc.SetNoDelay(true)
 	}
 	return &tcpConn{c: c, r: bufio.NewReaderSize(c, 32<<10), maxFrame: maxFrame}, nil
