@@ -2,10 +2,138 @@ package main
 
 import (
 	"context"
-	"errors"
+	"encoding/json"
+	"flag"
+	"fmt"
 	"io"
+	"os"
+	"reflect"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/msync/msync/bench"
 )
 
+const benchUsage = `Usage: msync bench SCENARIO [flags]
+
+Load scenarios against a server this command starts (msync all, generated
+config, temp dir, free loopback ports) or one given with --addr and --api.
+Prints a table, or with --json exactly one JSON object of named figures.
+
+Scenarios:
+  conns     -n N                                  idle sessions: bytes_per_conn, connect_rate, idle CPU
+  heartbeat -n N --interval S                     server CPU with N sessions heartbeating
+  publish   --rate R --duration D --devices N     durable unicast: delivered_per_s, p50/p99/max, lost
+            [--batch B] [--find-max]
+  fanout    -n N --msgs K                         one message to N devices: deliveries_per_s, p99
+  reconnect -n N --backlog B                      reconnect storm: seconds_to_synced, lost, dups
+
+Example:
+  msync bench publish --rate 20000 --duration 10s --devices 1000 --batch 100 --json
+`
+
 func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	return errors.New("bench is not built yet")
+	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
+		fmt.Fprint(stderr, benchUsage)
+		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {
+			return flag.ErrHelp
+		}
+		return fmt.Errorf("bench: a scenario is required")
+	}
+	scenario, rest := args[0], args[1:]
+	if scenario == "loadclient" { // hidden: a load-client child, driven over stdin/stdout
+		return bench.RunLoadClient(ctx, os.Stdin, stdout)
+	}
+	fs := newFlagSet("bench "+scenario, benchUsage, stderr)
+	var (
+		common  bench.Common
+		asJSON  = fs.Bool("json", false, "print one JSON object instead of a table")
+		verbose = fs.Bool("v", false, "progress and children's logs on stderr")
+		n       = fs.Int("n", 1000, "sessions / devices")
+		rate    = fs.Float64("rate", 10000, "publish: oplogs per second")
+		dur     = fs.Duration("duration", 10*time.Second, "publish: duration of one rate step")
+		devices = fs.Int("devices", 1000, "publish: online devices")
+		batch   = fs.Int("batch", 0, "oplogs per publish call (1 = POST /v1/sync); publish: 100, reconnect: 500")
+		workers = fs.Int("workers", 0, "concurrent publish calls (publish: 32, reconnect: 8)")
+		findMax = fs.Bool("find-max", false, "publish: raise the rate 1.5x per step while sustained")
+		msgs    = fs.Int("msgs", 10, "fanout: messages")
+		backlog = fs.Int("backlog", 100, "reconnect: oplogs per device published while offline")
+		iv      = fs.Duration("interval", 5*time.Second, "heartbeat: server heartbeat interval")
+		window  = fs.Duration("window", 0, "conns/heartbeat: CPU measurement window (conns 10s, heartbeat 3 intervals)")
+	)
+	fs.StringVar(&common.Target.Addr, "addr", "", "comet TCP address of a running server (with --api)")
+	fs.StringVar(&common.Target.API, "api", "", "logic HTTP address of a running server (with --addr)")
+	fs.IntVar(&common.Target.PID, "pid", 0, "pid of a running server, for RSS and CPU figures")
+	fs.StringVar(&common.Target.Secret, "secret", "", "token secret of a running server (default: the generated one)")
+	fs.StringVar(&common.Target.APIKey, "api-key", "", "API key of a running server (default: the generated one)")
+	fs.IntVar(&common.Procs, "procs", 0, "least number of load-client processes")
+	fs.IntVar(&common.PerClient, "per-proc", 0, "most devices per load-client process (default and max 19000)")
+	if err := fs.Parse(rest); err != nil {
+		return err
+	}
+	if *verbose {
+		common.Log = stderr
+	}
+	var (
+		res any
+		err error
+	)
+	switch scenario {
+	case "conns":
+		res, err = bench.RunConns(ctx, bench.ConnsConfig{Common: common, N: *n, Window: *window})
+	case "heartbeat":
+		res, err = bench.RunHeartbeat(ctx, bench.HeartbeatConfig{Common: common, N: *n, Interval: *iv, Window: *window})
+	case "publish":
+		res, err = bench.RunPublish(ctx, bench.PublishConfig{Common: common, Rate: *rate, Duration: *dur, Devices: *devices,
+			Batch: *batch, Workers: *workers, FindMax: *findMax})
+	case "fanout":
+		res, err = bench.RunFanout(ctx, bench.FanoutConfig{Common: common, N: *n, Msgs: *msgs})
+	case "reconnect":
+		res, err = bench.RunReconnect(ctx, bench.ReconnectConfig{Common: common, N: *n, Backlog: *backlog, Batch: *batch, Workers: *workers})
+	default:
+		fmt.Fprint(stderr, benchUsage)
+		return fmt.Errorf("bench: unknown scenario %q", scenario)
+	}
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		return json.NewEncoder(stdout).Encode(res)
+	}
+	return printTable(stdout, res)
+}
+
+// printTable prints a result struct's JSON-named fields, one per line.
+func printTable(w io.Writer, res any) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	var walk func(v reflect.Value)
+	walk = func(v reflect.Value) {
+		for v.Kind() == reflect.Pointer {
+			v = v.Elem()
+		}
+		t := v.Type()
+		for i := 0; i < t.NumField(); i++ {
+			f, fv := t.Field(i), v.Field(i)
+			if f.Anonymous {
+				walk(fv)
+				continue
+			}
+			name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+			if name == "" || name == "-" || (fv.Kind() == reflect.Slice && fv.Len() == 0) {
+				continue
+			}
+			switch fv.Kind() {
+			case reflect.Float64:
+				fmt.Fprintf(tw, "%s\t%.2f\n", name, fv.Float())
+			case reflect.Slice:
+				b, _ := json.Marshal(fv.Interface())
+				fmt.Fprintf(tw, "%s\t%s\n", name, b)
+			default:
+				fmt.Fprintf(tw, "%s\t%v\n", name, fv.Interface())
+			}
+		}
+	}
+	walk(reflect.ValueOf(res))
+	return tw.Flush()
 }

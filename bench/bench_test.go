@@ -1,0 +1,71 @@
+package bench_test
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/msync/msync/bench"
+)
+
+// testLog sends the children's stderr to the test log.
+type testLog struct{ t *testing.T }
+
+func (l testLog) Write(p []byte) (int, error) { l.t.Logf("%s", p); return len(p), nil }
+
+// TestSmoke builds msync and runs every scenario tiny against a child server:
+// the tool works and nothing is lost. Figures are not judged here.
+func TestSmoke(t *testing.T) {
+	exe := filepath.Join(t.TempDir(), "msync")
+	build := exec.Command("go", "build", "-o", exe, "../cmd/msync")
+	build.Stderr = os.Stderr
+	if err := build.Run(); err != nil {
+		t.Fatalf("go build: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	common := bench.Common{Target: bench.Target{Exe: exe}, Procs: 2, Log: testLog{t}}
+
+	t.Run("conns", func(t *testing.T) {
+		r, err := bench.RunConns(ctx, bench.ConnsConfig{Common: common, N: 50, Window: time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Connected != 50 || r.ConnectRate <= 0 || r.RSSAfter == 0 || r.Drops != 0 {
+			t.Fatalf("conns: %+v", r)
+		}
+	})
+	t.Run("publish", func(t *testing.T) {
+		for _, batch := range []int{1, 20} {
+			r, err := bench.RunPublish(ctx, bench.PublishConfig{Common: common, Rate: 400, Duration: time.Second, Devices: 20, Batch: batch, Workers: 4})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r.Published == 0 || r.Failed != 0 || r.Lost != 0 || r.Dups != 0 || r.P99 <= 0 {
+				t.Fatalf("publish batch %d: %+v", batch, r)
+			}
+			t.Logf("publish batch %d: published %d lost %d p99 %.2fms", batch, r.Published, r.Lost, r.P99)
+		}
+	})
+	t.Run("fanout", func(t *testing.T) {
+		r, err := bench.RunFanout(ctx, bench.FanoutConfig{Common: common, N: 30, Msgs: 3})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Deliveries != 90 || r.Lost != 0 || r.Dups != 0 {
+			t.Fatalf("fanout: %+v", r)
+		}
+	})
+	t.Run("reconnect", func(t *testing.T) {
+		r, err := bench.RunReconnect(ctx, bench.ReconnectConfig{Common: common, N: 20, Backlog: 30})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Published != 600 || r.Synced != 20 || r.Lost != 0 || r.Dups != 0 || r.SecondsToSynced <= 0 {
+			t.Fatalf("reconnect: %+v", r)
+		}
+	})
+}

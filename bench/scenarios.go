@@ -1,0 +1,586 @@
+package bench
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"time"
+)
+
+// Common is what every scenario shares.
+type Common struct {
+	Target Target
+	// Procs is the least number of load-client processes; zero: one per
+	// PerClient devices.
+	Procs int
+	// PerClient bounds devices per load-client process; zero: MaxPerClient.
+	PerClient int
+	// Log receives children's stderr and progress lines; nil discards.
+	Log io.Writer
+}
+
+func (c *Common) logf(format string, args ...any) {
+	if c.Log != nil {
+		fmt.Fprintf(c.Log, "bench: "+format+"\n", args...)
+	}
+}
+
+func (c *Common) log() io.Writer {
+	if c.Log == nil {
+		return io.Discard
+	}
+	return c.Log
+}
+
+// env is a server and a pool of load clients for one run.
+type env struct {
+	srv  *server
+	pool *pool
+}
+
+func (c *Common) start(ctx context.Context, n int, hb time.Duration) (*env, error) {
+	if _, err := RaiseFileLimit(); err != nil { // inherited by both kinds of child
+		return nil, err
+	}
+	t := c.Target
+	t.Pprof = true
+	if hb > 0 {
+		t.Heartbeat = hb
+	}
+	if t.Log == nil {
+		t.Log = c.log()
+	}
+	srv, err := startServer(ctx, t)
+	if err != nil {
+		return nil, err
+	}
+	c.logf("server pid %d comet %s api %s pprof %s", srv.pid, srv.addr, srv.api, srv.pprof)
+	exe, err := t.exe()
+	if err != nil {
+		srv.stop()
+		return nil, err
+	}
+	p, err := startPool(exe, n, c.PerClient, c.Procs, c.log())
+	if err != nil {
+		srv.stop()
+		return nil, err
+	}
+	return &env{srv: srv, pool: p}, nil
+}
+
+func (e *env) stop() error {
+	e.pool.stop()
+	return e.srv.stop()
+}
+
+func (e *env) spec(prefix, user string, bizs ...string) ConnectSpec {
+	return ConnectSpec{Addr: e.srv.addr, Secret: e.srv.secret, Prefix: prefix, User: user, Bizs: bizs, Reconnect: true}
+}
+
+func checkConnected(r ClientReport, n int) error {
+	if r.Connected < n {
+		return fmt.Errorf("%w: %d of %d sessions connected (%d failed): %v", ErrClients, r.Connected, n, r.Failed, r.Errors)
+	}
+	return nil
+}
+
+// ---- conns / heartbeat ----
+
+// ConnsConfig: N authenticated idle sessions.
+type ConnsConfig struct {
+	Common
+	N int // sessions (required)
+	// Heartbeat is the server's interval, which clients follow; zero 30s.
+	Heartbeat time.Duration
+	// Window is how long CPU is measured while idle; zero 10s.
+	Window time.Duration
+}
+
+// ConnsResult are the figures of RunConns and RunHeartbeat.
+type ConnsResult struct {
+	Scenario      string  `json:"scenario"`
+	N             int     `json:"n"`
+	Connected     int     `json:"connected"`
+	Failed        int     `json:"failed"`
+	Procs         int     `json:"client_procs"`
+	BytesPerConn  float64 `json:"bytes_per_conn"`
+	RSSBefore     uint64  `json:"rss_before_bytes"`
+	RSSAfter      uint64  `json:"rss_after_bytes"`
+	ConnectRate   float64 `json:"connect_rate"`
+	ConnectSecs   float64 `json:"connect_secs"`
+	HeartbeatSecs float64 `json:"heartbeat_s"`
+	WindowSecs    float64 `json:"window_s"`
+	ServerCPU     float64 `json:"server_cpu_percent"` // % of one core while idle
+	Drops         uint64  `json:"drops"`
+}
+
+// RunConns opens N sessions, measures memory per session and idle CPU.
+func RunConns(ctx context.Context, cfg ConnsConfig) (*ConnsResult, error) {
+	if cfg.N <= 0 {
+		return nil, fmt.Errorf("%w: conns: -n must be positive", ErrConfig)
+	}
+	if cfg.Heartbeat <= 0 {
+		cfg.Heartbeat = 30 * time.Second
+	}
+	if cfg.Window <= 0 {
+		cfg.Window = 10 * time.Second
+	}
+	e, err := cfg.start(ctx, cfg.N, cfg.Heartbeat)
+	if err != nil {
+		return nil, err
+	}
+	res, err := runConns(ctx, &cfg, e)
+	return res, joinStop(err, e)
+}
+
+func joinStop(err error, e *env) error {
+	if serr := e.stop(); err == nil && serr != nil {
+		return fmt.Errorf("%w: stop: %w", ErrServer, serr)
+	}
+	return err
+}
+
+func settle(ctx context.Context, d time.Duration) error {
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(d):
+		return nil
+	}
+}
+
+func runConns(ctx context.Context, cfg *ConnsConfig, e *env) (*ConnsResult, error) {
+	res := &ConnsResult{Scenario: "conns", N: cfg.N, Procs: len(e.pool.kids), HeartbeatSecs: cfg.Heartbeat.Seconds(), WindowSecs: cfg.Window.Seconds()}
+	if err := settle(ctx, time.Second); err != nil {
+		return nil, err
+	}
+	e.srv.gc(ctx)
+	before, serr := e.srv.sample()
+	r, err := e.pool.connect(e.spec("dev-", "", DefaultDeviceBiz))
+	if err != nil {
+		return nil, err
+	}
+	if err := checkConnected(r, cfg.N); err != nil {
+		return nil, err
+	}
+	res.Connected, res.Failed = r.Connected, r.Failed
+	res.ConnectSecs = time.Duration(r.ConnectNs).Seconds()
+	res.ConnectRate = float64(r.Connected) / res.ConnectSecs
+	cfg.logf("%d sessions in %.2fs", r.Connected, res.ConnectSecs)
+	if err := settle(ctx, 2*time.Second); err != nil {
+		return nil, err
+	}
+	e.srv.gc(ctx)
+	if err := settle(ctx, time.Second); err != nil {
+		return nil, err
+	}
+	a, aerr := e.srv.sample()
+	if err := settle(ctx, cfg.Window); err != nil {
+		return nil, err
+	}
+	b, berr := e.srv.sample()
+	if serr == nil && aerr == nil && berr == nil {
+		res.RSSBefore, res.RSSAfter = before.rssBytes, a.rssBytes
+		res.BytesPerConn = (float64(a.rssBytes) - float64(before.rssBytes)) / float64(cfg.N)
+		res.ServerCPU = cpuPercent(a, b)
+	}
+	r, err = e.pool.cmd("report")
+	if err != nil {
+		return nil, err
+	}
+	res.Drops = r.Drops
+	return res, nil
+}
+
+// HeartbeatConfig: N sessions heartbeating every Interval.
+type HeartbeatConfig struct {
+	Common
+	N        int           // sessions (required)
+	Interval time.Duration // server heartbeat interval; zero 5s
+	Window   time.Duration // measurement; zero 3 intervals, at least 10s
+}
+
+// RunHeartbeat measures server CPU with N sessions heartbeating.
+func RunHeartbeat(ctx context.Context, cfg HeartbeatConfig) (*ConnsResult, error) {
+	if cfg.Interval <= 0 {
+		cfg.Interval = 5 * time.Second
+	}
+	if cfg.Window <= 0 {
+		cfg.Window = max(3*cfg.Interval, 10*time.Second)
+	}
+	res, err := RunConns(ctx, ConnsConfig{Common: cfg.Common, N: cfg.N, Heartbeat: cfg.Interval, Window: cfg.Window})
+	if res != nil {
+		res.Scenario = "heartbeat"
+	}
+	return res, err
+}
+
+// ---- publish ----
+
+// PublishConfig: durable unicast to online devices over the HTTP API.
+type PublishConfig struct {
+	Common
+	Rate     float64       // oplogs/s (required)
+	Duration time.Duration // zero 10s
+	Devices  int           // online devices, each with its own channel; zero 1000
+	Batch    int           // oplogs per call; 1 = POST /v1/sync; zero 100
+	Workers  int           // concurrent HTTP calls; zero 32
+	// FindMax raises the rate by 1.5x per step (at most 8 steps) while every
+	// oplog arrives, the achieved rate is >= 95% of asked and p99 <= MaxP99.
+	FindMax bool
+	MaxP99  time.Duration // zero 100ms
+	// Drain bounds the wait for deliveries after publishing; zero 10s.
+	Drain time.Duration
+}
+
+// PublishStep is one rate tried.
+type PublishStep struct {
+	Rate          float64 `json:"rate"`
+	Achieved      float64 `json:"achieved_rate"`
+	Published     uint64  `json:"published"`
+	Failed        uint64  `json:"failed"`
+	DeliveredPerS float64 `json:"delivered_per_s"`
+	P50           float64 `json:"p50_ms"`
+	P99           float64 `json:"p99_ms"`
+	Max           float64 `json:"max_ms"`
+	Lost          uint64  `json:"lost"`
+	Dups          uint64  `json:"dups"`
+	Drops         uint64  `json:"drops"`
+	OK            bool    `json:"sustained"`
+}
+
+// PublishResult: the first step's figures, and the search when FindMax.
+type PublishResult struct {
+	Scenario string `json:"scenario"`
+	Devices  int    `json:"devices"`
+	Batch    int    `json:"batch"`
+	PublishStep
+	MaxSustainable float64       `json:"max_sustainable_rate,omitempty"`
+	Steps          []PublishStep `json:"steps,omitempty"`
+	LastError      string        `json:"last_error,omitempty"`
+}
+
+// RunPublish publishes at Rate to Devices online devices and measures
+// delivery.
+func RunPublish(ctx context.Context, cfg PublishConfig) (*PublishResult, error) {
+	if cfg.Rate <= 0 {
+		return nil, fmt.Errorf("%w: publish: --rate must be positive", ErrConfig)
+	}
+	if cfg.Duration <= 0 {
+		cfg.Duration = 10 * time.Second
+	}
+	if cfg.Devices <= 0 {
+		cfg.Devices = 1000
+	}
+	if cfg.Batch <= 0 {
+		cfg.Batch = 100
+	}
+	if cfg.Workers <= 0 {
+		cfg.Workers = 32
+	}
+	if cfg.MaxP99 <= 0 {
+		cfg.MaxP99 = 100 * time.Millisecond
+	}
+	if cfg.Drain <= 0 {
+		cfg.Drain = 10 * time.Second
+	}
+	e, err := cfg.start(ctx, cfg.Devices, 0)
+	if err != nil {
+		return nil, err
+	}
+	res, err := runPublish(ctx, &cfg, e)
+	return res, joinStop(err, e)
+}
+
+func runPublish(ctx context.Context, cfg *PublishConfig, e *env) (*PublishResult, error) {
+	r, err := e.pool.connect(e.spec("dev-", "", DefaultDeviceBiz))
+	if err != nil {
+		return nil, err
+	}
+	if err := checkConnected(r, cfg.Devices); err != nil {
+		return nil, err
+	}
+	pub := newPublisher(e.srv.api, e.srv.key, cfg.Workers)
+	defer pub.close()
+	res := &PublishResult{Scenario: "publish", Devices: cfg.Devices, Batch: cfg.Batch}
+	owner := func(j int) item { return item{DefaultDeviceBiz, "device", "dev-" + strconv.Itoa(j%cfg.Devices)} }
+	rate := cfg.Rate
+	steps := 1
+	if cfg.FindMax {
+		steps = 8
+	}
+	for s := 0; s < steps && ctx.Err() == nil; s++ {
+		if _, err := e.pool.cmd("reset"); err != nil {
+			return nil, err
+		}
+		start := time.Now()
+		achieved := pub.paced(ctx, rate, cfg.Duration, 0, cfg.Batch, cfg.Workers, owner)
+		pubSecs := time.Since(start).Seconds()
+		ok, fail := pub.ok.Load(), pub.fail.Load()
+		r, err := e.pool.waitRecv(ok, 0, cfg.Drain)
+		if err != nil {
+			return nil, err
+		}
+		el := time.Since(start).Seconds()
+		st := PublishStep{Rate: rate, Achieved: achieved, Published: ok, Failed: fail, Dups: r.Dups, Drops: r.Drops,
+			P50: ms(r.Hist.Quantile(0.50)), P99: ms(r.Hist.Quantile(0.99)), Max: ms(time.Duration(r.Hist.MaxNs))}
+		if r.Recv < ok {
+			st.Lost = ok - r.Recv
+		}
+		st.DeliveredPerS = float64(r.Recv) / max(pubSecs, el-0.02) // the poll adds up to 20ms
+		st.OK = st.Lost == 0 && fail == 0 && achieved >= 0.95*rate && st.P99 <= ms(cfg.MaxP99)
+		cfg.logf("rate %.0f: achieved %.0f/s, delivered %.0f/s, p99 %.2fms, lost %d, ok %v", rate, achieved, st.DeliveredPerS, st.P99, st.Lost, st.OK)
+		if s == 0 {
+			res.PublishStep = st
+		}
+		res.Steps = append(res.Steps, st)
+		if !st.OK {
+			break
+		}
+		res.MaxSustainable = st.DeliveredPerS
+		rate *= 1.5
+	}
+	if !cfg.FindMax {
+		res.Steps, res.MaxSustainable = nil, 0
+	}
+	if pub.lastErr != nil {
+		res.LastError = pub.lastErr.Error()
+	}
+	return res, nil
+}
+
+// ---- fanout ----
+
+// FanoutConfig: one message to N online devices.
+type FanoutConfig struct {
+	Common
+	N    int // devices (required)
+	Msgs int // messages, each to all N; zero 10
+	// Drain bounds the wait for deliveries; zero 30s.
+	Drain time.Duration
+}
+
+// FanoutResult are the figures of RunFanout.
+type FanoutResult struct {
+	Scenario        string  `json:"scenario"`
+	Mode            string  `json:"mode"` // "global" or "user-multi-device"
+	ModeNote        string  `json:"mode_note,omitempty"`
+	N               int     `json:"n"`
+	Msgs            int     `json:"msgs"`
+	Deliveries      uint64  `json:"deliveries"`
+	DeliveriesPerS  float64 `json:"deliveries_per_s"`
+	P50             float64 `json:"p50_ms"`
+	P99             float64 `json:"p99_ms"`
+	LastMs          float64 `json:"last_ms"` // publish -> the last device, worst message
+	Lost            uint64  `json:"lost"`
+	Dups            uint64  `json:"dups"`
+	Drops           uint64  `json:"drops"`
+	PublishFailures uint64  `json:"publish_failures"`
+}
+
+// globalBiz returns the name of a persistent global biz of the server, if any.
+func globalBiz(ctx context.Context, api, key string) (string, error) {
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, api+"/v1/bizs", nil)
+	req.Header.Set("Authorization", "Bearer "+key)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	var out struct {
+		Bizs []struct {
+			Name       string `json:"name"`
+			Scope      string `json:"scope"`
+			Persistent bool   `json:"persistent"`
+		} `json:"bizs"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
+		return "", err
+	}
+	for _, b := range out.Bizs {
+		if b.Scope == "global" && b.Persistent {
+			return b.Name, nil
+		}
+	}
+	return "", nil
+}
+
+// RunFanout publishes Msgs messages, each to N online devices: to a global
+// biz when the server has one that delivers live, else to one user with N
+// devices (a multi-device user channel).
+func RunFanout(ctx context.Context, cfg FanoutConfig) (*FanoutResult, error) {
+	if cfg.N <= 0 {
+		return nil, fmt.Errorf("%w: fanout: -n must be positive", ErrConfig)
+	}
+	if cfg.Msgs <= 0 {
+		cfg.Msgs = 10
+	}
+	if cfg.Drain <= 0 {
+		cfg.Drain = 30 * time.Second
+	}
+	e, err := cfg.start(ctx, cfg.N, 0)
+	if err != nil {
+		return nil, err
+	}
+	res, err := runFanout(ctx, &cfg, e)
+	return res, joinStop(err, e)
+}
+
+func runFanout(ctx context.Context, cfg *FanoutConfig, e *env) (*FanoutResult, error) {
+	res := &FanoutResult{Scenario: "fanout", N: cfg.N, Msgs: cfg.Msgs, Mode: "user-multi-device"}
+	gb, err := globalBiz(ctx, e.srv.api, e.srv.key)
+	if err != nil {
+		return nil, fmt.Errorf("%w: /v1/bizs: %w", ErrServer, err)
+	}
+	bizs := []string{DefaultUserBiz}
+	if gb != "" {
+		bizs = append(bizs, gb)
+	}
+	r, err := e.pool.connect(e.spec("fan-", "fan-user", bizs...))
+	if err != nil {
+		return nil, err
+	}
+	if err := checkConnected(r, cfg.N); err != nil {
+		return nil, err
+	}
+	pub := newPublisher(e.srv.api, e.srv.key, 4)
+	defer pub.close()
+	it := item{DefaultUserBiz, "user", "fan-user"}
+	if gb == "" {
+		res.ModeNote = "the server has no global biz: one user with N devices"
+	} else { // probe: does the server route global oplogs live?
+		pub.publish(ctx, []item{{gb, "global", ""}}, false)
+		pr, err := e.pool.waitRecv(uint64(cfg.N), 0, 5*time.Second)
+		if err != nil {
+			return nil, err
+		}
+		if pub.ok.Load() == 1 && pr.Recv >= uint64(cfg.N) {
+			res.Mode, it = "global", item{gb, "global", ""}
+		} else {
+			res.ModeNote = fmt.Sprintf("global biz %q did not reach every online device live (%d of %d in 5s): one user with N devices", gb, pr.Recv, cfg.N)
+		}
+	}
+	cfg.logf("fanout mode %s %s", res.Mode, res.ModeNote)
+	if _, err := e.pool.cmd("reset"); err != nil {
+		return nil, err
+	}
+	start := time.Now()
+	pub.paced(ctx, 0, 0, cfg.Msgs, 1, 1, func(int) item { return it })
+	want := pub.ok.Load() * uint64(cfg.N)
+	r, err = e.pool.waitRecv(want, 0, cfg.Drain)
+	if err != nil {
+		return nil, err
+	}
+	el := time.Since(start).Seconds() - 0.02
+	res.Deliveries, res.Dups, res.Drops, res.PublishFailures = r.Recv, r.Dups, r.Drops, pub.fail.Load()
+	if r.Recv < want {
+		res.Lost = want - r.Recv
+	}
+	res.DeliveriesPerS = float64(r.Recv) / el
+	res.P50, res.P99, res.LastMs = ms(r.Hist.Quantile(0.5)), ms(r.Hist.Quantile(0.99)), ms(time.Duration(r.Hist.MaxNs))
+	return res, nil
+}
+
+// ---- reconnect ----
+
+// ReconnectConfig: N devices offline while Backlog oplogs each are
+// published, then all reconnect at once.
+type ReconnectConfig struct {
+	Common
+	N       int           // devices (required)
+	Backlog int           // oplogs per device (required)
+	Batch   int           // oplogs per publish call; zero 500
+	Workers int           // concurrent publish calls; zero 8
+	Within  time.Duration // bound on the storm; zero 120s
+}
+
+// ReconnectResult are the figures of RunReconnect.
+type ReconnectResult struct {
+	Scenario        string  `json:"scenario"`
+	N               int     `json:"n"`
+	Backlog         int     `json:"backlog"`
+	Published       uint64  `json:"published"`
+	PublishPerS     float64 `json:"publish_per_s"`
+	PublishFailures uint64  `json:"publish_failures"`
+	SecondsToSynced float64 `json:"seconds_to_synced"`
+	ConnectSecs     float64 `json:"connect_secs"`
+	OplogsPerS      float64 `json:"oplogs_per_s"`
+	Synced          int     `json:"synced"`
+	Recv            uint64  `json:"recv"`
+	Lost            uint64  `json:"lost"`
+	Dups            uint64  `json:"dups"`
+	Drops           uint64  `json:"drops"`
+}
+
+// RunReconnect measures a reconnect storm with a backlog.
+func RunReconnect(ctx context.Context, cfg ReconnectConfig) (*ReconnectResult, error) {
+	if cfg.N <= 0 || cfg.Backlog <= 0 {
+		return nil, fmt.Errorf("%w: reconnect: -n and --backlog must be positive", ErrConfig)
+	}
+	if cfg.Batch <= 0 {
+		cfg.Batch = 500
+	}
+	if cfg.Workers <= 0 {
+		cfg.Workers = 8
+	}
+	if cfg.Within <= 0 {
+		cfg.Within = 120 * time.Second
+	}
+	e, err := cfg.start(ctx, cfg.N, 0)
+	if err != nil {
+		return nil, err
+	}
+	res, err := runReconnect(ctx, &cfg, e)
+	return res, joinStop(err, e)
+}
+
+func runReconnect(ctx context.Context, cfg *ReconnectConfig, e *env) (*ReconnectResult, error) {
+	res := &ReconnectResult{Scenario: "reconnect", N: cfg.N, Backlog: cfg.Backlog}
+	spec := e.spec("rc-", "", DefaultDeviceBiz)
+	r, err := e.pool.connect(spec) // once, so devices know their channel and points
+	if err != nil {
+		return nil, err
+	}
+	if err := checkConnected(r, cfg.N); err != nil {
+		return nil, err
+	}
+	if _, err := e.pool.cmd("disconnect"); err != nil {
+		return nil, err
+	}
+	pub := newPublisher(e.srv.api, e.srv.key, cfg.Workers)
+	defer pub.close()
+	total := cfg.N * cfg.Backlog
+	res.PublishPerS = pub.paced(ctx, 0, 0, total, cfg.Batch, cfg.Workers, func(j int) item {
+		return item{DefaultDeviceBiz, "device", "rc-" + strconv.Itoa(j%cfg.N)}
+	})
+	res.Published, res.PublishFailures = pub.ok.Load(), pub.fail.Load()
+	cfg.logf("published %d backlog oplogs at %.0f/s", res.Published, res.PublishPerS)
+	if _, err := e.pool.cmd("reset"); err != nil {
+		return nil, err
+	}
+	spec.ExpectBiz, spec.ExpectID = DefaultDeviceBiz, uint64(cfg.Backlog)
+	start := time.Now()
+	r, err = e.pool.connect(spec)
+	if err != nil {
+		return nil, err
+	}
+	res.ConnectSecs = time.Since(start).Seconds()
+	r, err = e.pool.waitRecv(res.Published, cfg.N, cfg.Within)
+	if err != nil {
+		return nil, err
+	}
+	res.Synced, res.Recv, res.Dups, res.Drops = r.Synced, r.Recv, r.Dups, r.Drops
+	if r.Recv < res.Published {
+		res.Lost = res.Published - r.Recv
+	}
+	if r.Synced == cfg.N && r.LastSyncedNs > 0 {
+		res.SecondsToSynced = time.Unix(0, r.LastSyncedNs).Sub(start).Seconds()
+		res.OplogsPerS = float64(r.Recv) / res.SecondsToSynced
+	} else {
+		res.SecondsToSynced = -1 // not synced within the bound
+	}
+	return res, nil
+}
