@@ -1,6 +1,9 @@
 package comet
 
 import (
+	"time"
+
+	"github.com/msync/msync/pkg/oplog"
 	wirepb "github.com/msync/msync/pkg/protocol/pb"
 )
 
@@ -70,6 +73,18 @@ type channel struct {
 	live *wirepb.ChannelPage
 	// liveBytes is the payload size of live, bounded by maxLivePage.
 	liveBytes int
+
+	// wake is the valid_from timer (wake.go), armed for wakeAt (unix ms);
+	// nil when none.
+	wake   *time.Timer
+	wakeAt int64
+
+	// held are live pushes that arrived past sent+1, sorted by id, waiting
+	// for the ids before them (reorder.go); heldAt is when the oldest hold
+	// began and reorder its timer.
+	held    []*oplog.Oplog
+	heldAt  time.Time
+	reorder *time.Timer
 }
 
 func newChannel(biz, name string, from uint64) *channel {

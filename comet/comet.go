@@ -38,8 +38,10 @@ type Comet struct {
 	log     *slog.Logger
 	metrics *metrics
 	buckets []bucket
+	rooms   roomIndex // rooms.go
 	pool    *ants.PoolWithFuncGeneric[*session]
 	acks    ackBatcher
+	global  globalIndex      // global channel -> sessions (global.go)
 	now     func() time.Time // tests move the clock for validity windows
 
 	// baseCtx parents every logic call; it is cancelled at the end of
@@ -287,6 +289,9 @@ func (c *Comet) runRenew() {
 	defer c.wg.Done()
 	t := time.NewTicker(c.cfg.RenewInterval)
 	defer t.Stop()
+	if c.cfg.GRPCAddr != "" {
+		c.renew() // register now: job pushes to a comet only once it is listed
+	}
 	for {
 		select {
 		case <-c.quit:
@@ -302,7 +307,7 @@ func (c *Comet) renew() {
 	refs := make([]*pb.SessionRef, 0, renewBatch)
 	send := func() {
 		ctx, cancel := c.callCtx()
-		_, err := c.cfg.Logic.Renew(ctx, &pb.RenewReq{Comet: c.cfg.ID, Sessions: refs})
+		_, err := c.cfg.Logic.Renew(ctx, &pb.RenewReq{Comet: c.cfg.ID, Sessions: refs, GrpcAddr: c.cfg.GRPCAddr})
 		cancel()
 		if err != nil {
 			c.metrics.logicErrs.WithLabelValues("renew").Inc()
@@ -320,7 +325,8 @@ func (c *Comet) renew() {
 			send()
 		}
 	}
-	if len(refs) > 0 {
+	// A comet without sessions still renews its registration.
+	if len(refs) > 0 || c.cfg.GRPCAddr != "" {
 		send()
 	}
 }
@@ -341,6 +347,10 @@ func (c *Comet) Push(_ context.Context, req *pb.PushReq) (*pb.PushReply, error) 
 	}
 	var delivered uint32
 	for _, it := range req.GetItems() {
+		if m := it.GetPush(); m != nil {
+			delivered += c.pushKeys(it.Keys, m) // rooms.go: non-persistent
+			continue
+		}
 		if it.GetOplog() == nil {
 			continue
 		}

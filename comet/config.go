@@ -10,6 +10,7 @@ import (
 
 	"github.com/msync/msync/gateway"
 	"github.com/msync/msync/pkg/api/pb"
+	"github.com/msync/msync/pkg/protocol"
 )
 
 // Config configures a Comet. Each field's comment says what its zero value means.
@@ -28,6 +29,13 @@ type Config struct {
 	// ConnectReply.heartbeat_ms is set; zero 30s. A session is closed with
 	// ERROR 1002 after 3*interval+5s without any frame.
 	HeartbeatInterval time.Duration
+	// HeartbeatMin and HeartbeatMax bound the interval a client may ask for
+	// (Auth.heartbeat_ms, Heartbeat.interval_ms; see rooms.go heartbeatFor).
+	// Zero means HeartbeatInterval, i.e. no negotiation in that direction.
+	HeartbeatMin, HeartbeatMax time.Duration
+	// MaxRooms is how many rooms one session may be in; zero
+	// protocol.DefaultMaxRooms (64).
+	MaxRooms int
 	// PageLimit is the number of oplogs per channel page; zero 200.
 	PageLimit uint32
 	// AckTimeout bounds how long a backlog page may stay unacked before
@@ -36,8 +44,18 @@ type Config struct {
 	// RenewInterval is the period of the batched Logic.Renew of all sessions;
 	// zero 60s.
 	RenewInterval time.Duration
+	// GRPCAddr is the address where this comet's Comet service is reachable
+	// (cluster mode). When set, every Renew carries it, so logic registers the
+	// comet for job to discover, and the first Renew is sent at once (a
+	// joining comet gets pushes without waiting a RenewInterval). Zero: not
+	// registered (all-in-one mode, where job holds the comet in-process).
+	GRPCAddr string
 	// CallTimeout bounds each logic call; zero 5s.
 	CallTimeout time.Duration
+	// ReorderWindow is how long a live push that arrived past a hole in its
+	// channel's ids waits for the missing ones before the channel resyncs
+	// from the store (reorder.go); zero 5ms, negative resyncs at once.
+	ReorderWindow time.Duration
 	// Workers bounds the session task pool (ants); zero 4096.
 	Workers int
 	// Logger receives the comet's logs; nil discards them.
@@ -84,6 +102,15 @@ func (cfg Config) withDefaults() (Config, error) {
 	if cfg.PageLimit == 0 {
 		cfg.PageLimit = defaultPageLimit
 	}
+	if cfg.HeartbeatMin == 0 {
+		cfg.HeartbeatMin = cfg.HeartbeatInterval
+	}
+	if cfg.HeartbeatMax == 0 {
+		cfg.HeartbeatMax = cfg.HeartbeatInterval
+	}
+	if cfg.MaxRooms == 0 {
+		cfg.MaxRooms = protocol.DefaultMaxRooms
+	}
 	if cfg.AckTimeout == 0 {
 		cfg.AckTimeout = defaultAckTimeout
 	}
@@ -95,6 +122,9 @@ func (cfg Config) withDefaults() (Config, error) {
 	}
 	if cfg.Workers == 0 {
 		cfg.Workers = defaultWorkers
+	}
+	if cfg.ReorderWindow == 0 {
+		cfg.ReorderWindow = defaultReorderWindow
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -112,8 +142,13 @@ func (cfg Config) withDefaults() (Config, error) {
 		return cfg, fmt.Errorf("%w: Workers %d: want 1-%d", ErrBadConfig, cfg.Workers, maxWorkers)
 	case cfg.HeartbeatInterval < 0, cfg.AckTimeout < 0, cfg.RenewInterval < 0, cfg.CallTimeout < 0:
 		return cfg, fmt.Errorf("%w: durations must not be negative", ErrBadConfig)
-	case cfg.HeartbeatInterval/time.Millisecond > 1<<31:
+	case cfg.HeartbeatInterval/time.Millisecond > 1<<31, cfg.HeartbeatMax/time.Millisecond > 1<<31:
 		return cfg, fmt.Errorf("%w: HeartbeatInterval %s too long", ErrBadConfig, cfg.HeartbeatInterval)
+	case cfg.HeartbeatMin < time.Millisecond || cfg.HeartbeatMin > cfg.HeartbeatInterval || cfg.HeartbeatInterval > cfg.HeartbeatMax:
+		return cfg, fmt.Errorf("%w: want 1ms <= HeartbeatMin %s <= HeartbeatInterval %s <= HeartbeatMax %s",
+			ErrBadConfig, cfg.HeartbeatMin, cfg.HeartbeatInterval, cfg.HeartbeatMax)
+	case cfg.MaxRooms < 0:
+		return cfg, fmt.Errorf("%w: MaxRooms %d: want > 0", ErrBadConfig, cfg.MaxRooms)
 	}
 	return cfg, nil
 }

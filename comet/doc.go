@@ -30,7 +30,9 @@
 // # Lock order
 //
 // No lock in this package is held while another is acquired: bucket.mu,
-// session.mu, ackBatcher.mu, Comet.starved and Comet.life are leaves. In
+// session.mu, ackBatcher.mu, Comet.starved and Comet.life are leaves. The one
+// exception is rooms (rooms.go): a session's sessionRooms.mu is held while a
+// roomShard.mu is taken, never the other way round, and roomShard.mu is a leaf. In
 // particular a session is looked up under bucket.mu, the lock is released, and
 // only then is session.mu taken; Conn methods are never called with a lock
 // held (a transport may call back into onClose synchronously).

@@ -25,3 +25,6 @@ var (
 	// frames than its queue holds while earlier ones were still processed.
 	ErrOverload = errors.New("comet: too many frames in flight")
 )
+
+// ErrBadRequest is returned by the push API for a request it cannot serve.
+var ErrBadRequest = errors.New("comet: bad request")

@@ -193,6 +193,8 @@ func (fl *fakeLogic) Connect(ctx context.Context, in *pb.ConnectReq) (*pb.Connec
 			ch = oplog.UserChannel(b, user)
 		case "lock":
 			ch = oplog.DeviceChannel(b, in.Device)
+		case "news": // global scope
+			ch = oplog.GlobalChannel(b)
 		default:
 			reply.Rejected = append(reply.Rejected, &pb.Rejected{Biz: b, Reason: "unknown biz"})
 			continue
@@ -242,6 +244,7 @@ func (fl *fakeLogic) Sync(ctx context.Context, in *pb.SyncReq) (*pb.SyncReply, e
 			op := log[id-1]
 			v := oplog.Evaluate(op, in.Platform, in.AppVersion, fl.nowMs())
 			if v == oplog.NotYet {
+				p.NextValidMs = op.ValidFromMs
 				break
 			}
 			if v == oplog.Deliver {

@@ -45,6 +45,8 @@ const (
 	evFrame eventKind = iota
 	evPush
 	evClose
+	evWake    // a valid_from timer of a channel fired (wake.go)
+	evReorder // a channel's reorder window ended (reorder.go)
 )
 
 // event is one input of a session, handled in arrival order.
@@ -53,13 +55,20 @@ type event struct {
 	frame protocol.Frame // evFrame; the body is owned by the session
 	op    *oplog.Oplog   // evPush; shared read-only between sessions
 	err   error          // evClose
+	// channel is the channel whose valid_from timer fired (evWake).
+	channel string
 }
 
 // identity is what other goroutines may read about an authenticated session.
 // It is immutable once published.
 type identity struct {
 	user, device string
-	channels     map[string]struct{}
+	// channels is the session's own channel map (session.channels), shared
+	// rather than copied to save a map per session: handleAuth fills it
+	// before ident is published and nobody writes it afterwards, so
+	// concurrent reads are safe. Only membership may be read here: the
+	// *channel values belong to the drain task.
+	channels map[string]*channel
 }
 
 // phase is a session's lifecycle, owned by the drain task.
@@ -82,6 +91,7 @@ type session struct {
 
 	ident      atomic.Pointer[identity] // nil until AUTH succeeded
 	hbDeadline atomic.Int64             // liveness deadline in ns; 0 before AUTH
+	rooms      sessionRooms             // rooms.go: PUSH readiness and room membership
 
 	mu struct {
 		sync.Mutex
@@ -101,7 +111,7 @@ type session struct {
 	platform   string
 	appVersion string
 	heartbeat  time.Duration
-	channels   map[string]*channel
+	channels   map[string]*channel // filled by handleAuth, then read-only (shared with identity)
 	order      []*channel // AUTH_REPLY order, so batches are deterministic
 	liveRound  []*channel // channels with a live page in this round
 	ackArmed   bool
@@ -110,7 +120,7 @@ type session struct {
 
 func newSession(c *Comet, conn Conn, key string) *session {
 	s := &session{c: c, conn: conn, key: key}
-	s.log = c.log.With("conn", key, "remote", conn.RemoteAddr())
+	s.log = newSessionLogger(c.log, s) // sessionlog.go: attributes added per record
 	return s
 }
 
@@ -274,6 +284,14 @@ func (s *session) handle(ev *event) {
 		if s.phase == phaseAuthed {
 			s.handlePush(ev.op)
 		}
+	case evWake:
+		if s.phase == phaseAuthed {
+			s.handleWake(ev.channel)
+		}
+	case evReorder:
+		if s.phase == phaseAuthed {
+			s.handleReorder(ev.channel) // reorder.go
+		}
 	}
 }
 
@@ -298,11 +316,9 @@ func (s *session) handleFrame(f protocol.Frame) {
 		}
 		s.handleAuth(f)
 	case protocol.OpHeartbeat:
-		if err := protocol.Unmarshal(f, &wirepb.Heartbeat{}); err != nil {
-			s.fail(f.Seq, protocol.CodeBadFrame, err.Error(), ErrProtocol)
-			return
-		}
-		s.write(protocol.OpHeartbeatReply, f.Seq, &wirepb.HeartbeatReply{IntervalMs: uint32(s.heartbeat / time.Millisecond)})
+		s.handleHeartbeat(f) // rooms.go: may renegotiate the interval
+	case protocol.OpRoomJoin, protocol.OpRoomLeave:
+		s.handleRoom(f) // rooms.go
 	case protocol.OpAck:
 		s.handleAck(f)
 	case protocol.OpSyncReq:
@@ -354,13 +370,12 @@ func (s *session) handleAuth(f protocol.Frame) {
 	}
 
 	s.user, s.device, s.platform, s.appVersion = reply.User, a.Device, a.Platform, a.AppVersion
-	s.heartbeat = s.c.cfg.HeartbeatInterval
+	base := s.c.cfg.HeartbeatInterval
 	if reply.HeartbeatMs > 0 {
-		s.heartbeat = time.Duration(reply.HeartbeatMs) * time.Millisecond
+		base = time.Duration(reply.HeartbeatMs) * time.Millisecond
 	}
-	s.log = s.log.With("user", s.user, "device", s.device)
+	s.heartbeat = s.c.heartbeatFor(a.HeartbeatMs, base) // rooms.go: the client's wish within bounds
 	s.channels = make(map[string]*channel, len(reply.Channels))
-	names := make(map[string]struct{}, len(reply.Channels))
 	out := &wirepb.AuthReply{User: reply.User, Session: s.key, HeartbeatMs: uint32(s.heartbeat / time.Millisecond)}
 	for _, cs := range reply.Channels {
 		if _, dup := s.channels[cs.Channel]; dup {
@@ -369,19 +384,26 @@ func (s *session) handleAuth(f protocol.Frame) {
 		ch := newChannel(cs.Biz, cs.Channel, cs.From)
 		s.channels[cs.Channel] = ch
 		s.order = append(s.order, ch)
-		names[cs.Channel] = struct{}{}
 		out.Channels = append(out.Channels, &wirepb.ChannelInfo{Biz: cs.Biz, Channel: cs.Channel, From: cs.From})
 	}
 	for _, r := range reply.Rejected {
 		out.Rejected = append(out.Rejected, &wirepb.RejectedBiz{Biz: r.Biz, Reason: r.Reason})
 	}
 	s.phase = phaseAuthed
-	s.ident.Store(&identity{user: s.user, device: s.device, channels: names})
+	s.ident.Store(&identity{user: s.user, device: s.device, channels: s.channels})
+	for _, ch := range s.order {
+		if isGlobal(ch.name) {
+			// After ident: Broadcast pushes need it. Before the first sync,
+			// which reads every oplog stored before this point.
+			s.c.global.add(ch.name, s)
+		}
+	}
 	s.c.metrics.sessions.Inc()
 	d := heartbeatDeadline(s.heartbeat)
 	s.hbDeadline.Store(int64(d))
 	s.conn.SetDeadline(d, protocol.CodeHeartbeatTimeout)
 	s.write(protocol.OpAuthReply, f.Seq, out)
+	s.rooms.ready.Store(true) // PUSH frames may follow AUTH_REPLY now
 	s.log.Info("session authenticated", "platform", s.platform, "app_version", s.appVersion,
 		"channels", len(s.order), "rejected", len(out.Rejected))
 	// Every channel starts in chNeedSync: the drain round ends with one
@@ -456,14 +478,28 @@ func (s *session) handlePush(op *oplog.Oplog) {
 		return
 	}
 	if op.Id > ch.sent+1 {
+		// Out of order: wait briefly for the ids before it (reorder.go).
+		if s.hold(ch, op) {
+			return
+		}
 		// A push was missed (dropped upstream, or a SYNC_REQ rewound sent):
 		// never write past a hole; fetch the range from the store.
+		s.foldHeld(ch)
 		ch.raisePending(op.Id)
 		ch.st = chNeedSync
 		m.pushResync.Inc()
 		m.resyncs.WithLabelValues(resyncGap).Inc()
 		return
 	}
+	if s.applyLive(ch, op) && len(ch.held) > 0 {
+		s.releaseHeld(ch) // reorder.go
+	}
+}
+
+// applyLive delivers, skips or defers op (id == ch.sent+1, channel live) and
+// reports whether it is covered now (sent advanced).
+func (s *session) applyLive(ch *channel, op *oplog.Oplog) bool {
+	m := s.c.metrics
 	switch oplog.Evaluate(op, s.platform, s.appVersion, s.c.now().UnixMilli()) {
 	case oplog.Deliver:
 		s.appendLive(ch, op)
@@ -481,13 +517,15 @@ func (s *session) handlePush(op *oplog.Oplog) {
 	case oplog.NotYet:
 		// valid_from is in the future. The channel stays live with sent below
 		// this id, so the next push of the channel is a gap and syncs; logic's
-		// pages stop before a not-yet-valid oplog, so it is delivered by the
-		// first sync of this channel after valid_from (that gap, a SYNC_REQ, or
-		// the next connect). Without later traffic on the channel it waits for
-		// one of those: nothing re-checks it on a timer.
+		// pages stop before a not-yet-valid oplog (and carry next_valid_ms).
+		// The channel's valid_from timer syncs it at valid_from, so it is
+		// delivered then even without later traffic.
 		ch.raisePending(op.Id)
+		s.scheduleWake(ch, op.ValidFromMs)
 		m.pushResync.Inc()
+		return false
 	}
+	return true
 }
 
 func (s *session) appendLive(ch *channel, op *oplog.Oplog) {
@@ -547,6 +585,7 @@ func (s *session) syncNeeded() {
 	for _, ch := range s.order {
 		if ch.st == chNeedSync {
 			ch.st = chFetching
+			s.foldHeld(ch) // reorder.go: the page reads held ids from the store
 			cursors = append(cursors, &pb.Cursor{Channel: ch.name, After: ch.sent})
 			fetching = append(fetching, ch)
 		}
@@ -576,6 +615,9 @@ func (s *session) syncNeeded() {
 		if ch == nil || ch.st != chFetching {
 			s.log.Warn("sync reply: unexpected page", "channel", p.Channel)
 			continue
+		}
+		if p.NextValidMs > 0 {
+			s.scheduleWake(ch, p.NextValidMs)
 		}
 		if page := s.applyPage(ch, p); page != nil {
 			pages = append(pages, page)
@@ -698,6 +740,14 @@ func (s *session) finish(err error) {
 	authed := s.ident.Load() != nil
 	s.phase = phaseDone
 	s.c.removeSession(s)
+	s.stopWakes()
+	s.stopReorders()
+	for _, ch := range s.order {
+		if isGlobal(ch.name) {
+			s.c.global.remove(ch.name, s)
+		}
+	}
+	s.c.rooms.leaveAll(s)
 	if authed {
 		s.c.metrics.sessions.Dec()
 		ctx, cancel := s.c.callCtx()

@@ -19,7 +19,9 @@ type Conn interface {
 	ID() uint64
 	RemoteAddr() string
 	// Write enqueues one whole frame; ownership of frame passes to the
-	// transport. An overflowing queue closes the connection.
+	// transport. An overflowing queue closes the connection. A transport
+	// must not modify frame: one PUSH frame is shared by every connection
+	// of a broadcast.
 	Write(frame []byte) error
 	// Close writes what is queued, then final (may be nil), then closes. It is
 	// idempotent; the transport then calls the session's onClose once.

@@ -56,3 +56,15 @@ func (c *Comet) Start() error {
 	c.log.Info("comet listening", "addr", srv.Addr().String())
 	return nil
 }
+
+// Addrs are the bound addresses of the gateway's listeners (TCP, WebSocket,
+// TLS, WebSocket over TLS; nil when not configured), or all nil before
+// Start. Config.Gateway's WSAddr, TLSAddr and TLSWSAddr turn them on.
+func (c *Comet) Addrs() gateway.Addrs {
+	c.life.Lock()
+	defer c.life.Unlock()
+	if srv, ok := c.life.transport.(*gateway.Server); ok {
+		return srv.Addrs()
+	}
+	return gateway.Addrs{}
+}

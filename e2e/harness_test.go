@@ -38,6 +38,7 @@ api_keys:
   - {key: demo-only, bizs: [demo]}
 comet:
   addr: 127.0.0.1:0
+  ws_addr: 127.0.0.1:0
   heartbeat: 2s
   auth_timeout: 1s
   ack_timeout: 3s
@@ -225,6 +226,10 @@ type device struct {
 	kicks  []*pb.Kick
 	other  []protocol.Frame // AUTH_REPLY, HEARTBEAT_REPLY ... for expect
 	closed error
+
+	// skipped sums ChannelPage.skipped (backlog latest:N) per channel, of
+	// pages that moved the point.
+	skipped map[string]uint64
 }
 
 func dial(t testing.TB, n *node) *device {
@@ -244,7 +249,7 @@ func dialAddr(t testing.TB, addr string) *device {
 }
 
 func newDevice(t testing.TB, c net.Conn) *device {
-	d := &device{t: t, conn: c, done: make(chan struct{}), points: map[string]uint64{}}
+	d := &device{t: t, conn: c, done: make(chan struct{}), points: map[string]uint64{}, skipped: map[string]uint64{}}
 	t.Cleanup(d.close)
 	return d
 }
@@ -311,6 +316,9 @@ func (d *device) handle(f protocol.Frame) {
 				}
 				d.got = append(d.got, received{Channel: p.Channel, ID: op.Id, Payload: string(op.Payload)})
 				point = op.Id
+			}
+			if p.Skipped > 0 && p.Upto > d.points[p.Channel] {
+				d.skipped[p.Channel] += p.Skipped
 			}
 			point = max(point, p.Upto)
 			d.points[p.Channel] = point

@@ -184,9 +184,13 @@ type batch struct {
 	pushes    map[string]*pb.PushReq
 	kickOrder []kickKey
 	kicks     map[kickKey]*pb.KickReq
+	// globals are the batch's global-channel oplogs, in order (global.go).
+	globals []*oplog.Oplog
 	// per-batch directory lookups: one per owner, however many oplogs
 	users   map[string][]directory.Session
 	devices map[string][]directory.Session
+	// rt holds the batch's room/all pushes and room changes (push.go).
+	rt realtimeBatch
 }
 
 // handle is the queue handler. It always returns nil: see the package doc.
@@ -204,11 +208,17 @@ func (j *Job) handle(ctx context.Context, msgs []queue.Message) error {
 			j.routeOplog(ctx, b, body.Oplog)
 		case *pb.QueueMsg_Kick:
 			j.routeKick(b, body.Kick)
+		case *pb.QueueMsg_Push:
+			j.routePush(ctx, b, body.Push) // push.go
+		case *pb.QueueMsg_Rooms:
+			j.routeRooms(ctx, b, body.Rooms) // push.go
 		default:
 			j.bad("queue message without a body", "key", msg.Key)
 		}
 	}
+	j.applyRooms(ctx, b) // push.go: before the pushes that may target the rooms
 	j.dispatch(ctx, b)
+	j.broadcastPushes(ctx, b) // push.go
 	return nil
 }
 
@@ -251,9 +261,9 @@ func (j *Job) routeOplog(ctx context.Context, b *batch, op *oplog.Oplog) {
 		}
 		sessions = s
 	default:
-		// Global channels need a fan-out to every matching session: issue 3.
-		j.m.skipped.WithLabelValues("global").Inc()
-		j.log.Debug("skipping global channel oplog: not routed yet", "channel", op.Channel, "id", op.Id)
+		// Global channel: every comet gets it (Comet.Broadcast); each comet
+		// delivers it to its sessions that sync the channel.
+		b.globals = append(b.globals, op)
 		return
 	}
 	if err != nil {
@@ -324,6 +334,11 @@ func (j *Job) dispatch(ctx context.Context, b *batch) {
 	for _, kk := range b.kickOrder {
 		req := b.kicks[kk]
 		submit("kick", kk.comet, func(c pb.CometClient) { j.kickComet(ctx, kk.comet, c, req) })
+	}
+	if len(b.globals) > 0 {
+		for _, comet := range j.cfg.Comets.IDs() {
+			submit("broadcast", comet, func(c pb.CometClient) { j.broadcastOplogs(ctx, comet, c, b.globals) })
+		}
 	}
 	wg.Wait()
 }

@@ -243,7 +243,6 @@ func TestRoutesOnePushPerCometPerBatch(t *testing.T) {
 		oplogMsg(t, "chat/u/alice", 2),
 		oplogMsg(t, "lock/d/offline", 1), // nobody online: nothing to push
 		oplogMsg(t, "chat/u/nobody", 1),
-		oplogMsg(t, "news/g", 1), // global: not routed yet
 	)
 	e.start()
 	c1, c2 := e.comets["c1"], e.comets["c2"]
@@ -261,10 +260,7 @@ func TestRoutesOnePushPerCometPerBatch(t *testing.T) {
 		t.Errorf("c2 got %d PushReqs for one batch, want 1", p2)
 	}
 	waitFor(t, "metrics", func() bool { return e.metric("msync_job_delivered_total", nil) == 8 })
-	if got := e.metric("msync_job_skipped_total", map[string]string{"reason": "global"}); got != 1 {
-		t.Errorf("skipped{global} = %v", got)
-	}
-	if got := e.metric("msync_job_messages_total", map[string]string{"kind": "oplog"}); got != 7 {
+	if got := e.metric("msync_job_messages_total", map[string]string{"kind": "oplog"}); got != 6 {
 		t.Errorf("messages{oplog} = %v", got)
 	}
 }

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -45,6 +47,9 @@ type Config struct {
 	MaxPageBytes int
 	// MaxBatch is the most items in one POST /v1/sync/batch. Zero means 500.
 	MaxBatch int
+	// MaxPushPayload bounds the payload of POST /v1/push. Zero means
+	// DefaultMaxPushPayload (32 KiB).
+	MaxPushPayload int
 	// MaxBodyBytes bounds an HTTP request body. Zero means 4 MiB.
 	MaxBodyBytes int64
 	// AppendTimeout bounds each store call made for a request (append, read,
@@ -69,6 +74,12 @@ type Config struct {
 	Gatherer prometheus.Gatherer
 	// Now is the clock used for validity and filters. Nil means time.Now.
 	Now func() time.Time
+	// Mount serves extra handlers on the API's listener, keyed by a path
+	// prefix that starts and ends with "/" (e.g. "/demo/" for the
+	// development page of package web). A prefix may not be "/", hold
+	// pattern wildcards or overlap the API (/v1/, /healthz, /metrics), so
+	// it can never shadow or conflict with an API route. Zero: none.
+	Mount map[string]http.Handler
 }
 
 func (c *Config) setDefaults() {
@@ -133,6 +144,9 @@ func (c *Config) validate() error {
 	if c.MaxBatch < 0 {
 		errs = append(errs, fmt.Errorf("MaxBatch %d: want > 0", c.MaxBatch))
 	}
+	if c.MaxPushPayload < 0 {
+		errs = append(errs, fmt.Errorf("MaxPushPayload %d: want > 0", c.MaxPushPayload))
+	}
 	if c.MaxBodyBytes < 0 {
 		errs = append(errs, fmt.Errorf("MaxBodyBytes %d: want > 0", c.MaxBodyBytes))
 	}
@@ -141,6 +155,17 @@ func (c *Config) validate() error {
 	}
 	if c.JanitorBatch < 0 {
 		errs = append(errs, fmt.Errorf("JanitorBatch %d: want > 0", c.JanitorBatch))
+	}
+	for prefix, h := range c.Mount {
+		first, _, _ := strings.Cut(strings.Trim(prefix, "/"), "/")
+		switch {
+		case h == nil:
+			errs = append(errs, fmt.Errorf("Mount[%q]: nil handler", prefix))
+		case len(prefix) < 3 || prefix[0] != '/' || prefix[len(prefix)-1] != '/' || strings.ContainsAny(prefix, "{} \t"):
+			errs = append(errs, fmt.Errorf("Mount[%q]: want a literal path prefix like /demo/", prefix))
+		case first == "v1" || first == "healthz" || first == "metrics":
+			errs = append(errs, fmt.Errorf("Mount[%q]: overlaps the API", prefix))
+		}
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("%w: %w", ErrInvalidConfig, err)

@@ -127,6 +127,8 @@ var testBizs = []biz.Spec{
 	{Name: "news", Scope: "global"},
 	{Name: "latest", Backlog: "latest:2"},
 	{Name: "ephemeral", Persistent: new(false)},
+	{Name: "solo", MultiDevice: new(false)}, // bizs_test.go
+	{Name: "acct", Consistency: true},
 }
 
 // testLogger sends logs to t.Log.

@@ -68,14 +68,21 @@ func (l *Logic) routes() http.Handler {
 	// Method-less patterns catch the other methods of known paths (the
 	// method-qualified ones above are more specific), so they get a JSON 405
 	// instead of the mux's plain-text one.
-	for path, allow := range map[string]string{
+	methods := map[string]string{
 		"/v1/sync": "POST", "/v1/sync/batch": "POST", "/v1/devices/{device}/sync": "GET",
 		"/v1/bizs": "GET", "/healthz": "GET", "/metrics": "GET",
-	} {
+	}
+	for path, allow := range l.realtimeRoutes(route) { // push.go
+		methods[path] = allow
+	}
+	for path, allow := range methods {
 		route(path, "other", func(w http.ResponseWriter, _ *http.Request) {
 			w.Header().Set("Allow", allow)
 			writeError(w, errorf(http.StatusMethodNotAllowed, CodeMethodNotAllowed, "use %s", allow))
 		})
+	}
+	for prefix, h := range l.cfg.Mount { // validated: literal, no overlap with the routes above
+		route(prefix, "mount", h.ServeHTTP)
 	}
 	route("/", "other", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, errorf(http.StatusNotFound, CodeNotFound, "no route for %s %s", r.Method, r.URL.Path))

@@ -128,7 +128,8 @@ func TestPublishBadInput(t *testing.T) {
 		{"min above max", "all-key", `{"biz":"chat","user":"a","payload":"x","filters":{"min_version":"3","max_version":"2.9"}}`, 400, "bad_request"},
 		{"bad platform", "all-key", `{"biz":"chat","user":"a","payload":"x","filters":{"platforms":["i os"]}}`, 400, "bad_request"},
 		{"long dedup key", "all-key", `{"biz":"chat","user":"a","payload":"x","dedup_key":"` + strings.Repeat("k", 257) + `"}`, 400, "bad_request"},
-		{"non-persistent biz", "all-key", `{"biz":"ephemeral","user":"a","payload":"x"}`, 400, "not_supported"},
+		{"non-persistent biz with dedup_key", "all-key", `{"biz":"ephemeral","user":"a","payload":"x","dedup_key":"k"}`, 400, "bad_request"},
+		{"non-persistent biz with filters", "all-key", `{"biz":"ephemeral","user":"a","payload":"x","filters":{}}`, 400, "bad_request"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			status, out := e.do("POST", "/v1/sync", tt.key, tt.body)
@@ -162,7 +163,8 @@ func TestRoutingErrors(t *testing.T) {
 		{"GET", "/v1/sync", 405, "method_not_allowed"},
 		{"DELETE", "/v1/bizs", 405, "method_not_allowed"},
 		{"GET", "/v1/nope", 404, "not_found"},
-		{"POST", "/v1/push", 404, "not_found"},
+		{"POST", "/v1/pushes", 404, "not_found"},
+		{"GET", "/v1/kick", 405, "method_not_allowed"}, // push.go's routes get JSON 405s too
 	} {
 		if status, out := e.do(tt.method, tt.path, "all-key", ""); status != tt.status || errCode(out) != tt.code {
 			t.Errorf("%s %s = %d %v, want %d %s", tt.method, tt.path, status, out, tt.status, tt.code)

@@ -59,10 +59,8 @@ func (l *Logic) prepare(key string, req *publishReq, now time.Time) (*oplog.Oplo
 	if aerr := l.checkBizKey(key, b); aerr != nil {
 		return nil, aerr
 	}
-	if !b.Persistent {
-		// Non-persistent (online-only) bizs go through POST /v1/push, which
-		// is not built yet.
-		return nil, errorf(http.StatusBadRequest, CodeNotSupported, "biz %q is not persistent: publishing to non-persistent bizs is not supported yet", b.Name)
+	if aerr := checkVolatile(b, req); aerr != nil { // bizs.go
+		return nil, aerr
 	}
 	if aerr := checkOwner(b, req); aerr != nil {
 		return nil, aerr
@@ -236,6 +234,9 @@ func (l *Logic) storeError(op string, err error) *apiError {
 // publish appends ops durably (one store call, one group commit), then
 // produces the new ones to the queue. Only the append can fail the call.
 func (l *Logic) publish(ctx context.Context, ops []*oplog.Oplog) ([]store.AppendResult, *apiError) {
+	if results, aerr, done := l.publishVolatile(ctx, ops); done { // bizs.go
+		return results, aerr
+	}
 	began := time.Now()
 	defer func() { l.m.publishSecs.Observe(time.Since(began).Seconds()) }()
 	actx, cancel := l.storeCtx(ctx)

@@ -62,7 +62,9 @@ func (l *Logic) connect(ctx context.Context, req *pb.ConnectReq) (*pb.ConnectRep
 		case err != nil:
 			reply.Rejected = append(reply.Rejected, &pb.Rejected{Biz: name, Reason: "unknown biz"})
 		case !b.Persistent:
-			reply.Rejected = append(reply.Rejected, &pb.Rejected{Biz: name, Reason: "non-persistent bizs are not supported yet"})
+			// Online only: its oplogs arrive as PUSH frames carrying the biz
+			// (no channel, no sync point), so it is neither a channel nor
+			// rejected.
 		default:
 			reply.Channels = append(reply.Channels, &pb.ChannelStart{Biz: b.Name, Channel: b.Channel(user, req.Device)})
 		}
@@ -88,6 +90,10 @@ func (l *Logic) connect(ctx context.Context, req *pb.ConnectReq) (*pb.ConnectRep
 			} else {
 				ch.From = stored[ch.Channel]
 			}
+		}
+		if err := l.raiseShared(ctx, user, reply.Channels, client); err != nil {
+			log.Warn("connect: reading shared sync points failed", "err", err)
+			return nil, "unavailable", api.Error(protocol.CodeUnavailable, "store unavailable")
 		}
 	}
 
@@ -153,8 +159,20 @@ func (l *Logic) Disconnect(ctx context.Context, req *pb.DisconnectReq) (*pb.Empt
 	return &pb.Empty{}, nil
 }
 
-// Renew extends the directory TTL of a comet's sessions.
+// Renew extends the directory TTL of a comet's sessions. A request carrying
+// grpc_addr (cluster mode) also registers the comet in the directory's comet
+// registry for the same TTL, which is how job discovers comets.
 func (l *Logic) Renew(ctx context.Context, req *pb.RenewReq) (*pb.Empty, error) {
+	if req.GrpcAddr != "" {
+		reg, ok := l.cfg.Directory.(directory.Comets)
+		if !ok {
+			return nil, api.Error(protocol.CodeUnavailable, "directory keeps no comet registry")
+		}
+		if err := reg.RegisterComet(ctx, req.Comet, req.GrpcAddr); err != nil {
+			l.log.Warn("renew: comet registration failed", "comet", req.Comet, "addr", req.GrpcAddr, "err", err)
+			return nil, api.Error(protocol.CodeUnavailable, "directory unavailable")
+		}
+	}
 	devices := make([]string, 0, len(req.Sessions))
 	for _, s := range req.Sessions {
 		devices = append(devices, s.GetDevice())
@@ -183,6 +201,9 @@ func (l *Logic) Sync(ctx context.Context, req *pb.SyncReq) (*pb.SyncReply, error
 	for _, c := range req.Cursors {
 		b, err := l.sessionChannel(req, c.GetChannel())
 		if err != nil {
+			return nil, err
+		}
+		if err := l.checkConsistency(ctx, req, b); err != nil {
 			return nil, err
 		}
 		page, err := l.page(ctx, req, b, c, limit, now)
@@ -219,6 +240,13 @@ func (l *Logic) page(ctx context.Context, req *pb.SyncReq, b *biz.Biz, c *pb.Cur
 	sctx, cancel := l.storeCtx(ctx)
 	defer cancel()
 	readAfter := after
+	if shared, err := l.sharedFloor(sctx, req, b, c.Channel); err != nil {
+		return nil, err
+	} else if shared > readAfter {
+		// multi_device false: what another device of the user acked is
+		// covered by this page without being listed (processed elsewhere).
+		readAfter = shared
+	}
 	if b.LatestN > 0 {
 		// backlog latest:N: jump over all but the newest N, and say so in
 		// skipped so the SDK reports it rather than seeing a silent gap.
@@ -226,9 +254,9 @@ func (l *Logic) page(ctx context.Context, req *pb.SyncReq, b *biz.Biz, c *pb.Cur
 		if err != nil {
 			return nil, l.rpcStoreError("max_id", c.Channel, err)
 		}
-		if maxID > after+uint64(b.LatestN) {
+		if maxID > readAfter+uint64(b.LatestN) {
+			page.Skipped = maxID - uint64(b.LatestN) - readAfter
 			readAfter = maxID - uint64(b.LatestN)
-			page.Skipped = readAfter - after
 		}
 	}
 	ops, maxID, err := l.cfg.Store.Read(sctx, c.Channel, readAfter, limit)
@@ -255,6 +283,9 @@ func (l *Logic) page(ctx context.Context, req *pb.SyncReq, b *biz.Biz, c *pb.Cur
 			}
 		case oplog.NotYet:
 			page.Upto = op.Id - 1
+			// The comet re-syncs the channel at valid_from (a timer of the
+			// session), so an online device gets it then without other traffic.
+			page.NextValidMs = op.ValidFromMs
 			return page, nil
 		}
 	}
@@ -282,6 +313,9 @@ func (l *Logic) Ack(ctx context.Context, req *pb.AckReq) (*pb.Empty, error) {
 			continue
 		}
 		points = append(points, store.SyncPoint{Device: it.Device, Channel: it.Channel, ID: it.Id})
+		if sp, ok := l.sharedPoint(it.Channel, it.Id); ok {
+			points = append(points, sp)
+		}
 	}
 	if len(points) == 0 {
 		return &pb.Empty{}, nil

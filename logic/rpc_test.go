@@ -91,7 +91,9 @@ func TestConnectChannelsAndFrom(t *testing.T) {
 	if got := strings.Join(chans, " "); got != "chat:chat/u/alice@7 lock:lock/d/d1@5 news:news/g@0" {
 		t.Fatalf("channels %q", got)
 	}
-	if got := strings.Join(rejected, " "); got != "nope ephemeral" {
+	// ephemeral (non-persistent) is neither a channel nor rejected: its
+	// oplogs come as PUSH frames.
+	if got := strings.Join(rejected, " "); got != "nope" {
 		t.Fatalf("rejected %q", got)
 	}
 	s, err := e.dir.ByDevice(ctx, "d1")

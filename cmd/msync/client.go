@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -9,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"strings"
 	"sync"
 	"time"
@@ -29,10 +32,14 @@ a fixed --token cannot be renewed, mint a new one.
 Output, one line per oplog, in id order per channel:
   {"biz":"chat-unread","channel":"chat-unread/u/alice","id":7,"payload":"{\"n\":3}"}
 "payload_base64" replaces "payload" when the payload is not valid UTF-8.
+Non-persistent pushes (POST /v1/push) print as {"push":"…","room":"…","created_ms":…}
+("room" only for room pushes; "push_base64" for non-UTF-8 payloads).
 
 Example:
   msync client --addr 127.0.0.1:3101 --token "$(msync token --user alice)" \
       --device laptop-1 --biz chat-unread,DEVICE-LOCK --state ./alice-points.json
+  msync client --addr ws://127.0.0.1:3102/sub --token "$(msync token --user alice)" \
+      --device browser-1 --biz chat-unread
 
 Flags:
 `
@@ -40,7 +47,8 @@ Flags:
 // clientConfig is what the flags say.
 type clientConfig struct {
 	addr, token, device, platform, appVersion, state string
-	bizs                                             []string
+	tlsCA                                            string
+	bizs, rooms                                      []string
 	verbose                                          bool
 }
 
@@ -53,16 +61,24 @@ func parseClientFlags(args []string, stderr io.Writer) (clientConfig, error) {
 		fmt.Fprint(fs.Output(), clientUsage)
 		fs.PrintDefaults()
 	}
-	fs.StringVar(&cfg.addr, "addr", "127.0.0.1:3101", "comet TCP address `HOST:PORT`")
+	fs.StringVar(&cfg.addr, "addr", "127.0.0.1:3101", "comet `ADDRESS`: HOST:PORT (TCP), tls://HOST:PORT, ws://HOST:PORT/sub or wss://HOST:PORT/sub")
+	fs.StringVar(&cfg.tlsCA, "tls-ca", "", "PEM `FILE` of the CA to trust for tls:// and wss:// (default: the system roots)")
 	fs.StringVar(&cfg.token, "token", "", "signed client `TOKEN` of the user (required)")
 	fs.StringVar(&cfg.device, "device", "", "device `ID` of this client (required)")
 	fs.StringVar(&bizs, "biz", "", "comma-separated `BIZ` names to sync (required)")
 	fs.StringVar(&cfg.platform, "platform", "", "`PLATFORM` reported for filters: ios, android, harmony, web ... (default \"unknown\")")
 	fs.StringVar(&cfg.appVersion, "app-version", "", "dotted numeric app `VERSION` reported for filters, e.g. 5.12.1 (default: none)")
 	fs.StringVar(&cfg.state, "state", "", "`FILE` keeping sync points across runs (default: in memory, so the server's points are used on the next run)")
+	var rooms string
+	fs.StringVar(&rooms, "room", "", "comma-separated `ROOM` names to join for non-persistent pushes")
 	fs.BoolVar(&cfg.verbose, "verbose", false, "also log the SDK's own diagnostics (debug level); by default only connection events are logged")
 	if err := fs.Parse(args); err != nil {
 		return cfg, err
+	}
+	for _, r := range strings.Split(rooms, ",") {
+		if r = strings.TrimSpace(r); r != "" {
+			cfg.rooms = append(cfg.rooms, r)
+		}
 	}
 	if fs.NArg() > 0 {
 		return cfg, fmt.Errorf("client: unexpected argument %q (see --help)", fs.Arg(0))
@@ -197,14 +213,29 @@ func runClient(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		}
 		store = fs
 	}
+	var tlsCfg *tls.Config
+	if cfg.tlsCA != "" {
+		pem, err := os.ReadFile(cfg.tlsCA)
+		if err != nil {
+			return fmt.Errorf("--tls-ca: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return fmt.Errorf("--tls-ca %s: no PEM certificate in it", cfg.tlsCA)
+		}
+		tlsCfg = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	}
 	fatal := make(chan error, 1)
+	lw := &lineWriter{w: stdout}
 	c, err := client.New(cfg.addr, client.Options{
+		TLSConfig:     tlsCfg,
 		TokenProvider: func(context.Context) (string, error) { return cfg.token, nil },
 		Device:        cfg.device,
 		Platform:      cfg.platform,
 		AppVersion:    cfg.appVersion,
 		Store:         store,
 		Logger:        sdkLog,
+		OnPush:        lw.push,
 		OnEvent: func(e client.Event) {
 			logEvent(log, e)
 			if err := fatalEvent(e); err != nil {
@@ -218,7 +249,11 @@ func runClient(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
-	lw := &lineWriter{w: stdout}
+	for _, r := range cfg.rooms {
+		if err := c.JoinRoom(r); err != nil {
+			return err
+		}
+	}
 	for _, b := range cfg.bizs {
 		if err := c.RegisterBiz(b, lw.handle); err != nil {
 			return err

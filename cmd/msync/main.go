@@ -21,7 +21,8 @@ Usage:
 Commands:
   all      run comet + logic + job in one process (Pebble store, in-process queue)
   comet    run a comet (connection tier) process of a cluster
-  logic    run a logic (API tier) process of a cluster
+  logic    run a logic (API tier) process of a cluster; with job.embedded
+           also job (the mixed local cluster: 'make cluster')
   job      run a job (push tier) process of a cluster
   migrate  create the Cassandra schema
   token    print a client token signed with the config's secret

@@ -8,6 +8,7 @@ package api
 
 import (
 	"context"
+	"slices"
 
 	"google.golang.org/grpc"
 
@@ -57,6 +58,9 @@ func (c localComet) Kick(ctx context.Context, in *pb.KickReq, _ ...grpc.CallOpti
 type Comets interface {
 	// Comet returns the client for id, or false if the comet is unknown.
 	Comet(id string) (pb.CometClient, bool)
+	// IDs lists every comet known now (job broadcasts global-channel oplogs
+	// to all of them), sorted so calls are deterministic.
+	IDs() []string
 }
 
 // StaticComets is a fixed id -> client map (all-in-one mode, tests).
@@ -64,3 +68,13 @@ type StaticComets map[string]pb.CometClient
 
 // Comet implements Comets.
 func (s StaticComets) Comet(id string) (pb.CometClient, bool) { c, ok := s[id]; return c, ok }
+
+// IDs implements Comets.
+func (s StaticComets) IDs() []string {
+	ids := make([]string, 0, len(s))
+	for id := range s {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	return ids
+}

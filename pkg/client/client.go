@@ -21,7 +21,9 @@ import (
 // reconnects (that is what keeps one channel's handlers from overlapping).
 type Handler func(ctx context.Context, op Oplog) error
 
-// Oplog is one change as the app receives it.
+// Oplog is one change as the app receives it. An oplog of a non-persistent
+// biz (online only, never stored) has ID 0 and no Channel; returning an
+// error for it only logs (there is nothing to redeliver).
 type Oplog struct {
 	Biz        string
 	Channel    string
@@ -62,16 +64,20 @@ type Client struct {
 
 	pmu    sync.Mutex
 	points map[string]uint64 // channel -> sync point, mirrors Store
+
+	rooms roomSet // realtime.go: rooms joined on every connection
 }
 
-// New returns a Client for the comet at addr ("host:port"). It validates
+// New returns a Client for the comet at addr: "host:port" (TCP),
+// "tls://host:port", "ws://host:port/sub" or "wss://host:port/sub" (TLS
+// ones use Options.TLSConfig). It validates
 // opts and does no I/O.
 func New(addr string, opts Options) (*Client, error) {
 	o, err := opts.withDefaults()
 	if err != nil {
 		return nil, err
 	}
-	dial, hostport, err := parseAddr(addr)
+	dial, hostport, err := parseAddr(addr, o.TLSConfig)
 	if err != nil {
 		return nil, err
 	}

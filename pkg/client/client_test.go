@@ -773,7 +773,12 @@ func TestNewValidates(t *testing.T) {
 		{"bad platform", "127.0.0.1:3101", Options{TokenProvider: tok, Device: "d", Platform: "i os"}, ErrBadOptions},
 		{"backoff inverted", "127.0.0.1:3101", Options{TokenProvider: tok, Device: "d", BackoffMin: time.Second, BackoffMax: time.Millisecond}, ErrBadOptions},
 		{"no port", "127.0.0.1", Options{TokenProvider: tok, Device: "d"}, ErrBadOptions},
-		{"websocket later", "ws://127.0.0.1:3101/sub", Options{TokenProvider: tok, Device: "d"}, ErrUnsupportedTransport},
+		{"websocket", "ws://127.0.0.1:3102/sub", Options{TokenProvider: tok, Device: "d"}, nil},
+		{"websocket default path", "ws://127.0.0.1:3102", Options{TokenProvider: tok, Device: "d"}, nil},
+		{"wss", "wss://localhost:3102/sub", Options{TokenProvider: tok, Device: "d"}, nil},
+		{"tls", "tls://localhost:3443", Options{TokenProvider: tok, Device: "d"}, nil},
+		{"tls with path", "tls://localhost:3443/sub", Options{TokenProvider: tok, Device: "d"}, ErrBadOptions},
+		{"unknown scheme", "quic://127.0.0.1:3101", Options{TokenProvider: tok, Device: "d"}, ErrUnsupportedTransport},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

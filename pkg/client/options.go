@@ -2,6 +2,7 @@ package client
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -59,10 +60,22 @@ type Options struct {
 	// MaxFrame bounds the size of a frame read from the server; a bigger
 	// frame closes the connection. Zero: 4 MiB.
 	MaxFrame int
+	// OnPush, when set, receives the non-persistent pushes (PUSH frames: to
+	// this user, this device, a joined room or everyone). It is called from
+	// the connection's read loop, in arrival order: return quickly. Zero:
+	// pushes are dropped.
+	OnPush func(Push)
+	// Heartbeat is the heartbeat interval this client would like (sent in
+	// AUTH); the server clamps it into its bounds and the client follows
+	// whatever the server answers. Zero: no preference, the server's default.
+	Heartbeat time.Duration
 	// HandlerRetries is how many times a failing oplog is retried in place
 	// (with backoff) before the SDK drops the page and asks the server to
 	// resend from the sync point. Zero: 5.
 	HandlerRetries int
+	// TLSConfig configures tls:// and wss:// addresses (a copy is used;
+	// ServerName defaults to the address's host). Zero: the system roots.
+	TLSConfig *tls.Config
 }
 
 // withDefaults returns a validated copy of o with defaults filled in.
@@ -105,6 +118,9 @@ func (o Options) withDefaults() (Options, error) {
 	}
 	if o.MaxFrame <= 0 {
 		o.MaxFrame = DefaultMaxFrame
+	}
+	if o.Heartbeat < 0 || o.Heartbeat/time.Millisecond > 1<<31 {
+		return o, fmt.Errorf("%w: Heartbeat %s out of range", ErrBadOptions, o.Heartbeat)
 	}
 	if o.HandlerRetries <= 0 {
 		o.HandlerRetries = DefaultHandlerRetries

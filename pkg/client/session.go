@@ -48,6 +48,8 @@ type session struct {
 
 	workers map[string]*worker // by channel; fixed after the handshake
 	wg      sync.WaitGroup
+
+	volatile volatileQueue // volatile.go: non-persistent bizs' oplogs
 }
 
 // runSession connects, authenticates and serves one session until it ends.
@@ -79,6 +81,7 @@ func (c *Client) runSession(parent context.Context, token string) (time.Duration
 	stop := context.AfterFunc(ctx, func() { _ = conn.Close() })
 	defer func() {
 		c.connected.Store(false)
+		s.detachRooms() // realtime.go
 		cancel(nil)
 		stop()
 		_ = conn.Close()
@@ -148,6 +151,8 @@ func (c *Client) authMessage(token string) *pb.Auth {
 		Device:     c.opts.Device,
 		Platform:   c.opts.Platform,
 		AppVersion: c.opts.AppVersion,
+		// The server clamps the wish into its bounds (protocol §10).
+		HeartbeatMs: uint32(c.opts.Heartbeat / time.Millisecond),
 	}
 	for biz := range c.handlers {
 		m.Bizs = append(m.Bizs, biz)
@@ -216,6 +221,7 @@ func (s *session) setup(r *pb.AuthReply) {
 		s.wg.Go(w.run)
 	}
 	s.wg.Go(s.heartbeatLoop)
+	s.attachRooms() // realtime.go: join the app's rooms on this connection
 }
 
 func (s *session) setHeartbeat(ms uint32) {
@@ -304,10 +310,15 @@ func (s *session) readLoop() error {
 			}
 		case protocol.OpError, protocol.OpKick:
 			return s.serverClosed(f)
+		case protocol.OpPush:
+			if err := s.handlePush(f); err != nil { // realtime.go
+				return err
+			}
+		case protocol.OpRoomReply:
+			// Confirms a ROOM_JOIN/ROOM_LEAVE; refusals come as ERROR.
 		default:
-			// PUSH and ops of later protocol versions: not handled by this
-			// SDK yet. Ignoring them keeps old apps working with newer
-			// servers.
+			// Ops of later protocol versions. Ignoring them keeps old apps
+			// working with newer servers.
 			if s.log.Enabled(s.ctx, slog.LevelDebug) {
 				s.log.Debug("ignored frame", "op", f.Op, "bytes", len(f.Body))
 			}

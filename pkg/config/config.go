@@ -53,33 +53,106 @@ type Comet struct {
 	Addr            string   `yaml:"addr"`              // TCP listener; zero ":3101"
 	HTTPAddr        string   `yaml:"http_addr"`         // /healthz and /metrics of a standalone comet; zero: none
 	Heartbeat       Duration `yaml:"heartbeat"`         // interval told to clients; zero 30s
+	HeartbeatMin    Duration `yaml:"heartbeat_min"`     // least interval a client may ask for (protocol §10); zero: heartbeat
+	HeartbeatMax    Duration `yaml:"heartbeat_max"`     // most interval a client may ask for; zero: heartbeat
+	MaxRooms        int      `yaml:"max_rooms"`         // rooms per session; zero 64
 	AckTimeout      Duration `yaml:"ack_timeout"`       // unacked backlog page; zero 30s
 	AuthTimeout     Duration `yaml:"auth_timeout"`      // AUTH must arrive within; zero 10s
 	PageLimit       int      `yaml:"page_limit"`        // oplogs per page; zero 200
 	WriteQueueBytes int      `yaml:"write_queue_bytes"` // per connection; zero 1 MiB
 	Buckets         int      `yaml:"buckets"`           // session shards; zero 64
+	// WSAddr is the WebSocket listener (upgrade path /sub, one frame per
+	// binary message; docs/transports.md). ":3102" when the key is absent;
+	// an explicit "" disables it.
+	WSAddr string   `yaml:"ws_addr"`
+	TLS    CometTLS `yaml:"tls"` // TLS listeners; off unless tcp_addr or ws_addr is set
+	// Cluster mode (msync comet): where this comet serves its gRPC push API,
+	// the address registered for job to dial (zero: grpc_addr, with an
+	// unspecified host replaced by this machine's first non-loopback IP),
+	// the logic gRPC addresses it calls (round robin), and how often it
+	// renews its sessions and its registration.
+	GRPCAddr      string   `yaml:"grpc_addr"`      // zero ":3103" (":3102" is the WebSocket default)
+	GRPCAdvertise string   `yaml:"grpc_advertise"` // zero: derived from grpc_addr
+	LogicAddrs    []string `yaml:"logic_addrs"`    // required by msync comet
+	RenewInterval Duration `yaml:"renew_interval"` // zero 60s; keep well under the directory TTL (3m)
 }
+
+// DefaultWSAddr is comet.ws_addr when the key is absent.
+const DefaultWSAddr = ":3102"
+
+// CometTLS configures comet's TLS listeners (crypto/tls on std net, a
+// goroutine per connection; docs/transports.md compares it with TLS
+// terminated in front of comet).
+type CometTLS struct {
+	CertFile string `yaml:"cert_file"` // PEM certificate chain; required with an address
+	KeyFile  string `yaml:"key_file"`  // PEM private key; required with an address
+	TCPAddr  string `yaml:"tcp_addr"`  // msync frames over TLS; zero: off
+	WSAddr   string `yaml:"ws_addr"`   // WebSocket over TLS (wss://host/sub); zero: off
+}
+
+// Enabled reports whether any TLS listener is configured.
+func (t CometTLS) Enabled() bool { return t.TCPAddr != "" || t.WSAddr != "" }
 
 // Logic configures the API tier.
 type Logic struct {
 	HTTPAddr string `yaml:"http_addr"` // business HTTP API; zero ":3111"
 	MaxBatch int    `yaml:"max_batch"` // items per /v1/sync/batch; zero 500
+	// MaxPushPayload bounds a POST /v1/push payload in bytes; zero 32 KiB.
+	MaxPushPayload int    `yaml:"max_push_payload"`
+	GRPCAddr       string `yaml:"grpc_addr"` // cluster mode: the Logic gRPC service comets call; zero ":3112"
 }
 
 // Job configures the push tier.
 type Job struct {
 	Workers int `yaml:"workers"` // concurrent pushes to comets; zero 256
+	// Embedded runs job inside the `msync logic` process, reading logic's
+	// in-process queue and directory: the mixed local cluster (Pebble store,
+	// memory queue, several `msync comet` processes). False: job runs as
+	// `msync job`, which needs a shared queue and directory.
+	Embedded bool     `yaml:"embedded"`
+	Refresh  Duration `yaml:"refresh"`   // how often the comet registry is listed; zero 2s
+	HTTPAddr string   `yaml:"http_addr"` // /healthz and /metrics of a standalone job; zero: none
 }
 
 // Store selects the oplog store.
 type Store struct {
-	Backend string `yaml:"backend"` // pebble (zero)
-	Dir     string `yaml:"dir"`     // pebble directory; zero "./data"
+	Backend   string    `yaml:"backend"`   // pebble (zero) or cassandra
+	Dir       string    `yaml:"dir"`       // pebble directory; zero "./data"
+	Cassandra Cassandra `yaml:"cassandra"` // used when backend is cassandra
+}
+
+// Cassandra configures the cassandra store backend and `msync migrate`.
+type Cassandra struct {
+	Hosts    []string `yaml:"hosts"`    // contact points ("host" or "host:port"); required for cassandra
+	Keyspace string   `yaml:"keyspace"` // zero "msync"
+	// Replication of the keyspace `msync migrate` creates. Either
+	// {class: SimpleStrategy, replication_factor: 3} or
+	// {class: NetworkTopologyStrategy, dc1: 3, dc2: 3}; zero SimpleStrategy, factor 1.
+	Replication       map[string]string `yaml:"replication"`
+	Consistency       string            `yaml:"consistency"`        // zero LOCAL_QUORUM
+	SerialConsistency string            `yaml:"serial_consistency"` // LWTs; zero LOCAL_SERIAL
+	Timeout           Duration          `yaml:"timeout"`            // per request; zero 5s
+	BucketSize        int               `yaml:"bucket_size"`        // oplog ids per partition; zero 10000
+	ProtoVersion      int               `yaml:"proto_version"`      // CQL protocol; zero 4
 }
 
 // Queue selects the push stream.
 type Queue struct {
-	Backend string `yaml:"backend"` // memory (zero)
+	Backend  string   `yaml:"backend"`  // memory (zero) or rocketmq
+	RocketMQ RocketMQ `yaml:"rocketmq"` // used when backend is rocketmq
+}
+
+// RocketMQ configures the rocketmq queue backend (pkg/queue/rocketmq).
+type RocketMQ struct {
+	NameServers []string `yaml:"name_servers"` // "host:9876"; required for rocketmq (the client's default resolver is never used)
+	Topic       string   `yaml:"topic"`        // push stream topic; zero "msync_push"
+	Group       string   `yaml:"group"`        // consumer group shared by all job instances; zero "msync_job"
+	Instance    string   `yaml:"instance"`     // per process; "-producer"/"-consumer" appended; zero "msync-<hostname>-<pid>"
+	SendTimeout Duration `yaml:"send_timeout"` // per message, retries included; zero 3s
+	Retries     int      `yaml:"retries"`      // resends of a message the broker refused; zero 2, -1 none, at most 16
+	Queues      int      `yaml:"queues"`       // queues of a topic the broker auto-creates, 1..4 (client limit); better create the topic with 2–4x the job instances; zero 4
+	MaxBatch    int      `yaml:"max_batch"`    // messages per job handler call; zero 32, at most 1024
+	ConsumeFrom string   `yaml:"consume_from"` // where a new consumer group starts: last (zero) or first
 }
 
 // Duration is a time.Duration written like "30s", "12h" or "7d".
@@ -112,6 +185,9 @@ func Load(path string) (*File, error) {
 // validates, listing every problem at once.
 func Parse(data []byte) (*File, error) {
 	var f File
+	// Set before decoding so that an absent key keeps the default while an
+	// explicit ws_addr: "" turns the listener off.
+	f.Comet.WSAddr = DefaultWSAddr
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
 	if err := dec.Decode(&f); err != nil {
@@ -135,9 +211,14 @@ func (f *File) defaults() {
 	def(&f.Comet.ID, "comet-1")
 	def(&f.Comet.Addr, ":3101")
 	def(&f.Logic.HTTPAddr, ":3111")
+	def(&f.Comet.GRPCAddr, ":3103")
+	def(&f.Logic.GRPCAddr, ":3112")
 	def(&f.Store.Backend, "pebble")
 	def(&f.Store.Dir, "./data")
+	f.Store.Cassandra.defaults()
 	def(&f.Queue.Backend, "memory")
+	def(&f.Queue.RocketMQ.Topic, "msync_push")
+	def(&f.Queue.RocketMQ.Group, "msync_job")
 }
 
 // Validate lists every problem of f at once.
@@ -160,17 +241,33 @@ func (f *File) Validate() error {
 			errs = append(errs, fmt.Errorf("api_keys[%d]: needs key and bizs", i))
 		}
 	}
-	if f.Store.Backend != "pebble" {
-		errs = append(errs, fmt.Errorf("store.backend %q: want pebble", f.Store.Backend))
+	switch f.Store.Backend {
+	case "pebble":
+	case "cassandra":
+		errs = append(errs, f.Store.Cassandra.validate()...)
+	default:
+		errs = append(errs, fmt.Errorf("store.backend %q: want pebble or cassandra", f.Store.Backend))
 	}
-	if f.Queue.Backend != "memory" {
-		errs = append(errs, fmt.Errorf("queue.backend %q: want memory", f.Queue.Backend))
+	switch f.Queue.Backend {
+	case "memory":
+	case "rocketmq":
+		errs = append(errs, f.Queue.RocketMQ.validate()...)
+	default:
+		errs = append(errs, fmt.Errorf("queue.backend %q: want memory or rocketmq", f.Queue.Backend))
 	}
 	for name, v := range map[string]int{"comet.page_limit": f.Comet.PageLimit, "comet.write_queue_bytes": f.Comet.WriteQueueBytes,
-		"comet.buckets": f.Comet.Buckets, "logic.max_batch": f.Logic.MaxBatch, "job.workers": f.Job.Workers} {
+		"comet.buckets": f.Comet.Buckets, "comet.max_rooms": f.Comet.MaxRooms, "logic.max_push_payload": f.Logic.MaxPushPayload, "logic.max_batch": f.Logic.MaxBatch, "job.workers": f.Job.Workers} {
 		if v < 0 {
 			errs = append(errs, fmt.Errorf("%s: must not be negative", name))
 		}
+	}
+	if f.Comet.RenewInterval < 0 || f.Job.Refresh < 0 {
+		errs = append(errs, errors.New("comet.renew_interval, job.refresh: must not be negative"))
+	}
+	if t := f.Comet.TLS; t.Enabled() && (t.CertFile == "" || t.KeyFile == "") {
+		errs = append(errs, errors.New("comet.tls: cert_file and key_file are required with tcp_addr or ws_addr"))
+	} else if !t.Enabled() && (t.CertFile != "" || t.KeyFile != "") {
+		errs = append(errs, errors.New("comet.tls: cert_file set but no tcp_addr or ws_addr to serve it on"))
 	}
 	if _, err := biz.NewRegistry(f.Bizs); err != nil {
 		errs = append(errs, err)
@@ -182,6 +279,92 @@ func (f *File) Validate() error {
 		return fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
 	return nil
+}
+
+func (c *Cassandra) defaults() {
+	if c.Keyspace == "" {
+		c.Keyspace = "msync"
+	}
+	if len(c.Replication) == 0 {
+		c.Replication = map[string]string{"class": "SimpleStrategy", "replication_factor": "1"}
+	}
+	if c.Consistency == "" {
+		c.Consistency = "LOCAL_QUORUM"
+	}
+	if c.SerialConsistency == "" {
+		c.SerialConsistency = "LOCAL_SERIAL"
+	}
+	if c.Timeout == 0 {
+		c.Timeout = Duration(5 * time.Second)
+	}
+	if c.BucketSize == 0 {
+		c.BucketSize = 10000
+	}
+	if c.ProtoVersion == 0 {
+		c.ProtoVersion = 4
+	}
+}
+
+// validate checks store.cassandra; the store re-checks names and the
+// replication map when it opens (cassandra.Config.Validate).
+func (c *Cassandra) validate() []error {
+	var errs []error
+	if len(c.Hosts) == 0 {
+		errs = append(errs, errors.New("store.cassandra.hosts: at least one host is needed"))
+	}
+	switch c.Consistency {
+	case "ANY", "ONE", "TWO", "THREE", "QUORUM", "ALL", "LOCAL_QUORUM", "EACH_QUORUM", "LOCAL_ONE":
+	default:
+		errs = append(errs, fmt.Errorf("store.cassandra.consistency %q: want e.g. LOCAL_QUORUM, QUORUM, ONE", c.Consistency))
+	}
+	if c.SerialConsistency != "SERIAL" && c.SerialConsistency != "LOCAL_SERIAL" {
+		errs = append(errs, fmt.Errorf("store.cassandra.serial_consistency %q: want SERIAL or LOCAL_SERIAL", c.SerialConsistency))
+	}
+	if c.BucketSize < 0 {
+		errs = append(errs, errors.New("store.cassandra.bucket_size: must not be negative"))
+	}
+	if c.Timeout < 0 {
+		errs = append(errs, errors.New("store.cassandra.timeout: must not be negative"))
+	}
+	if c.ProtoVersion < 3 || c.ProtoVersion > 5 {
+		errs = append(errs, fmt.Errorf("store.cassandra.proto_version %d: want 3, 4 or 5", c.ProtoVersion))
+	}
+	switch c.Replication["class"] {
+	case "SimpleStrategy", "NetworkTopologyStrategy":
+	default:
+		errs = append(errs, fmt.Errorf("store.cassandra.replication.class %q: want SimpleStrategy or NetworkTopologyStrategy", c.Replication["class"]))
+	}
+	return errs
+}
+
+// validate checks queue.rocketmq; pkg/queue/rocketmq re-checks everything
+// when the producer or consumer is built.
+func (r *RocketMQ) validate() []error {
+	var errs []error
+	if len(r.NameServers) == 0 {
+		errs = append(errs, errors.New("queue.rocketmq.name_servers: at least one name server (host:port) is needed"))
+	}
+	for _, ns := range r.NameServers {
+		if i := bytes.LastIndexByte([]byte(ns), ':'); i <= 0 || i == len(ns)-1 {
+			errs = append(errs, fmt.Errorf("queue.rocketmq.name_servers: %q: want host:port", ns))
+		}
+	}
+	if r.SendTimeout < 0 {
+		errs = append(errs, errors.New("queue.rocketmq.send_timeout: must not be negative"))
+	}
+	if r.Retries < -1 || r.Retries > 16 {
+		errs = append(errs, fmt.Errorf("queue.rocketmq.retries %d: want -1..16", r.Retries))
+	}
+	if r.Queues < 0 || r.Queues > 4 {
+		errs = append(errs, fmt.Errorf("queue.rocketmq.queues %d: want 0..4 (create bigger topics with mqadmin)", r.Queues))
+	}
+	if r.MaxBatch < 0 || r.MaxBatch > 1024 {
+		errs = append(errs, fmt.Errorf("queue.rocketmq.max_batch %d: want 0..1024", r.MaxBatch))
+	}
+	if r.ConsumeFrom != "" && r.ConsumeFrom != "first" && r.ConsumeFrom != "last" {
+		errs = append(errs, fmt.Errorf("queue.rocketmq.consume_from %q: want first or last", r.ConsumeFrom))
+	}
+	return errs
 }
 
 // SlogLevel parses Log.Level.

@@ -1063,9 +1063,13 @@ func (x *PushItem) GetPush() *PushMsg {
 type PushMsg struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// room is set for room broadcasts (and echoed to the client).
-	Room          string `protobuf:"bytes,1,opt,name=room,proto3" json:"room,omitempty"`
-	Payload       []byte `protobuf:"bytes,2,opt,name=payload,proto3" json:"payload,omitempty"`
-	CreatedMs     int64  `protobuf:"varint,3,opt,name=created_ms,json=createdMs,proto3" json:"created_ms,omitempty"`
+	Room      string `protobuf:"bytes,1,opt,name=room,proto3" json:"room,omitempty"`
+	Payload   []byte `protobuf:"bytes,2,opt,name=payload,proto3" json:"payload,omitempty"`
+	CreatedMs int64  `protobuf:"varint,3,opt,name=created_ms,json=createdMs,proto3" json:"created_ms,omitempty"`
+	// biz is set when the push is an oplog of a non-persistent biz (published
+	// with POST /v1/sync, never stored); the SDK hands it to that biz's
+	// handler. Empty for POST /v1/push.
+	Biz           string `protobuf:"bytes,4,opt,name=biz,proto3" json:"biz,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1121,6 +1125,13 @@ func (x *PushMsg) GetCreatedMs() int64 {
 	return 0
 }
 
+func (x *PushMsg) GetBiz() string {
+	if x != nil {
+		return x.Biz
+	}
+	return ""
+}
+
 // BroadcastReq goes to every comet.
 type BroadcastReq struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1129,7 +1140,10 @@ type BroadcastReq struct {
 	Oplog *oplog.Oplog `protobuf:"bytes,1,opt,name=oplog,proto3" json:"oplog,omitempty"`
 	// push: non-persistent, to the sessions in push.room, or to every session
 	// when push.room is empty.
-	Push          *PushMsg `protobuf:"bytes,2,opt,name=push,proto3" json:"push,omitempty"`
+	Push *PushMsg `protobuf:"bytes,2,opt,name=push,proto3" json:"push,omitempty"`
+	// pushes: more non-persistent pushes, delivered after push in order, so job
+	// sends the room/all pushes of one queue batch in one call per comet.
+	Pushes        []*PushMsg `protobuf:"bytes,3,rep,name=pushes,proto3" json:"pushes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1174,6 +1188,13 @@ func (x *BroadcastReq) GetOplog() *oplog.Oplog {
 func (x *BroadcastReq) GetPush() *PushMsg {
 	if x != nil {
 		return x.Push
+	}
+	return nil
+}
+
+func (x *BroadcastReq) GetPushes() []*PushMsg {
+	if x != nil {
+		return x.Pushes
 	}
 	return nil
 }
@@ -1791,15 +1812,17 @@ const file_pkg_api_pb_api_proto_rawDesc = "" +
 	"\bPushItem\x12\x12\n" +
 	"\x04keys\x18\x01 \x03(\tR\x04keys\x12+\n" +
 	"\x05oplog\x18\x02 \x01(\v2\x15.msync.oplog.v1.OplogR\x05oplog\x12)\n" +
-	"\x04push\x18\x03 \x01(\v2\x15.msync.api.v1.PushMsgR\x04push\"V\n" +
+	"\x04push\x18\x03 \x01(\v2\x15.msync.api.v1.PushMsgR\x04push\"h\n" +
 	"\aPushMsg\x12\x12\n" +
 	"\x04room\x18\x01 \x01(\tR\x04room\x12\x18\n" +
 	"\apayload\x18\x02 \x01(\fR\apayload\x12\x1d\n" +
 	"\n" +
-	"created_ms\x18\x03 \x01(\x03R\tcreatedMs\"f\n" +
+	"created_ms\x18\x03 \x01(\x03R\tcreatedMs\x12\x10\n" +
+	"\x03biz\x18\x04 \x01(\tR\x03biz\"\x95\x01\n" +
 	"\fBroadcastReq\x12+\n" +
 	"\x05oplog\x18\x01 \x01(\v2\x15.msync.oplog.v1.OplogR\x05oplog\x12)\n" +
-	"\x04push\x18\x02 \x01(\v2\x15.msync.api.v1.PushMsgR\x04push\"H\n" +
+	"\x04push\x18\x02 \x01(\v2\x15.msync.api.v1.PushMsgR\x04push\x12-\n" +
+	"\x06pushes\x18\x03 \x03(\v2\x15.msync.api.v1.PushMsgR\x06pushes\"H\n" +
 	"\bRoomsReq\x12\x12\n" +
 	"\x04keys\x18\x01 \x03(\tR\x04keys\x12\x12\n" +
 	"\x04join\x18\x02 \x03(\tR\x04join\x12\x14\n" +
@@ -1902,35 +1925,36 @@ var file_pkg_api_pb_api_proto_depIdxs = []int32{
 	16, // 9: msync.api.v1.PushItem.push:type_name -> msync.api.v1.PushMsg
 	26, // 10: msync.api.v1.BroadcastReq.oplog:type_name -> msync.oplog.v1.Oplog
 	16, // 11: msync.api.v1.BroadcastReq.push:type_name -> msync.api.v1.PushMsg
-	15, // 12: msync.api.v1.PushReq.items:type_name -> msync.api.v1.PushItem
-	26, // 13: msync.api.v1.QueueMsg.oplog:type_name -> msync.oplog.v1.Oplog
-	25, // 14: msync.api.v1.QueueMsg.kick:type_name -> msync.api.v1.KickMsg
-	23, // 15: msync.api.v1.QueueMsg.push:type_name -> msync.api.v1.PushTarget
-	24, // 16: msync.api.v1.QueueMsg.rooms:type_name -> msync.api.v1.RoomsMsg
-	16, // 17: msync.api.v1.PushTarget.msg:type_name -> msync.api.v1.PushMsg
-	1,  // 18: msync.api.v1.Logic.Connect:input_type -> msync.api.v1.ConnectReq
-	6,  // 19: msync.api.v1.Logic.Disconnect:input_type -> msync.api.v1.DisconnectReq
-	8,  // 20: msync.api.v1.Logic.Renew:input_type -> msync.api.v1.RenewReq
-	10, // 21: msync.api.v1.Logic.Sync:input_type -> msync.api.v1.SyncReq
-	14, // 22: msync.api.v1.Logic.Ack:input_type -> msync.api.v1.AckReq
-	19, // 23: msync.api.v1.Comet.Push:input_type -> msync.api.v1.PushReq
-	17, // 24: msync.api.v1.Comet.Broadcast:input_type -> msync.api.v1.BroadcastReq
-	18, // 25: msync.api.v1.Comet.Rooms:input_type -> msync.api.v1.RoomsReq
-	21, // 26: msync.api.v1.Comet.Kick:input_type -> msync.api.v1.KickReq
-	5,  // 27: msync.api.v1.Logic.Connect:output_type -> msync.api.v1.ConnectReply
-	0,  // 28: msync.api.v1.Logic.Disconnect:output_type -> msync.api.v1.Empty
-	0,  // 29: msync.api.v1.Logic.Renew:output_type -> msync.api.v1.Empty
-	12, // 30: msync.api.v1.Logic.Sync:output_type -> msync.api.v1.SyncReply
-	0,  // 31: msync.api.v1.Logic.Ack:output_type -> msync.api.v1.Empty
-	20, // 32: msync.api.v1.Comet.Push:output_type -> msync.api.v1.PushReply
-	20, // 33: msync.api.v1.Comet.Broadcast:output_type -> msync.api.v1.PushReply
-	0,  // 34: msync.api.v1.Comet.Rooms:output_type -> msync.api.v1.Empty
-	0,  // 35: msync.api.v1.Comet.Kick:output_type -> msync.api.v1.Empty
-	27, // [27:36] is the sub-list for method output_type
-	18, // [18:27] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	16, // 12: msync.api.v1.BroadcastReq.pushes:type_name -> msync.api.v1.PushMsg
+	15, // 13: msync.api.v1.PushReq.items:type_name -> msync.api.v1.PushItem
+	26, // 14: msync.api.v1.QueueMsg.oplog:type_name -> msync.oplog.v1.Oplog
+	25, // 15: msync.api.v1.QueueMsg.kick:type_name -> msync.api.v1.KickMsg
+	23, // 16: msync.api.v1.QueueMsg.push:type_name -> msync.api.v1.PushTarget
+	24, // 17: msync.api.v1.QueueMsg.rooms:type_name -> msync.api.v1.RoomsMsg
+	16, // 18: msync.api.v1.PushTarget.msg:type_name -> msync.api.v1.PushMsg
+	1,  // 19: msync.api.v1.Logic.Connect:input_type -> msync.api.v1.ConnectReq
+	6,  // 20: msync.api.v1.Logic.Disconnect:input_type -> msync.api.v1.DisconnectReq
+	8,  // 21: msync.api.v1.Logic.Renew:input_type -> msync.api.v1.RenewReq
+	10, // 22: msync.api.v1.Logic.Sync:input_type -> msync.api.v1.SyncReq
+	14, // 23: msync.api.v1.Logic.Ack:input_type -> msync.api.v1.AckReq
+	19, // 24: msync.api.v1.Comet.Push:input_type -> msync.api.v1.PushReq
+	17, // 25: msync.api.v1.Comet.Broadcast:input_type -> msync.api.v1.BroadcastReq
+	18, // 26: msync.api.v1.Comet.Rooms:input_type -> msync.api.v1.RoomsReq
+	21, // 27: msync.api.v1.Comet.Kick:input_type -> msync.api.v1.KickReq
+	5,  // 28: msync.api.v1.Logic.Connect:output_type -> msync.api.v1.ConnectReply
+	0,  // 29: msync.api.v1.Logic.Disconnect:output_type -> msync.api.v1.Empty
+	0,  // 30: msync.api.v1.Logic.Renew:output_type -> msync.api.v1.Empty
+	12, // 31: msync.api.v1.Logic.Sync:output_type -> msync.api.v1.SyncReply
+	0,  // 32: msync.api.v1.Logic.Ack:output_type -> msync.api.v1.Empty
+	20, // 33: msync.api.v1.Comet.Push:output_type -> msync.api.v1.PushReply
+	20, // 34: msync.api.v1.Comet.Broadcast:output_type -> msync.api.v1.PushReply
+	0,  // 35: msync.api.v1.Comet.Rooms:output_type -> msync.api.v1.Empty
+	0,  // 36: msync.api.v1.Comet.Kick:output_type -> msync.api.v1.Empty
+	28, // [28:37] is the sub-list for method output_type
+	19, // [19:28] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_pkg_api_pb_api_proto_init() }

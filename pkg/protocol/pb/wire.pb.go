@@ -38,7 +38,11 @@ type Auth struct {
 	Bizs []string `protobuf:"bytes,5,rep,name=bizs,proto3" json:"bizs,omitempty"`
 	// points are the client's sync points per channel it knows. A channel of a
 	// registered biz without a point here starts from the server's stored point.
-	Points        []*ChannelPoint `protobuf:"bytes,6,rep,name=points,proto3" json:"points,omitempty"`
+	Points []*ChannelPoint `protobuf:"bytes,6,rep,name=points,proto3" json:"points,omitempty"`
+	// heartbeat_ms is the heartbeat interval the client would like (0 = no
+	// preference). The server clamps it into its configured bounds and answers
+	// with the interval it chose in AuthReply.heartbeat_ms.
+	HeartbeatMs   uint32 `protobuf:"varint,7,opt,name=heartbeat_ms,json=heartbeatMs,proto3" json:"heartbeat_ms,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -113,6 +117,13 @@ func (x *Auth) GetPoints() []*ChannelPoint {
 		return x.Points
 	}
 	return nil
+}
+
+func (x *Auth) GetHeartbeatMs() uint32 {
+	if x != nil {
+		return x.HeartbeatMs
+	}
+	return 0
 }
 
 type ChannelPoint struct {
@@ -361,8 +372,11 @@ func (x *RejectedBiz) GetReason() string {
 	return ""
 }
 
+// Heartbeat (op HEARTBEAT). interval_ms, when non-zero, asks the server to
+// change the session's heartbeat interval; the reply carries what it chose.
 type Heartbeat struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
+	IntervalMs    uint32                 `protobuf:"varint,1,opt,name=interval_ms,json=intervalMs,proto3" json:"interval_ms,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -395,6 +409,13 @@ func (x *Heartbeat) ProtoReflect() protoreflect.Message {
 // Deprecated: Use Heartbeat.ProtoReflect.Descriptor instead.
 func (*Heartbeat) Descriptor() ([]byte, []int) {
 	return file_pkg_protocol_pb_wire_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *Heartbeat) GetIntervalMs() uint32 {
+	if x != nil {
+		return x.IntervalMs
+	}
+	return 0
 }
 
 type HeartbeatReply struct {
@@ -759,10 +780,14 @@ func (x *SyncReq) GetPoints() []*ChannelPoint {
 
 // Push (op PUSH) is a non-persistent message: never stored, never resent.
 type Push struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Room          string                 `protobuf:"bytes,1,opt,name=room,proto3" json:"room,omitempty"`
-	Payload       []byte                 `protobuf:"bytes,2,opt,name=payload,proto3" json:"payload,omitempty"`
-	CreatedMs     int64                  `protobuf:"varint,3,opt,name=created_ms,json=createdMs,proto3" json:"created_ms,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Room      string                 `protobuf:"bytes,1,opt,name=room,proto3" json:"room,omitempty"`
+	Payload   []byte                 `protobuf:"bytes,2,opt,name=payload,proto3" json:"payload,omitempty"`
+	CreatedMs int64                  `protobuf:"varint,3,opt,name=created_ms,json=createdMs,proto3" json:"created_ms,omitempty"`
+	// biz: an oplog of a non-persistent biz (online devices only, no id, no
+	// sync point, never resent); the SDK hands it to the biz's handler. Empty
+	// for a plain push (POST /v1/push).
+	Biz           string `protobuf:"bytes,4,opt,name=biz,proto3" json:"biz,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -816,6 +841,13 @@ func (x *Push) GetCreatedMs() int64 {
 		return x.CreatedMs
 	}
 	return 0
+}
+
+func (x *Push) GetBiz() string {
+	if x != nil {
+		return x.Biz
+	}
+	return ""
 }
 
 // Kick (op KICK): the server closes this session; see the code table.
@@ -972,7 +1004,7 @@ var File_pkg_protocol_pb_wire_proto protoreflect.FileDescriptor
 
 const file_pkg_protocol_pb_wire_proto_rawDesc = "" +
 	"\n" +
-	"\x1apkg/protocol/pb/wire.proto\x12\rmsync.wire.v1\"\xba\x01\n" +
+	"\x1apkg/protocol/pb/wire.proto\x12\rmsync.wire.v1\"\xdd\x01\n" +
 	"\x04Auth\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12\x16\n" +
 	"\x06device\x18\x02 \x01(\tR\x06device\x12\x1a\n" +
@@ -980,7 +1012,8 @@ const file_pkg_protocol_pb_wire_proto_rawDesc = "" +
 	"\vapp_version\x18\x04 \x01(\tR\n" +
 	"appVersion\x12\x12\n" +
 	"\x04bizs\x18\x05 \x03(\tR\x04bizs\x123\n" +
-	"\x06points\x18\x06 \x03(\v2\x1b.msync.wire.v1.ChannelPointR\x06points\"8\n" +
+	"\x06points\x18\x06 \x03(\v2\x1b.msync.wire.v1.ChannelPointR\x06points\x12!\n" +
+	"\fheartbeat_ms\x18\a \x01(\rR\vheartbeatMs\"8\n" +
 	"\fChannelPoint\x12\x18\n" +
 	"\achannel\x18\x01 \x01(\tR\achannel\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\x04R\x02id\"\xcc\x01\n" +
@@ -996,8 +1029,10 @@ const file_pkg_protocol_pb_wire_proto_rawDesc = "" +
 	"\x04from\x18\x03 \x01(\x04R\x04from\"7\n" +
 	"\vRejectedBiz\x12\x10\n" +
 	"\x03biz\x18\x01 \x01(\tR\x03biz\x12\x16\n" +
-	"\x06reason\x18\x02 \x01(\tR\x06reason\"\v\n" +
-	"\tHeartbeat\"1\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\",\n" +
+	"\tHeartbeat\x12\x1f\n" +
+	"\vinterval_ms\x18\x01 \x01(\rR\n" +
+	"intervalMs\"1\n" +
 	"\x0eHeartbeatReply\x12\x1f\n" +
 	"\vinterval_ms\x18\x01 \x01(\rR\n" +
 	"intervalMs\"v\n" +
@@ -1021,12 +1056,13 @@ const file_pkg_protocol_pb_wire_proto_rawDesc = "" +
 	"\x03Ack\x123\n" +
 	"\x06points\x18\x01 \x03(\v2\x1b.msync.wire.v1.ChannelPointR\x06points\">\n" +
 	"\aSyncReq\x123\n" +
-	"\x06points\x18\x01 \x03(\v2\x1b.msync.wire.v1.ChannelPointR\x06points\"S\n" +
+	"\x06points\x18\x01 \x03(\v2\x1b.msync.wire.v1.ChannelPointR\x06points\"e\n" +
 	"\x04Push\x12\x12\n" +
 	"\x04room\x18\x01 \x01(\tR\x04room\x12\x18\n" +
 	"\apayload\x18\x02 \x01(\fR\apayload\x12\x1d\n" +
 	"\n" +
-	"created_ms\x18\x03 \x01(\x03R\tcreatedMs\"2\n" +
+	"created_ms\x18\x03 \x01(\x03R\tcreatedMs\x12\x10\n" +
+	"\x03biz\x18\x04 \x01(\tR\x03biz\"2\n" +
 	"\x04Kick\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\rR\x04code\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\"5\n" +
