@@ -8,10 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/msync/msync/internal/cluster"
-	"github.com/msync/msync/pkg/auth"
 	"github.com/msync/msync/pkg/client"
-	"github.com/msync/msync/pkg/config"
 	"github.com/msync/msync/pkg/directory"
 	"github.com/msync/msync/pkg/protocol"
 	"github.com/msync/msync/pkg/protocol/pb"
@@ -42,27 +39,6 @@ bizs:
   - {name: account, target: user, consistency: true}
   - {name: live, target: user, persistent: false}
 `
-
-// startNodeWith is startNode with another config file.
-func startNodeWith(t testing.TB, yaml string) *node {
-	t.Helper()
-	f, err := config.Parse([]byte(yaml))
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	n, err := cluster.Start(cluster.Config{File: f, DataDir: dir, Logger: testLogger(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	tokens, err := auth.NewTokens(testSecret)
-	if err != nil {
-		t.Fatal(err)
-	}
-	nd := &node{Node: n, dir: dir, tokens: tokens}
-	t.Cleanup(func() { nd.stop(t) })
-	return nd
-}
 
 // authAs is device.auth with a platform and app version.
 func (d *device) authAs(token, id, platform, version string, bizs ...string) *pb.AuthReply {
@@ -141,7 +117,7 @@ func rfc3339(t time.Time) string { return t.UTC().Format(time.RFC3339Nano) }
 // live pushes reach every online device, filters are applied per device and
 // advance its point silently; backlog latest:N jumps and says so.
 func TestBizGlobalFiltersLatestN(t *testing.T) {
-	n := startNodeWith(t, bizsConfig)
+	n := startNodeWith(t, bizsConfig, "")
 	const ch = "gnews/g"
 	a := dial(t, n)
 	a.authAs(n.token(t, "alice"), "a-ios", "ios", "1.0.0", "gnews")
@@ -212,7 +188,7 @@ func TestBizGlobalFiltersLatestN(t *testing.T) {
 // Global scope with target device: every registered device gets every
 // oplog, online live and offline from the backlog (policy all).
 func TestBizGlobalDeviceTarget(t *testing.T) {
-	n := startNodeWith(t, bizsConfig)
+	n := startNodeWith(t, bizsConfig, "")
 	const ch = "gcmd/g"
 	on := dial(t, n)
 	on.authAs(n.token(t, "u1"), "dev-on", "ios", "1.0.0", "gcmd")
@@ -239,7 +215,7 @@ func TestBizGlobalDeviceTarget(t *testing.T) {
 // Filters on an appointed channel: filtered oplogs advance the point
 // silently, live and from the backlog; never a hole, never a resend.
 func TestBizFiltersAdvanceSilently(t *testing.T) {
-	n := startNodeWith(t, bizsConfig)
+	n := startNodeWith(t, bizsConfig, "")
 	const ch = "feed/u/dora"
 	d := dial(t, n)
 	d.authAs(n.token(t, "dora"), "dora-1", "harmony", "5.2.0", "feed")
@@ -286,7 +262,7 @@ func TestBizFiltersAdvanceSilently(t *testing.T) {
 // Backlog latest:N through the SDK: the app gets the newest N in order and
 // an EventSkipped with the count, never a silent gap.
 func TestBizLatestNSkippedSDK(t *testing.T) {
-	n := startNodeWith(t, bizsConfig)
+	n := startNodeWith(t, bizsConfig, "")
 	const ch = "recent/u/erin"
 	for range 10 {
 		n.publish(t, map[string]any{"biz": "recent", "user": "erin", "payload": "r"})
@@ -335,7 +311,7 @@ func TestBizLatestNSkippedSDK(t *testing.T) {
 // valid_from while online: nothing before it, delivered at it without any
 // other traffic, and what was published after it waits behind it (order).
 func TestBizValidFromOnline(t *testing.T) {
-	n := startNodeWith(t, bizsConfig)
+	n := startNodeWith(t, bizsConfig, "")
 	const ch = "feed/u/fay"
 	d := dial(t, n)
 	d.authAs(n.token(t, "fay"), "fay-1", "ios", "1.0.0", "feed")
@@ -359,7 +335,7 @@ func TestBizValidFromOnline(t *testing.T) {
 // valid_from while offline: a device connecting before valid_from gets it
 // at valid_from (backlog page stops before it; the comet's timer resyncs).
 func TestBizValidFromOffline(t *testing.T) {
-	n := startNodeWith(t, bizsConfig)
+	n := startNodeWith(t, bizsConfig, "")
 	const ch = "feed/u/gus"
 	from := time.Now().Add(1500 * time.Millisecond)
 	n.publish(t, map[string]any{"biz": "feed", "user": "gus", "payload": "a"})
@@ -383,7 +359,7 @@ func TestBizValidFromOffline(t *testing.T) {
 // Expiry while offline: expired oplogs are never delivered, also not from
 // the backlog, and the point moves past them.
 func TestBizExpiryWhileOffline(t *testing.T) {
-	n := startNodeWith(t, bizsConfig)
+	n := startNodeWith(t, bizsConfig, "")
 	const ch = "feed/u/hal"
 	n.publish(t, map[string]any{"biz": "feed", "user": "hal", "payload": "short", "ttl": "1s"})
 	n.publish(t, map[string]any{"biz": "feed", "user": "hal", "payload": "keep"})
@@ -400,7 +376,7 @@ func TestBizExpiryWhileOffline(t *testing.T) {
 // go to every online device; what one device acked is not sent to another
 // that connects later (with its own lower point or with none).
 func TestBizMultiDeviceShared(t *testing.T) {
-	n := startNodeWith(t, bizsConfig)
+	n := startNodeWith(t, bizsConfig, "")
 	const ch = "inbox/u/ivy"
 	tok := n.token(t, "ivy")
 	pub := func() { n.publish(t, map[string]any{"biz": "inbox", "user": "ivy", "payload": "m"}) }
@@ -464,7 +440,7 @@ func TestBizMultiDeviceShared(t *testing.T) {
 // user is the latest to have logged in, also a stale session of a device
 // that switched user, live and from the backlog.
 func TestBizConsistencySwitchedUser(t *testing.T) {
-	n := startNodeWith(t, bizsConfig)
+	n := startNodeWith(t, bizsConfig, "")
 	const ch = "account/u/jo"
 	pub := func() { n.publish(t, map[string]any{"biz": "account", "user": "jo", "payload": "acct"}) }
 	shared := dial(t, n) // a shared tablet, jo logged in
@@ -518,7 +494,7 @@ func TestBizConsistencySwitchedUser(t *testing.T) {
 // oplog arrives as a PUSH frame carrying its biz; the SDK hands it to the
 // biz handler (ID 0: no sync point, never resent).
 func TestBizNonPersistent(t *testing.T) {
-	n := startNodeWith(t, bizsConfig)
+	n := startNodeWith(t, bizsConfig, "")
 	a1 := dial(t, n)
 	a1.authAs(n.token(t, "liv"), "liv-1", "ios", "1.0.0", "live")
 	bob := dial(t, n)

@@ -58,13 +58,21 @@ type node struct {
 	tokens *auth.Tokens
 }
 
-// startNode starts an all-in-one node on dir (a new temp dir when empty).
+// startNode starts an all-in-one node with testConfig on dir (a new temp
+// dir when empty).
 func startNode(t testing.TB, dir string) *node {
+	t.Helper()
+	return startNodeWith(t, testConfig, dir)
+}
+
+// startNodeWith starts an all-in-one node with the given config on dir (a
+// new temp dir when empty); the config's secret must be testSecret.
+func startNodeWith(t testing.TB, yaml, dir string) *node {
 	t.Helper()
 	if dir == "" {
 		dir = t.TempDir()
 	}
-	f, err := config.Parse([]byte(testConfig))
+	f, err := config.Parse([]byte(yaml))
 	if err != nil {
 		t.Fatal(err)
 	}

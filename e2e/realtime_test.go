@@ -11,10 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/msync/msync/internal/cluster"
-	"github.com/msync/msync/pkg/auth"
 	"github.com/msync/msync/pkg/client"
-	"github.com/msync/msync/pkg/config"
 	"github.com/msync/msync/pkg/protocol"
 	"github.com/msync/msync/pkg/protocol/pb"
 )
@@ -45,22 +42,7 @@ bizs:
 
 func startRealtimeNode(t testing.TB) *node {
 	t.Helper()
-	f, err := config.Parse([]byte(realtimeConfig))
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	n, err := cluster.Start(cluster.Config{File: f, DataDir: dir, Logger: testLogger(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	tokens, err := auth.NewTokens(testSecret)
-	if err != nil {
-		t.Fatal(err)
-	}
-	nd := &node{Node: n, dir: dir, tokens: tokens}
-	t.Cleanup(func() { nd.stop(t) })
-	return nd
+	return startNodeWith(t, realtimeConfig, "")
 }
 
 // pushes returns the payloads ("room|payload") of the PUSH frames received

@@ -15,11 +15,8 @@ import (
 
 	"github.com/gobwas/ws"
 
-	"github.com/msync/msync/internal/cluster"
 	"github.com/msync/msync/internal/testcert"
-	"github.com/msync/msync/pkg/auth"
 	"github.com/msync/msync/pkg/client"
-	"github.com/msync/msync/pkg/config"
 	"github.com/msync/msync/pkg/oplog"
 	"github.com/msync/msync/pkg/protocol"
 	"github.com/msync/msync/pkg/protocol/pb"
@@ -59,28 +56,7 @@ func startTransportsNode(t *testing.T) (*node, *testcert.Cert) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return startNodeWithConfig(t, fmt.Sprintf(transportsConfig, certFile, keyFile)), cert
-}
-
-// startNodeWithConfig is startNode with another config file.
-func startNodeWithConfig(t *testing.T, yaml string) *node {
-	t.Helper()
-	f, err := config.Parse([]byte(yaml))
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	cn, err := cluster.Start(cluster.Config{File: f, DataDir: dir, Logger: testLogger(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	tokens, err := auth.NewTokens(testSecret)
-	if err != nil {
-		t.Fatal(err)
-	}
-	nd := &node{Node: cn, dir: dir, tokens: tokens}
-	t.Cleanup(func() { nd.stop(t) })
-	return nd
+	return startNodeWith(t, fmt.Sprintf(transportsConfig, certFile, keyFile), ""), cert
 }
 
 // wsStream turns a WebSocket client connection into the byte stream the

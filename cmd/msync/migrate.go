@@ -4,9 +4,8 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"time"
 
-	"github.com/msync/msync/pkg/config"
+	"github.com/msync/msync/internal/cluster"
 	"github.com/msync/msync/pkg/store/cassandra"
 )
 
@@ -28,7 +27,7 @@ func runMigrate(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err != nil {
 		return err
 	}
-	cfg := cassandraConfig(f.Store.Cassandra)
+	cfg := cluster.CassandraConfig(f.Store.Cassandra)
 	cfg.Logger = log
 	if *printOnly {
 		stmts, err := cassandra.Schema(cfg)
@@ -45,18 +44,4 @@ func runMigrate(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	}
 	fmt.Fprintf(stdout, "schema of keyspace %s is in place on %v\n", f.Store.Cassandra.Keyspace, f.Store.Cassandra.Hosts)
 	return nil
-}
-
-// cassandraConfig maps store.cassandra onto the store's Config.
-func cassandraConfig(c config.Cassandra) cassandra.Config {
-	return cassandra.Config{
-		Hosts:             c.Hosts,
-		Keyspace:          c.Keyspace,
-		Replication:       c.Replication,
-		Consistency:       c.Consistency,
-		SerialConsistency: c.SerialConsistency,
-		Timeout:           time.Duration(c.Timeout),
-		BucketSize:        c.BucketSize,
-		ProtoVersion:      c.ProtoVersion,
-	}
 }

@@ -44,7 +44,7 @@ func openStore(f *config.File, dataDir string, log *slog.Logger) (store.Store, c
 		}
 		return st, func(context.Context) error { return st.Close() }, nil
 	case "cassandra":
-		cfg := cassandraConfig(f.Store.Cassandra)
+		cfg := CassandraConfig(f.Store.Cassandra)
 		cfg.Logger = log
 		st, err := cassandra.Open(cfg)
 		if err != nil {
@@ -55,8 +55,9 @@ func openStore(f *config.File, dataDir string, log *slog.Logger) (store.Store, c
 	return nil, nil, fmt.Errorf("%w: store.backend %q", ErrBackendNotBuiltIn, f.Store.Backend)
 }
 
-// cassandraConfig maps store.cassandra onto the backend's Config.
-func cassandraConfig(c config.Cassandra) cassandra.Config {
+// CassandraConfig maps store.cassandra onto the backend's Config (also
+// used by `msync migrate`).
+func CassandraConfig(c config.Cassandra) cassandra.Config {
 	return cassandra.Config{
 		Hosts:             c.Hosts,
 		Keyspace:          c.Keyspace,
@@ -92,7 +93,7 @@ func openDirectory(f *config.File, log *slog.Logger) (dirBackend, closer, error)
 		}
 		return d, d.Shutdown, nil
 	case "cassandra":
-		cfg := cassandraConfig(f.Store.Cassandra)
+		cfg := CassandraConfig(f.Store.Cassandra)
 		cfg.Logger = log
 		d, err := cassandra.OpenDirectory(cassandra.DirectoryConfig{Config: cfg})
 		if err != nil {
