@@ -3,7 +3,6 @@ package comet
 import (
 	"time"
 
-	"github.com/msync/msync/pkg/oplog"
 	wirepb "github.com/msync/msync/pkg/protocol/pb"
 )
 
@@ -79,12 +78,10 @@ type channel struct {
 	wake   *time.Timer
 	wakeAt int64
 
-	// held are live pushes that arrived past sent+1, sorted by id, waiting
-	// for the ids before them (reorder.go); heldAt is when the oldest hold
-	// began and reorder its timer.
-	held    []*oplog.Oplog
-	heldAt  time.Time
-	reorder *time.Timer
+	// held are live pushes that arrived past sent+1, waiting for the ids
+	// before them (reorder.go); nil when none, so an in-order channel pays
+	// one pointer.
+	held *heldPushes
 }
 
 func newChannel(biz, name string, from uint64) *channel {

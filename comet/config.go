@@ -54,7 +54,7 @@ type Config struct {
 	CallTimeout time.Duration
 	// ReorderWindow is how long a live push that arrived past a hole in its
 	// channel's ids waits for the missing ones before the channel resyncs
-	// from the store (reorder.go); zero 5ms, negative resyncs at once.
+	// from the store (reorder.go); zero 20ms, negative resyncs at once.
 	ReorderWindow time.Duration
 	// Workers bounds the session task pool (ants); zero 4096.
 	Workers int

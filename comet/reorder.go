@@ -1,6 +1,7 @@
 package comet
 
 import (
+	"cmp"
 	"slices"
 	"time"
 
@@ -34,10 +35,15 @@ import (
 // the channel syncs from the store as before.
 
 const (
-	// defaultReorderWindow is Config.ReorderWindow's zero value: the lag
-	// between two publish calls that left one group commit is normally well
-	// under a millisecond, a few ms under a saturated CPU.
-	defaultReorderWindow = 5 * time.Millisecond
+	// defaultReorderWindow is Config.ReorderWindow's zero value. The lag
+	// between two publish calls that left one group commit is well under a
+	// millisecond on an idle server, but under saturation the missing push
+	// can be one job batch behind. Measured at 25,000 oplogs/s (batch 100,
+	// docs/benchmarks.md): of the held pushes, a 5 ms window still timed out
+	// ~23-24 % into a resync, 20 ms ~10-21 %. The window only costs time when
+	// a push really is lost (a failed queue send), where the resync it then
+	// does costs a store read and an ACK round trip anyway.
+	defaultReorderWindow = 20 * time.Millisecond
 	// maxHeld bounds the out-of-order pushes one channel holds; beyond it the
 	// channel resyncs at once, so a session holds at most this many oplogs
 	// per channel (they are shared, read-only, with the other sessions).
@@ -48,6 +54,13 @@ const (
 // "result"); it is counted again with its final outcome when released.
 const pushHeld = "held"
 
+// heldPushes is a channel's reorder state while it holds pushes.
+type heldPushes struct {
+	ops   []*oplog.Oplog // sorted by id, all > sent+1
+	at    time.Time      // when the hold began (monotonic)
+	timer *time.Timer    // fires onReorder at at+ReorderWindow
+}
+
 // hold keeps op (id > ch.sent+1, channel live) until the ids before it arrive.
 // It reports false when the window is disabled or full: the caller resyncs.
 // Drain task only.
@@ -56,33 +69,29 @@ func (s *session) hold(ch *channel, op *oplog.Oplog) bool {
 	if window <= 0 {
 		return false
 	}
-	i, found := slices.BinarySearchFunc(ch.held, op.Id, func(h *oplog.Oplog, id uint64) int {
-		switch {
-		case h.Id < id:
-			return -1
-		case h.Id > id:
-			return 1
-		}
-		return 0
+	h := ch.held
+	if h == nil {
+		h = &heldPushes{}
+	}
+	i, found := slices.BinarySearchFunc(h.ops, op.Id, func(o *oplog.Oplog, id uint64) int {
+		return cmp.Compare(o.Id, id)
 	})
 	if found {
 		s.c.metrics.pushDuplicate.Inc()
 		return true
 	}
-	if len(ch.held) >= maxHeld {
+	if len(h.ops) >= maxHeld {
 		return false
 	}
-	ch.held = slices.Insert(ch.held, i, op)
+	h.ops = slices.Insert(h.ops, i, op)
 	s.c.metrics.pushes.WithLabelValues(pushHeld).Inc()
-	if len(ch.held) == 1 {
-		// The timer only queues an event; handleReorder checks heldAt, so a
-		// timer of an earlier hold that fires late is a no-op.
-		ch.heldAt = time.Now()
-		if ch.reorder != nil {
-			ch.reorder.Stop()
-		}
+	if ch.held == nil {
+		// The timer only queues an event; handleReorder checks the hold's
+		// start, so a timer of an earlier hold that fires late is a no-op.
+		ch.held = h
+		h.at = time.Now()
 		name := ch.name
-		ch.reorder = time.AfterFunc(window, func() { s.onReorder(name) })
+		h.timer = time.AfterFunc(window, func() { s.onReorder(name) })
 	}
 	return true
 }
@@ -90,16 +99,16 @@ func (s *session) hold(ch *channel, op *oplog.Oplog) bool {
 // releaseHeld applies the held pushes that are now in order, after ch.sent
 // advanced. Drain task only.
 func (s *session) releaseHeld(ch *channel) {
-	for len(ch.held) > 0 && !ch.syncing() {
-		op := ch.held[0]
+	for ch.held != nil && !ch.syncing() {
+		h := ch.held
+		op := h.ops[0]
 		if op.Id > ch.sent+1 {
 			return // still a hole before it: keep waiting (same deadline)
 		}
-		ch.held[0] = nil
-		ch.held = ch.held[1:]
-		if len(ch.held) == 0 {
-			ch.held = nil
-			s.stopReorder(ch)
+		h.ops[0] = nil
+		h.ops = h.ops[1:]
+		if len(h.ops) == 0 {
+			s.dropHeld(ch)
 		}
 		if op.Id <= ch.sent {
 			s.c.metrics.pushDuplicate.Inc()
@@ -109,7 +118,7 @@ func (s *session) releaseHeld(ch *channel) {
 			// Not covered (valid_from in the future): the channel stays live
 			// below it, so the rest is a gap that no push will fill; sync
 			// now, as the next push would have made it.
-			if len(ch.held) > 0 {
+			if ch.held != nil {
 				s.foldHeld(ch)
 				ch.st = chNeedSync
 				s.c.metrics.resyncs.WithLabelValues(resyncGap).Inc()
@@ -122,20 +131,21 @@ func (s *session) releaseHeld(ch *channel) {
 // foldHeld drops the channel's held pushes into pendingMax: the backlog sync
 // that follows reads them from the store. Drain task only.
 func (s *session) foldHeld(ch *channel) {
-	if len(ch.held) == 0 {
+	if ch.held == nil {
 		return
 	}
-	ch.raisePending(ch.held[len(ch.held)-1].Id)
-	clear(ch.held)
-	ch.held = nil
-	s.stopReorder(ch)
+	ch.raisePending(ch.held.ops[len(ch.held.ops)-1].Id)
+	s.dropHeld(ch)
 }
 
-func (s *session) stopReorder(ch *channel) {
-	if ch.reorder != nil {
-		ch.reorder.Stop()
-		ch.reorder = nil
+// dropHeld ends the channel's hold and stops its timer.
+func (s *session) dropHeld(ch *channel) {
+	if ch.held == nil {
+		return
 	}
+	ch.held.timer.Stop()
+	clear(ch.held.ops)
+	ch.held = nil
 }
 
 // onReorder queues the end of a channel's reorder window (timer goroutine).
@@ -153,14 +163,13 @@ func (s *session) onReorder(name string) {
 	}
 }
 
-// handleReorder: the window of the channel's oldest hold is over and the
-// hole is still there; fall back to the store, as for any gap.
+// handleReorder: the window of the channel's hold is over and the hole is
+// still there; fall back to the store, as for any gap.
 func (s *session) handleReorder(name string) {
 	ch := s.channels[name]
-	if ch == nil || len(ch.held) == 0 || time.Since(ch.heldAt) < s.c.cfg.ReorderWindow {
+	if ch == nil || ch.held == nil || time.Since(ch.held.at) < s.c.cfg.ReorderWindow {
 		return
 	}
-	ch.reorder = nil
 	s.foldHeld(ch)
 	if !ch.syncing() {
 		ch.st = chNeedSync
@@ -169,11 +178,9 @@ func (s *session) handleReorder(name string) {
 	s.c.metrics.resyncs.WithLabelValues(resyncGap).Inc() // a gap, only later
 }
 
-// stopReorders stops every reorder timer of the session (finish).
+// stopReorders ends every hold of the session (finish).
 func (s *session) stopReorders() {
 	for _, ch := range s.order {
-		s.stopReorder(ch)
-		clear(ch.held)
-		ch.held = nil
+		s.dropHeld(ch)
 	}
 }

@@ -112,8 +112,8 @@ type session struct {
 	appVersion string
 	heartbeat  time.Duration
 	channels   map[string]*channel // filled by handleAuth, then read-only (shared with identity)
-	order      []*channel // AUTH_REPLY order, so batches are deterministic
-	liveRound  []*channel // channels with a live page in this round
+	order      []*channel          // AUTH_REPLY order, so batches are deterministic
+	liveRound  []*channel          // channels with a live page in this round
 	ackArmed   bool
 	spare      []event
 }
@@ -491,7 +491,7 @@ func (s *session) handlePush(op *oplog.Oplog) {
 		m.resyncs.WithLabelValues(resyncGap).Inc()
 		return
 	}
-	if s.applyLive(ch, op) && len(ch.held) > 0 {
+	if s.applyLive(ch, op) && ch.held != nil {
 		s.releaseHeld(ch) // reorder.go
 	}
 }
