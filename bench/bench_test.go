@@ -38,6 +38,22 @@ func TestSmoke(t *testing.T) {
 			t.Fatalf("conns: %+v", r)
 		}
 	})
+	t.Run("heartbeat-cluster", func(t *testing.T) {
+		cc := common
+		cc.Target.Comets = 2
+		r, err := bench.RunHeartbeat(ctx, bench.HeartbeatConfig{Common: cc, N: 40, Interval: time.Second, Window: 2 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Connected != 40 || r.Comets != 2 || len(r.ServerProcs) != 3 || r.Drops != 0 || r.RSSAfter == 0 || r.ServerHeartbeats <= 0 {
+			t.Fatalf("heartbeat cluster: %+v", r)
+		}
+		for _, p := range r.ServerProcs[1:] { // the comets: devices spread evenly
+			if p.Sessions != 20 || p.RSSAfter == 0 {
+				t.Fatalf("heartbeat cluster: comet %+v", p)
+			}
+		}
+	})
 	t.Run("publish", func(t *testing.T) {
 		for _, batch := range []int{1, 20} {
 			r, err := bench.RunPublish(ctx, bench.PublishConfig{Common: common, Rate: 400, Duration: time.Second, Devices: 20, Batch: batch, Workers: 4})

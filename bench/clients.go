@@ -23,6 +23,7 @@ type child struct {
 	first int
 	count int
 	src   []string
+	addr  string // comet this child dials; empty: the spec's Addr
 }
 
 // srcPerAddr is how many devices share one source address (see ConnectSpec.SrcIPs).
@@ -35,12 +36,18 @@ type pool struct {
 
 // startPool starts enough children for n devices (at most perChild each,
 // never fewer than procs), each dialing from its own 127.0.x.y address.
-func startPool(exe string, n, perChild, procs int, log io.Writer) (*pool, error) {
+// With comet addresses, the number of children is a multiple of their
+// count and child i dials comets[i%len], so every comet gets the same
+// share of devices (±1 per child).
+func startPool(exe string, n, perChild, procs int, comets []string, log io.Writer) (*pool, error) {
 	if perChild <= 0 || perChild > MaxPerClient {
 		perChild = MaxPerClient
 	}
 	k := (n + perChild - 1) / perChild
 	k = max(k, procs, 1)
+	if g := len(comets); g > 1 {
+		k = (k + g - 1) / g * g
+	}
 	p := &pool{}
 	first := 0
 	for i := 0; i < k; i++ {
@@ -49,6 +56,9 @@ func startPool(exe string, n, perChild, procs int, log io.Writer) (*pool, error)
 			cnt++
 		}
 		c := &child{first: first, count: cnt}
+		if len(comets) > 0 {
+			c.addr = comets[i%len(comets)]
+		}
 		for j := 0; j < (cnt+srcPerAddr-1)/srcPerAddr; j++ { // child i dials from 127.(10+i).0.(1+j)
 			c.src = append(c.src, fmt.Sprintf("127.%d.0.%d", 10+i%240, 1+j))
 		}
@@ -141,6 +151,9 @@ func (p *pool) connect(spec ConnectSpec) (ClientReport, error) {
 	return p.all(func(c *child) ClientCommand {
 		s := spec
 		s.First, s.Count, s.SrcIPs = c.first, c.count, c.src
+		if c.addr != "" {
+			s.Addr = c.addr
+		}
 		return ClientCommand{Cmd: "connect", Spec: &s}
 	})
 }

@@ -42,6 +42,14 @@ type env struct {
 }
 
 func (c *Common) start(ctx context.Context, n int, hb time.Duration) (*env, error) {
+	if k := c.Target.Comets; k > 0 {
+		if c.Target.Addr != "" || c.Target.API != "" {
+			return nil, fmt.Errorf("%w: --comets starts a cluster; it does not go with --addr/--api", ErrConfig)
+		}
+		if per := (n + k - 1) / k; per > MaxPerComet {
+			return nil, fmt.Errorf("%w: %d sessions on %d comets is %d per comet, more than %d (open-files limit): use more comets", ErrConfig, n, k, per, MaxPerComet)
+		}
+	}
 	if _, err := RaiseFileLimit(); err != nil { // inherited by both kinds of child
 		return nil, err
 	}
@@ -57,13 +65,17 @@ func (c *Common) start(ctx context.Context, n int, hb time.Duration) (*env, erro
 	if err != nil {
 		return nil, err
 	}
-	c.logf("server pid %d comet %s api %s pprof %s", srv.pid, srv.addr, srv.api, srv.pprof)
+	if t.Comets > 0 {
+		c.logf("cluster pids %s comets %v api %s", srv.pidList(), srv.addrs, srv.api)
+	} else {
+		c.logf("server pid %d comet %s api %s pprof %s", srv.pid, srv.addr, srv.api, srv.pprof)
+	}
 	exe, err := t.exe()
 	if err != nil {
 		srv.stop()
 		return nil, err
 	}
-	p, err := startPool(exe, n, c.PerClient, c.Procs, c.log())
+	p, err := startPool(exe, n, c.PerClient, c.Procs, srv.addrs, c.log())
 	if err != nil {
 		srv.stop()
 		return nil, err
@@ -115,6 +127,13 @@ type ConnsResult struct {
 	WindowSecs    float64 `json:"window_s"`
 	ServerCPU     float64 `json:"server_cpu_percent"` // % of one core while idle
 	Drops         uint64  `json:"drops"`
+	// Cluster mode (--comets): how many comets, and each server process's
+	// figures (logic first). CPU and RSS above are sums over them.
+	Comets      int           `json:"comets,omitempty"`
+	ServerProcs []ProcFigures `json:"server_procs,omitempty"`
+	// ServerHeartbeats is HEARTBEAT frames the comets counted
+	// (msync_comet_frames_in_total) per second over the window.
+	ServerHeartbeats float64 `json:"server_heartbeats_per_s,omitempty"`
 }
 
 // RunConns opens N sessions, measures memory per session and idle CPU.
@@ -153,12 +172,14 @@ func settle(ctx context.Context, d time.Duration) error {
 }
 
 func runConns(ctx context.Context, cfg *ConnsConfig, e *env) (*ConnsResult, error) {
-	res := &ConnsResult{Scenario: "conns", N: cfg.N, Procs: len(e.pool.kids), HeartbeatSecs: cfg.Heartbeat.Seconds(), WindowSecs: cfg.Window.Seconds()}
+	res := &ConnsResult{Scenario: "conns", N: cfg.N, Procs: len(e.pool.kids), HeartbeatSecs: cfg.Heartbeat.Seconds(), WindowSecs: cfg.Window.Seconds(),
+		Comets: len(e.srv.cometHTTP)}
 	if err := settle(ctx, time.Second); err != nil {
 		return nil, err
 	}
 	e.srv.gc(ctx)
 	before, serr := e.srv.sample()
+	beforeEach, _ := e.srv.sampleEach()
 	r, err := e.pool.connect(e.spec("dev-", "", DefaultDeviceBiz))
 	if err != nil {
 		return nil, err
@@ -178,14 +199,30 @@ func runConns(ctx context.Context, cfg *ConnsConfig, e *env) (*ConnsResult, erro
 		return nil, err
 	}
 	a, aerr := e.srv.sample()
+	aEach, _ := e.srv.sampleEach()
+	hb0, hberr := e.srv.heartbeats(ctx)
 	if err := settle(ctx, cfg.Window); err != nil {
 		return nil, err
 	}
 	b, berr := e.srv.sample()
+	bEach, _ := e.srv.sampleEach()
+	hb1, hberr1 := e.srv.heartbeats(ctx)
 	if serr == nil && aerr == nil && berr == nil {
 		res.RSSBefore, res.RSSAfter = before.rssBytes, a.rssBytes
 		res.BytesPerConn = (float64(a.rssBytes) - float64(before.rssBytes)) / float64(cfg.N)
 		res.ServerCPU = cpuPercent(a, b)
+	}
+	if hberr == nil && hberr1 == nil && hb1 > hb0 {
+		res.ServerHeartbeats = (hb1 - hb0) / b.at.Sub(a.at).Seconds()
+	}
+	if len(e.srv.procs) > 0 && len(beforeEach) == len(e.srv.procs) && len(aEach) == len(beforeEach) && len(bEach) == len(beforeEach) {
+		for i, name := range e.srv.procNames() {
+			pf := ProcFigures{Name: name, CPU: cpuPercent(aEach[i], bEach[i]), RSSBefore: beforeEach[i].rssBytes, RSSAfter: aEach[i].rssBytes}
+			if i > 0 { // comets: procs[i] serves cometHTTP[i-1]
+				pf.Sessions, _ = scrape(ctx, e.srv.metricsURLs()[i-1], "msync_comet_sessions")
+			}
+			res.ServerProcs = append(res.ServerProcs, pf)
+		}
 	}
 	r, err = e.pool.cmd("report")
 	if err != nil {

@@ -45,6 +45,11 @@ type Target struct {
 	Pprof bool
 	// Log receives the started server's stderr; nil discards.
 	Log io.Writer
+	// Comets, when > 0, starts a cluster instead of `msync all`: one
+	// `msync logic` (job embedded, Pebble) and Comets `msync comet`
+	// processes; devices are spread over the comets and CPU/RSS are summed
+	// over all of them. Zero: one `msync all`.
+	Comets int
 }
 
 // server is a running server under test.
@@ -55,6 +60,12 @@ type server struct {
 	cmd              *exec.Cmd
 	dir              string
 	waitErr          chan error
+	// Cluster mode (Target.Comets > 0): procs[0] is logic, the rest comets;
+	// addrs are the comets' device addresses (addr is addrs[0]) and
+	// cometHTTP their /healthz bases.
+	procs     []*serverProc
+	addrs     []string
+	cometHTTP []string
 }
 
 func freePort() (string, error) {
@@ -124,6 +135,9 @@ func startServer(ctx context.Context, t Target) (*server, error) {
 	if hb <= 0 {
 		hb = 30 * time.Second
 	}
+	if t.Comets > 0 {
+		return startCluster(ctx, t, s, exe, hb)
+	}
 	var ports [3]string
 	for i := range ports {
 		if ports[i], err = freePort(); err != nil {
@@ -174,6 +188,9 @@ func (s *server) waitReady(ctx context.Context, within time.Duration) error {
 			default:
 			}
 		}
+		if err := s.exited(); err != nil {
+			return err
+		}
 		last = s.ping(ctx)
 		if last == nil {
 			return nil
@@ -188,19 +205,27 @@ func (s *server) waitReady(ctx context.Context, within time.Duration) error {
 }
 
 func (s *server) ping(ctx context.Context) error {
-	c, err := net.DialTimeout("tcp", s.addr, time.Second)
-	if err != nil {
-		return err
+	addrs := s.addrs
+	if len(addrs) == 0 {
+		addrs = []string{s.addr}
 	}
-	c.Close()
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, s.api+"/healthz", nil)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return err
+	for _, a := range addrs {
+		c, err := net.DialTimeout("tcp", a, time.Second)
+		if err != nil {
+			return err
+		}
+		c.Close()
 	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("healthz: %s", resp.Status)
+	for _, base := range append([]string{s.api}, s.cometHTTP...) {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, base+"/healthz", nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("%s/healthz: %s", base, resp.Status)
+		}
 	}
 	return nil
 }
@@ -208,14 +233,15 @@ func (s *server) ping(ctx context.Context) error {
 // stop ends a started server (SIGTERM, then SIGKILL after 20s) and removes
 // its temp dir; a no-op for an external one.
 func (s *server) stop() error {
-	var err error
+	err := s.stopProcs()
 	if s.cmd != nil && s.cmd.Process != nil && s.waitErr != nil {
 		_ = s.cmd.Process.Signal(os.Interrupt)
 		select {
-		case err = <-s.waitErr:
+		case werr := <-s.waitErr:
+			err = errors.Join(err, werr)
 		case <-time.After(20 * time.Second):
 			_ = s.cmd.Process.Kill()
-			err = errors.Join(errors.New("bench: server did not stop within 20s; killed"), <-s.waitErr)
+			err = errors.Join(err, errors.New("bench: server did not stop within 20s; killed"), <-s.waitErr)
 		}
 		s.waitErr = nil
 	}
@@ -235,12 +261,40 @@ type procStat struct {
 
 const clkTck = 100 // USER_HZ on Linux
 
+// sample is the sum over the server's processes (one, or logic + comets).
 func (s *server) sample() (procStat, error) {
-	if s.pid == 0 {
-		return procStat{}, errors.New("no server pid")
+	each, err := s.sampleEach()
+	var sum procStat
+	for i, st := range each {
+		if i == 0 {
+			sum.at = st.at
+		}
+		sum.cpuTicks += st.cpuTicks
+		sum.rssBytes += st.rssBytes
 	}
+	return sum, err
+}
+
+// sampleEach samples every server process, in pids() order.
+func (s *server) sampleEach() ([]procStat, error) {
+	pids := s.pids()
+	if len(pids) == 0 {
+		return nil, errors.New("no server pid")
+	}
+	out := make([]procStat, len(pids))
+	for i, pid := range pids {
+		st, err := sampleProc(pid)
+		if err != nil {
+			return nil, err
+		}
+		out[i] = st
+	}
+	return out, nil
+}
+
+func sampleProc(pid int) (procStat, error) {
 	st := procStat{at: time.Now()}
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", s.pid))
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
 		return st, err
 	}
@@ -253,7 +307,7 @@ func (s *server) sample() (procStat, error) {
 	ut, _ := strconv.ParseUint(f[11], 10, 64)
 	stt, _ := strconv.ParseUint(f[12], 10, 64)
 	st.cpuTicks = ut + stt
-	fh, err := os.Open(fmt.Sprintf("/proc/%d/status", s.pid))
+	fh, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		return st, err
 	}

@@ -22,15 +22,21 @@ config, temp dir, free loopback ports) or one given with --addr and --api.
 Prints a table, or with --json exactly one JSON object of named figures.
 
 Scenarios:
-  conns     -n N                                  idle sessions: bytes_per_conn, connect_rate, idle CPU
-  heartbeat -n N --interval S                     server CPU with N sessions heartbeating
+  conns     -n N [--comets K]                     idle sessions: bytes_per_conn, connect_rate, idle CPU
+  heartbeat -n N --interval S [--comets K]        server CPU with N sessions heartbeating
   publish   --rate R --duration D --devices N     durable unicast: delivered_per_s, p50/p99/max, lost
             [--batch B] [--find-max]
   fanout    -n N --msgs K                         one message to N devices: deliveries_per_s, p99
   reconnect -n N --backlog B                      reconnect storm: seconds_to_synced, lost, dups
 
-Example:
+--comets K (conns, heartbeat) starts a cluster instead of msync all: one
+'msync logic' (job embedded, Pebble) and K 'msync comet' processes, devices
+spread evenly over the comets (at most 19000 per comet); CPU and RSS are
+summed over all server processes and listed per process.
+
+Examples:
   msync bench publish --rate 20000 --duration 10s --devices 1000 --batch 100 --json
+  msync bench heartbeat -n 100000 --comets 6 --interval 30s --window 60s --json
 `
 
 func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -69,6 +75,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.StringVar(&common.Target.APIKey, "api-key", "", "API key of a running server (default: the generated one)")
 	fs.IntVar(&common.Procs, "procs", 0, "least number of load-client processes")
 	fs.IntVar(&common.PerClient, "per-proc", 0, "most devices per load-client process (default and max 19000)")
+	fs.IntVar(&common.Target.Comets, "comets", 0, "conns/heartbeat: start logic + K comet processes instead of msync all")
 	if err := fs.Parse(rest); err != nil {
 		return err
 	}
@@ -79,6 +86,12 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		res any
 		err error
 	)
+	if common.Target.Comets != 0 && scenario != "conns" && scenario != "heartbeat" {
+		return fmt.Errorf("bench: --comets is for conns and heartbeat only")
+	}
+	if common.Target.Comets < 0 {
+		return fmt.Errorf("bench: --comets must not be negative")
+	}
 	switch scenario {
 	case "conns":
 		res, err = bench.RunConns(ctx, bench.ConnsConfig{Common: common, N: *n, Window: *window})
