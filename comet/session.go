@@ -631,9 +631,10 @@ func (s *session) syncNeeded() {
 		}
 	}
 	if len(pages) > 0 {
-		s.writePages(pages)
+		// Arm before writing: once the frame is out, the page's clock runs.
 		s.conn.SetAckDeadline(s.c.cfg.AckTimeout)
 		s.ackArmed = true
+		s.writePages(pages)
 	}
 }
 
