@@ -91,13 +91,8 @@ func (l *Logic) maxPushPayload() int {
 }
 
 func (l *Logic) handlePush(w http.ResponseWriter, r *http.Request) {
-	if aerr := l.adminKey(r); aerr != nil {
-		writeError(w, aerr)
-		return
-	}
 	var req pushReq
-	if aerr := decodeStrict(http.MaxBytesReader(w, r.Body, l.cfg.MaxBodyBytes), &req); aerr != nil {
-		writeError(w, aerr)
+	if !l.adminRequest(w, r, &req) {
 		return
 	}
 	target, key, aerr := pushTarget(&req)
@@ -202,13 +197,8 @@ func (l *Logic) onlineDevice(ctx context.Context, device string) (directory.Sess
 }
 
 func (l *Logic) handleRooms(w http.ResponseWriter, r *http.Request) {
-	if aerr := l.adminKey(r); aerr != nil {
-		writeError(w, aerr)
-		return
-	}
 	var req roomsReq
-	if aerr := decodeStrict(http.MaxBytesReader(w, r.Body, l.cfg.MaxBodyBytes), &req); aerr != nil {
-		writeError(w, aerr)
+	if !l.adminRequest(w, r, &req) {
 		return
 	}
 	if req.Device == "" {
@@ -240,13 +230,8 @@ func (l *Logic) handleRooms(w http.ResponseWriter, r *http.Request) {
 }
 
 func (l *Logic) handleKick(w http.ResponseWriter, r *http.Request) {
-	if aerr := l.adminKey(r); aerr != nil {
-		writeError(w, aerr)
-		return
-	}
 	var req kickReq
-	if aerr := decodeStrict(http.MaxBytesReader(w, r.Body, l.cfg.MaxBodyBytes), &req); aerr != nil {
-		writeError(w, aerr)
+	if !l.adminRequest(w, r, &req) {
 		return
 	}
 	if req.Device == "" {
@@ -452,4 +437,19 @@ func sortedStats(per map[string]*bizStats) []bizStats {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Biz < out[j].Biz })
 	return out
+}
+
+// adminRequest checks the all-biz API key of a cross-biz endpoint and
+// decodes its JSON body strictly into req; on failure it has written the
+// error and returns false.
+func (l *Logic) adminRequest(w http.ResponseWriter, r *http.Request, req any) bool {
+	if aerr := l.adminKey(r); aerr != nil {
+		writeError(w, aerr)
+		return false
+	}
+	if aerr := decodeStrict(http.MaxBytesReader(w, r.Body, l.cfg.MaxBodyBytes), req); aerr != nil {
+		writeError(w, aerr)
+		return false
+	}
+	return true
 }
