@@ -121,6 +121,9 @@ func openQueue(f *config.File, produce, consume bool, log *slog.Logger) (queue.P
 		}
 		return q, q, q.Shutdown, nil
 	case "rocketmq":
+		// The client logs to stdout at info by default (every rebalance and
+		// heartbeat); route it into the process's structured log instead.
+		rocketmq.SetClientLogger(log.With("component", "rocketmq-client"))
 		r := f.Queue.RocketMQ
 		cfg := rocketmq.Config{
 			NameServers: r.NameServers, Topic: r.Topic, Group: r.Group, Instance: r.Instance,
