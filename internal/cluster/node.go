@@ -117,21 +117,11 @@ func Start(cfg Config) (n *Node, err error) {
 	if err != nil {
 		return n, err
 	}
-	if n.Logic, err = logic.New(logic.Config{
-		HTTPAddr:       f.Logic.HTTPAddr,
-		Store:          n.Store,
-		Queue:          n.Queue,
-		Directory:      n.Directory,
-		Bizs:           bizs,
-		Tokens:         tokens,
-		APIKeys:        auth.NewAPIKeys(f.APIKeys),
-		MaxBatch:       f.Logic.MaxBatch,
-		MaxPushPayload: f.Logic.MaxPushPayload,
-		Mount:          map[string]http.Handler{web.Prefix: demo},
-		Logger:         log.With("tier", "logic"),
-		Registerer:     n.Registry,
-		Gatherer:       n.Registry,
-	}); err != nil {
+	lcfg := LogicConfig(f, bizs, tokens, log)
+	lcfg.Store, lcfg.Queue, lcfg.Directory = n.Store, n.Queue, n.Directory
+	lcfg.Mount = map[string]http.Handler{web.Prefix: demo}
+	lcfg.Registerer, lcfg.Gatherer = n.Registry, n.Registry
+	if n.Logic, err = logic.New(lcfg); err != nil {
 		return n, err
 	}
 	ccfg, err := CometConfig(f, log)

@@ -238,6 +238,20 @@ func CometConfig(f *config.File, log *slog.Logger) (comet.Config, error) {
 	return c, CometTransports(&c.Gateway, f.Comet)
 }
 
+// LogicConfig maps the file onto logic.Config; Store, Queue, Directory,
+// metrics and mounts are the caller's.
+func LogicConfig(f *config.File, bizs *biz.Registry, tokens *auth.Tokens, log *slog.Logger) logic.Config {
+	return logic.Config{
+		HTTPAddr:       f.Logic.HTTPAddr,
+		Bizs:           bizs,
+		Tokens:         tokens,
+		APIKeys:        auth.NewAPIKeys(f.APIKeys),
+		MaxBatch:       f.Logic.MaxBatch,
+		MaxPushPayload: f.Logic.MaxPushPayload,
+		Logger:         log.With("tier", "logic"),
+	}
+}
+
 // ---- logic (+ embedded job) ----
 
 // LogicNode is a logic process: the business HTTP API and the Logic gRPC
@@ -298,21 +312,10 @@ func StartLogic(cfg TierConfig) (n *LogicNode, err error) {
 	}
 	n.st.push(closeQueue)
 
-	if n.Logic, err = logic.New(logic.Config{
-		HTTPAddr:   f.Logic.HTTPAddr,
-		Store:      st,
-		Queue:      prod,
-		Directory:  dir,
-		Bizs:       bizs,
-		Tokens:     tokens,
-		APIKeys:    auth.NewAPIKeys(f.APIKeys),
-		MaxBatch:   f.Logic.MaxBatch,
-		Logger:     log.With("tier", "logic"),
-		Registerer: n.Registry,
-		Gatherer:   n.Registry,
-
-		MaxPushPayload: f.Logic.MaxPushPayload, // realtime API (logic/push.go)
-	}); err != nil {
+	lcfg := LogicConfig(f, bizs, tokens, log)
+	lcfg.Store, lcfg.Queue, lcfg.Directory = st, prod, dir
+	lcfg.Registerer, lcfg.Gatherer = n.Registry, n.Registry
+	if n.Logic, err = logic.New(lcfg); err != nil {
 		return n, err
 	}
 	if f.Job.Embedded {
