@@ -76,19 +76,30 @@ func (l *Logic) connect(ctx context.Context, req *pb.ConnectReq) (*pb.ConnectRep
 		for _, p := range req.Points {
 			client[p.GetChannel()] = p.GetId()
 		}
-		sctx, cancel := l.storeCtx(ctx)
-		stored, err := l.cfg.Store.SyncPoints(sctx, req.Device)
-		cancel()
-		if err != nil {
-			l.m.storeErrors.WithLabelValues("sync_points").Inc()
-			log.Warn("connect: reading sync points failed", "err", err)
-			return nil, "unavailable", api.Error(protocol.CodeUnavailable, "store unavailable")
-		}
+		missing := false
 		for _, ch := range reply.Channels {
 			if p, ok := client[ch.Channel]; ok {
 				ch.From = p
 			} else {
-				ch.From = stored[ch.Channel]
+				missing = true
+			}
+		}
+		// The stored points are only a fallback for channels the client sent
+		// no point for; a reconnecting SDK sends them all, and skipping the
+		// read spares the store an iterator per connect in a reconnect storm.
+		if missing {
+			sctx, cancel := l.storeCtx(ctx)
+			stored, err := l.cfg.Store.SyncPoints(sctx, req.Device)
+			cancel()
+			if err != nil {
+				l.m.storeErrors.WithLabelValues("sync_points").Inc()
+				log.Warn("connect: reading sync points failed", "err", err)
+				return nil, "unavailable", api.Error(protocol.CodeUnavailable, "store unavailable")
+			}
+			for _, ch := range reply.Channels {
+				if _, ok := client[ch.Channel]; !ok {
+					ch.From = stored[ch.Channel]
+				}
 			}
 		}
 		if err := l.raiseShared(ctx, user, reply.Channels, client); err != nil {

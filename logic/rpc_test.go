@@ -350,3 +350,28 @@ func TestLifecycle(t *testing.T) {
 		}
 	}
 }
+
+// A client that sends a point for every channel needs none of the stored
+// ones: connect does not read them (it still succeeds with the store down),
+// and a client missing one point makes it read them again.
+func TestConnectWithAllPointsSkipsStoredPoints(t *testing.T) {
+	e := newEnv(t, nil)
+	ctx := context.Background()
+	req := connectReq(e, "alice", "d1", "c1", "k1", "chat", "lock")
+	req.Points = []*pb.Point{{Channel: "chat/u/alice", Id: 3}, {Channel: "lock/d/d1", Id: 4}}
+	e.st.fail.Store(true)
+	reply, err := e.l.Connect(ctx, req)
+	if err != nil {
+		t.Fatalf("connect with every point and the store down: %v", err)
+	}
+	var chans []string
+	for _, c := range reply.Channels {
+		chans = append(chans, fmt.Sprintf("%s@%d", c.Channel, c.From))
+	}
+	if got := strings.Join(chans, " "); got != "chat/u/alice@3 lock/d/d1@4" {
+		t.Fatalf("channels %q", got)
+	}
+	req.Points = req.Points[:1]
+	_, err = e.l.Connect(ctx, req)
+	wantCode(t, err, protocol.CodeUnavailable)
+}

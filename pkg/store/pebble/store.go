@@ -98,11 +98,16 @@ func Open(cfg Config) (*Store, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	cache := pebbledb.NewCache(cfg.CacheSize)
+	// Pebble reserves the memtables' memory from the block cache, so the
+	// cache is sized for both: otherwise large memtables would leave no room
+	// for blocks at all.
+	cache := pebbledb.NewCache(cfg.CacheSize + memTableStopWrites*cfg.MemTableSize)
 	db, err := pebbledb.Open(cfg.Dir, &pebbledb.Options{
-		Cache:              cache,
-		FormatMajorVersion: pebbledb.FormatNewest,
-		Logger:             pebbleLogger{cfg.Logger},
+		Cache:                       cache,
+		FormatMajorVersion:          pebbledb.FormatNewest,
+		Logger:                      pebbleLogger{cfg.Logger},
+		MemTableSize:                uint64(cfg.MemTableSize),
+		MemTableStopWritesThreshold: memTableStopWrites,
 	})
 	if err != nil {
 		cache.Unref()
@@ -344,14 +349,16 @@ func (s *Store) Read(ctx context.Context, ch string, after uint64, limit int) ([
 	if err != nil {
 		return nil, 0, fmt.Errorf("%w: read %q: %w", store.ErrUnavailable, ch, err)
 	}
-	ops := make([]*oplog.Oplog, 0, min(uint64(limit), maxID-after, 256))
+	n := min(uint64(limit), maxID-after)
+	ops := make([]*oplog.Oplog, 0, min(n, 256))
+	dec := newPageDecoder(int(n))
 	for ok := it.First(); ok && len(ops) < limit; ok = it.Next() {
 		v, err := it.ValueAndErr()
 		if err != nil {
 			break // it.Error() reports it below
 		}
-		op := new(oplog.Oplog)
-		if err := proto.Unmarshal(v, op); err != nil { // copies v
+		op, err := dec.decode(v) // copies v
+		if err != nil {
 			key := append([]byte(nil), it.Key()...)
 			it.Close()
 			return nil, 0, fmt.Errorf("%w: decode %q at %x: %w", store.ErrUnavailable, ch, key, err)

@@ -28,11 +28,11 @@ func TestReopen(t *testing.T) {
 
 func TestConfig(t *testing.T) {
 	t.Run("EveryProblemAtOnce", func(t *testing.T) {
-		_, err := Open(Config{MaxBatch: -1, QueueSize: -2, CacheSize: -3})
+		_, err := Open(Config{MaxBatch: -1, QueueSize: -2, CacheSize: -3, MemTableSize: 1 << 10})
 		if !errors.Is(err, ErrInvalidConfig) {
 			t.Fatalf("Open = %v, want ErrInvalidConfig", err)
 		}
-		for _, field := range []string{"Dir", "MaxBatch", "QueueSize", "CacheSize"} {
+		for _, field := range []string{"Dir", "MaxBatch", "QueueSize", "CacheSize", "MemTableSize"} {
 			if !strings.Contains(err.Error(), field) {
 				t.Errorf("error %q does not name %s", err, field)
 			}
@@ -40,7 +40,7 @@ func TestConfig(t *testing.T) {
 	})
 	t.Run("Defaults", func(t *testing.T) {
 		c := Config{Dir: "x"}.withDefaults()
-		if c.MaxBatch != defaultMaxBatch || c.QueueSize != defaultQueueSize || c.CacheSize != defaultCacheSize || c.Logger == nil {
+		if c.MaxBatch != defaultMaxBatch || c.QueueSize != defaultQueueSize || c.CacheSize != defaultCacheSize || c.MemTableSize != defaultMemTable || c.Logger == nil {
 			t.Fatalf("withDefaults = %+v", c)
 		}
 		if err := c.Validate(); err != nil {
