@@ -58,6 +58,12 @@ type Config struct {
 	// QueueTimeout bounds producing the push messages of one publish; on
 	// timeout the publish still succeeds (see the package doc). Zero means 1s.
 	QueueTimeout time.Duration
+	// OrderWait bounds how long a publish call waits, before its queue
+	// send, for this process's calls that may hold lower ids of its channels,
+	// so the queue gets each channel's ids in order (order.go). Such waits
+	// normally last until the other calls of the same group commit are
+	// scheduled. Zero means 50ms; negative never waits.
+	OrderWait time.Duration
 	// JanitorInterval is how often expired oplogs are deleted
 	// (Store.DeleteExpired). Zero means 1m; negative disables the janitor.
 	JanitorInterval time.Duration
@@ -103,6 +109,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.QueueTimeout == 0 {
 		c.QueueTimeout = time.Second
+	}
+	if c.OrderWait == 0 {
+		c.OrderWait = 50 * time.Millisecond
 	}
 	if c.JanitorInterval == 0 {
 		c.JanitorInterval = time.Minute

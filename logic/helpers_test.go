@@ -213,6 +213,9 @@ func newEnv(t *testing.T, mod func(*logic.Config)) *env {
 	}
 	e.base = "http://" + e.l.HTTPAddr().String()
 	t.Cleanup(func() {
+		// A connection the client dialed but never used is "new" to the
+		// server, and http.Server.Shutdown waits 5 s for such connections.
+		http.DefaultClient.CloseIdleConnections()
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		if err := e.l.Shutdown(ctx); err != nil {

@@ -218,8 +218,34 @@ func (l *Logic) handlePublish(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, publishResult{ID: results[0].ID, Channel: op.Channel, Duplicate: results[0].Duplicate})
 }
 
-type batchReq struct {
-	Items []json.RawMessage `json:"items"`
+// decodeBatch decodes a batch body into its items; itemErrs[i] is item i's
+// decoding error, if any. A batch whose items all decode is decoded in one
+// pass; otherwise each item is decoded on its own, so a bad item gets its
+// own error and the others are still published.
+func decodeBatch(r io.Reader) (items []publishReq, itemErrs []*apiError, aerr *apiError) {
+	body, err := io.ReadAll(r)
+	if err != nil {
+		return nil, nil, decodeError(err)
+	}
+	var all struct {
+		Items []publishReq `json:"items"`
+	}
+	if decodeStrict(bytes.NewReader(body), &all) == nil {
+		return all.Items, make([]*apiError, len(all.Items)), nil
+	}
+	var raw struct {
+		Items []json.RawMessage `json:"items"`
+	}
+	if aerr := decodeStrict(bytes.NewReader(body), &raw); aerr != nil {
+		return nil, nil, aerr
+	}
+	items, itemErrs = make([]publishReq, len(raw.Items)), make([]*apiError, len(raw.Items))
+	for i, b := range raw.Items {
+		if aerr := decodeStrict(bytes.NewReader(b), &items[i]); aerr != nil {
+			items[i], itemErrs[i] = publishReq{}, aerr
+		}
+	}
+	return items, itemErrs, nil
 }
 
 func (l *Logic) handleBatch(w http.ResponseWriter, r *http.Request) {
@@ -228,30 +254,29 @@ func (l *Logic) handleBatch(w http.ResponseWriter, r *http.Request) {
 		writeError(w, aerr)
 		return
 	}
-	var req batchReq
-	if aerr := decodeStrict(http.MaxBytesReader(w, r.Body, l.cfg.MaxBodyBytes), &req); aerr != nil {
+	items, itemErrs, aerr := decodeBatch(http.MaxBytesReader(w, r.Body, l.cfg.MaxBodyBytes))
+	if aerr != nil {
 		writeError(w, aerr)
 		return
 	}
 	switch {
-	case len(req.Items) == 0:
+	case len(items) == 0:
 		writeError(w, badRequest("items: want 1 to %d items", l.cfg.MaxBatch))
 		return
-	case len(req.Items) > l.cfg.MaxBatch:
-		writeError(w, badRequest("items: %d items, over the limit of %d", len(req.Items), l.cfg.MaxBatch))
+	case len(items) > l.cfg.MaxBatch:
+		writeError(w, badRequest("items: %d items, over the limit of %d", len(items), l.cfg.MaxBatch))
 		return
 	}
 	now := l.cfg.Now()
 	// Each result is a publishResult or an errorBody, in item order.
-	out := make([]any, len(req.Items))
-	ops := make([]*oplog.Oplog, 0, len(req.Items))
-	idx := make([]int, 0, len(req.Items)) // ops[i] answers out[idx[i]]
-	for i, raw := range req.Items {
-		var item publishReq
-		aerr := decodeStrict(bytes.NewReader(raw), &item)
+	out := make([]any, len(items))
+	ops := make([]*oplog.Oplog, 0, len(items))
+	idx := make([]int, 0, len(items)) // ops[i] answers out[idx[i]]
+	for i := range items {
+		aerr := itemErrs[i]
 		var op *oplog.Oplog
 		if aerr == nil {
-			op, aerr = l.prepare(key, &item, now)
+			op, aerr = l.prepare(key, &items[i], now)
 		}
 		if aerr != nil {
 			out[i] = errorBody{Error: aerr}

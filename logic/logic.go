@@ -37,6 +37,8 @@ type Logic struct {
 	done chan struct{}
 	// shutting makes /healthz report 503 from the moment Shutdown starts.
 	shutting atomic.Bool
+	// order hands publish calls' queue messages over in id order (order.go).
+	order *sendOrder
 
 	mu struct {
 		sync.Mutex
@@ -74,7 +76,7 @@ func New(cfg Config) (*Logic, error) {
 	if err != nil {
 		return nil, err
 	}
-	l := &Logic{cfg: cfg, log: cfg.Logger, m: m, gather: gather, done: make(chan struct{})}
+	l := &Logic{cfg: cfg, log: cfg.Logger, m: m, gather: gather, done: make(chan struct{}), order: newSendOrder(cfg.OrderWait)}
 	l.bg, l.bgCancel = context.WithCancel(context.Background())
 	l.handler = l.routes()
 	l.srv = &http.Server{

@@ -12,6 +12,7 @@ type metrics struct {
 	publishSecs   prometheus.Histogram
 	storeErrors   *prometheus.CounterVec // by op
 	queueFailures prometheus.Counter
+	orderTimeouts prometheus.Counter
 	connects      *prometheus.CounterVec // by result
 	replaced      prometheus.Counter
 	syncs         prometheus.Counter
@@ -35,6 +36,8 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "store_errors_total", Help: "Failed store calls, by operation."}, []string{"op"}),
 		queueFailures: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
 			Name: "queue_send_failures_total", Help: "Queue sends that failed after the oplogs were stored (devices catch up by sync)."}),
+		orderTimeouts: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
+			Name: "publish_order_timeouts_total", Help: "Publish calls that sent to the queue after OrderWait without the calls that may hold lower ids of their channels (the comet reorders or resyncs)."}),
 		connects: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
 			Name: "connects_total", Help: "Connect calls, by result."}, []string{"result"}),
 		replaced: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
@@ -50,7 +53,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		httpRequests: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
 			Name: "http_requests_total", Help: "HTTP requests, by route and status code."}, []string{"route", "code"}),
 	}
-	for _, c := range []prometheus.Collector{m.published, m.duplicates, m.publishSecs, m.storeErrors, m.queueFailures,
+	for _, c := range []prometheus.Collector{m.published, m.duplicates, m.publishSecs, m.storeErrors, m.queueFailures, m.orderTimeouts,
 		m.connects, m.replaced, m.syncs, m.syncOplogs, m.acks, m.expired, m.httpRequests} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("logic: register metrics: %w", err)

@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
@@ -239,6 +240,8 @@ func (l *Logic) publish(ctx context.Context, ops []*oplog.Oplog) ([]store.Append
 	}
 	began := time.Now()
 	defer func() { l.m.publishSecs.Observe(time.Since(began).Seconds()) }()
+	turn := l.order.enter(distinctChannels(ops)) // order.go
+	defer l.order.leave(turn)
 	actx, cancel := l.storeCtx(ctx)
 	results, err := l.cfg.Store.Append(actx, ops)
 	cancel()
@@ -249,6 +252,7 @@ func (l *Logic) publish(ctx context.Context, ops []*oplog.Oplog) ([]store.Append
 		return nil, l.storeError("append", err)
 	}
 	msgs := make([]queue.Message, 0, len(ops))
+	first := make(map[string]uint64)
 	for i, res := range results {
 		op := ops[i]
 		if res.Duplicate {
@@ -257,6 +261,9 @@ func (l *Logic) publish(ctx context.Context, ops []*oplog.Oplog) ([]store.Append
 		}
 		l.m.published.WithLabelValues(op.Biz).Inc()
 		op.Id = res.ID
+		if f, ok := first[op.Channel]; !ok || res.ID < f {
+			first[op.Channel] = res.ID
+		}
 		v, err := proto.Marshal(&pb.QueueMsg{Body: &pb.QueueMsg_Oplog{Oplog: op}})
 		if err != nil { // cannot happen for a valid message; the oplog is stored regardless
 			l.log.Error("encoding queue message failed", "channel", op.Channel, "id", res.ID, "err", err)
@@ -266,6 +273,9 @@ func (l *Logic) publish(ctx context.Context, ops []*oplog.Oplog) ([]store.Append
 		msgs = append(msgs, queue.Message{Key: op.Channel, Value: v})
 	}
 	if len(msgs) > 0 {
+		if l.order.wait(turn, first) {
+			l.m.orderTimeouts.Inc()
+		}
 		// Detached from the request: the oplogs are stored, so a client that
 		// hung up must not stop their push. Bounded by QueueTimeout.
 		qctx, qcancel := context.WithTimeout(context.WithoutCancel(ctx), l.cfg.QueueTimeout)
@@ -278,4 +288,15 @@ func (l *Logic) publish(ctx context.Context, ops []*oplog.Oplog) ([]store.Append
 		}
 	}
 	return results, nil
+}
+
+// distinctChannels lists the channels of ops, each once.
+func distinctChannels(ops []*oplog.Oplog) []string {
+	out := make([]string, 0, 1)
+	for _, op := range ops {
+		if !slices.Contains(out, op.Channel) {
+			out = append(out, op.Channel)
+		}
+	}
+	return out
 }
