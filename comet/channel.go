@@ -2,8 +2,6 @@ package comet
 
 import (
 	"time"
-
-	wirepb "github.com/msync/msync/pkg/protocol/pb"
 )
 
 // chanState is where one channel of a session is in its sync cycle.
@@ -44,6 +42,8 @@ func (s chanState) String() string {
 type channel struct {
 	biz, name string
 	st        chanState
+	// inRound: the channel is in its session's liveRound (at most once).
+	inRound bool
 
 	// sent is the highest id covered for this device: written in a frame or
 	// skipped (filtered, expired). Backlog cursors start after it.
@@ -68,10 +68,9 @@ type channel struct {
 	pendingMax uint64
 
 	// live is the live page being built in the current drain round (nil if
-	// none): consecutive live pushes of one round go out as one page.
-	live *wirepb.ChannelPage
-	// liveBytes is the payload size of live, bounded by maxLivePage.
-	liveBytes int
+	// none): consecutive live pushes of one round go out as one page
+	// (live.go).
+	live *livePage
 
 	// wake is the valid_from timer (wake.go), armed for wakeAt (unix ms);
 	// nil when none.

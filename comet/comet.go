@@ -354,18 +354,16 @@ func (c *Comet) Push(_ context.Context, req *pb.PushReq) (*pb.PushReply, error) 
 		if it.GetOplog() == nil {
 			continue
 		}
-		var op *oplog.Oplog // cloned on first use: sessions keep it after Push returns
+		var op *liveOp // cloned and encoded on first use: sessions keep it after Push returns
 		for _, key := range it.Keys {
 			s := c.lookup(key)
 			if s == nil {
 				continue
 			}
 			if op == nil {
-				op = proto.Clone(it.Oplog).(*oplog.Oplog)
+				op = newLiveOp(proto.Clone(it.Oplog).(*oplog.Oplog))
 			}
-			if s.push(op) {
-				delivered++
-			}
+			delivered += s.push(op.op.Channel, op)
 		}
 	}
 	return &pb.PushReply{Delivered: delivered}, nil

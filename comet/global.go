@@ -62,10 +62,12 @@ func isGlobal(ch string) bool {
 	return err == nil && kind == oplog.KindGlobal
 }
 
-// Broadcast delivers req to every matching session of this comet. An oplog
-// of a global channel goes, as a live push, to every session that syncs that
-// channel (each evaluates filters and validity for its device and keeps its
-// own sync point); Delivered counts the sessions that took it.
+// Broadcast delivers req to every matching session of this comet. The
+// oplogs of global channels (req.oplog, then req.oplogs) go, as live pushes,
+// to every session that syncs their channel (each evaluates filters and
+// validity for its device and keeps its own sync point); the oplogs of one
+// channel reach a session together, so its next frame carries all of them.
+// Delivered counts the (session, oplog) pairs taken.
 //
 // Non-persistent pushes (push/pushes) are handled by broadcastPush.
 func (c *Comet) Broadcast(ctx context.Context, req *pb.BroadcastReq) (*pb.PushReply, error) {
@@ -73,11 +75,18 @@ func (c *Comet) Broadcast(ctx context.Context, req *pb.BroadcastReq) (*pb.PushRe
 		return nil, ErrShutdown
 	}
 	var delivered uint32
-	if op := req.GetOplog(); op != nil {
-		if !isGlobal(op.Channel) {
-			return nil, fmt.Errorf("%w: broadcast of oplog %d of non-global channel %q", ErrBadRequest, op.Id, op.Channel)
+	if op, more := req.GetOplog(), req.GetOplogs(); op != nil || len(more) > 0 {
+		ops := make([]*oplog.Oplog, 0, 1+len(more))
+		if op != nil {
+			ops = append(ops, op)
 		}
-		delivered += c.broadcastOplog(op)
+		ops = append(ops, more...)
+		for _, op := range ops { // all or nothing: a bad request delivers none
+			if op == nil || !isGlobal(op.Channel) {
+				return nil, fmt.Errorf("%w: broadcast of oplog %d of non-global channel %q", ErrBadRequest, op.GetId(), op.GetChannel())
+			}
+		}
+		delivered += c.broadcastOplogs(ops)
 	}
 	if req.GetPush() != nil || len(req.GetPushes()) > 0 {
 		reply, err := c.broadcastPush(ctx, req)
@@ -89,16 +98,52 @@ func (c *Comet) Broadcast(ctx context.Context, req *pb.BroadcastReq) (*pb.PushRe
 	return &pb.PushReply{Delivered: delivered}, nil
 }
 
-func (c *Comet) broadcastOplog(op *oplog.Oplog) uint32 {
+// broadcastOplogs pushes ops, grouped per channel in order, to the sessions
+// of each channel: one push (one lock, one drain task) per session and
+// channel.
+func (c *Comet) broadcastOplogs(ops []*oplog.Oplog) uint32 {
 	var delivered uint32
-	var clone *oplog.Oplog // shared read-only by the sessions after Broadcast returns
-	for _, s := range c.global.sessions(op.Channel) {
-		if clone == nil {
-			clone = proto.Clone(op).(*oplog.Oplog)
+	for len(ops) > 0 {
+		ch := ops[0].Channel
+		group, rest := ops, []*oplog.Oplog(nil)
+		for i, op := range ops {
+			if op.Channel != ch {
+				// Several channels in one call: this channel's ops keep their
+				// order, the others follow in the next pass.
+				group, rest = nil, make([]*oplog.Oplog, 0, len(ops)-i)
+				for _, op := range ops {
+					if op.Channel == ch {
+						group = append(group, op)
+					} else {
+						rest = append(rest, op)
+					}
+				}
+				break
+			}
 		}
-		if s.push(clone) {
-			delivered++
-		}
+		delivered += c.broadcastChannel(ch, group)
+		ops = rest
+	}
+	return delivered
+}
+
+// broadcastChannel pushes ops (all of channel ch) to the sessions of ch.
+func (c *Comet) broadcastChannel(ch string, ops []*oplog.Oplog) uint32 {
+	sessions := c.global.sessions(ch)
+	if len(sessions) == 0 {
+		return 0
+	}
+	// Cloned and encoded once, then shared read-only by the sessions after
+	// Broadcast returns.
+	lb := &liveBatch{ops: make([]*liveOp, len(ops))}
+	for i, op := range ops {
+		lo := newLiveOp(proto.Clone(op).(*oplog.Oplog))
+		lo.batch = lb
+		lb.ops[i] = lo
+	}
+	var delivered uint32
+	for _, s := range sessions {
+		delivered += s.push(ch, lb.ops...)
 	}
 	return delivered
 }

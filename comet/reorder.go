@@ -4,8 +4,6 @@ import (
 	"cmp"
 	"slices"
 	"time"
-
-	"github.com/msync/msync/pkg/oplog"
 )
 
 // Live pushes of one channel can reach a session out of id order: logic
@@ -56,15 +54,15 @@ const pushHeld = "held"
 
 // heldPushes is a channel's reorder state while it holds pushes.
 type heldPushes struct {
-	ops   []*oplog.Oplog // sorted by id, all > sent+1
-	at    time.Time      // when the hold began (monotonic)
-	timer *time.Timer    // fires onReorder at at+ReorderWindow
+	ops   []*liveOp   // sorted by id, all > sent+1
+	at    time.Time   // when the hold began (monotonic)
+	timer *time.Timer // fires onReorder at at+ReorderWindow
 }
 
 // hold keeps op (id > ch.sent+1, channel live) until the ids before it arrive.
 // It reports false when the window is disabled or full: the caller resyncs.
 // Drain task only.
-func (s *session) hold(ch *channel, op *oplog.Oplog) bool {
+func (s *session) hold(ch *channel, op *liveOp) bool {
 	window := s.c.cfg.ReorderWindow
 	if window <= 0 {
 		return false
@@ -73,8 +71,8 @@ func (s *session) hold(ch *channel, op *oplog.Oplog) bool {
 	if h == nil {
 		h = &heldPushes{}
 	}
-	i, found := slices.BinarySearchFunc(h.ops, op.Id, func(o *oplog.Oplog, id uint64) int {
-		return cmp.Compare(o.Id, id)
+	i, found := slices.BinarySearchFunc(h.ops, op.op.Id, func(o *liveOp, id uint64) int {
+		return cmp.Compare(o.op.Id, id)
 	})
 	if found {
 		s.c.metrics.pushDuplicate.Inc()
@@ -102,7 +100,7 @@ func (s *session) releaseHeld(ch *channel) {
 	for ch.held != nil && !ch.syncing() {
 		h := ch.held
 		op := h.ops[0]
-		if op.Id > ch.sent+1 {
+		if op.op.Id > ch.sent+1 {
 			return // still a hole before it: keep waiting (same deadline)
 		}
 		h.ops[0] = nil
@@ -110,7 +108,7 @@ func (s *session) releaseHeld(ch *channel) {
 		if len(h.ops) == 0 {
 			s.dropHeld(ch)
 		}
-		if op.Id <= ch.sent {
+		if op.op.Id <= ch.sent {
 			s.c.metrics.pushDuplicate.Inc()
 			continue
 		}
@@ -134,7 +132,7 @@ func (s *session) foldHeld(ch *channel) {
 	if ch.held == nil {
 		return
 	}
-	ch.raisePending(ch.held.ops[len(ch.held.ops)-1].Id)
+	ch.raisePending(ch.held.ops[len(ch.held.ops)-1].op.Id)
 	s.dropHeld(ch)
 }
 

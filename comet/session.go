@@ -53,7 +53,7 @@ const (
 type event struct {
 	kind  eventKind
 	frame protocol.Frame // evFrame; the body is owned by the session
-	op    *oplog.Oplog   // evPush; shared read-only between sessions
+	op    *liveOp        // evPush; shared read-only between sessions
 	err   error          // evClose
 	// channel is the channel whose valid_from timer fired (evWake).
 	channel string
@@ -114,6 +114,7 @@ type session struct {
 	channels   map[string]*channel // filled by handleAuth, then read-only (shared with identity)
 	order      []*channel          // AUTH_REPLY order, so batches are deterministic
 	liveRound  []*channel          // channels with a live page in this round
+	roundMs    int64               // unix ms for validity checks in this round; 0 = not read yet
 	ackArmed   bool
 	spare      []event
 }
@@ -170,42 +171,46 @@ func (s *session) onClose(err error) {
 	}
 }
 
-// push queues a live oplog of one of the session's channels. It reports
-// whether the session took responsibility for it: queued, or (queue full)
-// folded into a resync of its channel, which re-reads it from the store.
-func (s *session) push(op *oplog.Oplog) bool {
+// push queues live oplogs of one of the session's channels, in order (all of
+// ops are of channel ch). It returns how many the session took responsibility
+// for: queued, or (queue full) folded into a resync of the channel, which
+// re-reads them from the store. Several oplogs cost one lock and at most one
+// drain task, and the drain round that takes them writes them as one page.
+func (s *session) push(ch string, ops ...*liveOp) uint32 {
 	id := s.ident.Load()
 	if id == nil {
 		// Not authenticated yet: the backlog read that follows AUTH starts
-		// after the push was stored, so it covers this oplog.
-		return false
+		// after the push was stored, so it covers these oplogs.
+		return 0
 	}
-	if _, ok := id.channels[op.Channel]; !ok {
-		return false
+	if _, ok := id.channels[ch]; !ok {
+		return 0
 	}
 	s.mu.Lock()
 	if s.mu.closed {
 		s.mu.Unlock()
-		return false
+		return 0
 	}
-	if s.mu.pushes >= maxQueuedPushes {
-		if s.mu.overflow == nil {
-			s.mu.overflow = make(map[string]uint64)
+	for _, op := range ops {
+		if s.mu.pushes >= maxQueuedPushes {
+			if s.mu.overflow == nil {
+				s.mu.overflow = make(map[string]uint64)
+			}
+			if op.op.Id > s.mu.overflow[ch] {
+				s.mu.overflow[ch] = op.op.Id
+			}
+			s.c.metrics.pushResync.Inc()
+		} else {
+			s.mu.pushes++
+			s.mu.events = append(s.mu.events, event{kind: evPush, op: op})
 		}
-		if op.Id > s.mu.overflow[op.Channel] {
-			s.mu.overflow[op.Channel] = op.Id
-		}
-		s.c.metrics.pushResync.Inc()
-	} else {
-		s.mu.pushes++
-		s.mu.events = append(s.mu.events, event{kind: evPush, op: op})
 	}
 	submit := s.scheduleLocked()
 	s.mu.Unlock()
 	if submit {
 		s.c.submit(s)
 	}
-	return true
+	return uint32(len(ops))
 }
 
 // kick sends KICK{code, reason} and closes.
@@ -252,6 +257,7 @@ func (s *session) drain() {
 		s.mu.frames, s.mu.pushes = 0, 0
 		s.mu.Unlock()
 
+		s.roundMs = 0
 		for i := range evs {
 			s.handle(&evs[i])
 			evs[i] = event{} // drop references for the GC
@@ -460,8 +466,9 @@ func (s *session) handleSyncReq(f protocol.Frame) {
 }
 
 // handlePush applies one live oplog to its channel (semantics.md "Live").
-func (s *session) handlePush(op *oplog.Oplog) {
+func (s *session) handlePush(lop *liveOp) {
 	m := s.c.metrics
+	op := lop.op
 	ch := s.channels[op.Channel]
 	if ch == nil {
 		return // push filtered these already; kept for safety
@@ -479,7 +486,7 @@ func (s *session) handlePush(op *oplog.Oplog) {
 	}
 	if op.Id > ch.sent+1 {
 		// Out of order: wait briefly for the ids before it (reorder.go).
-		if s.hold(ch, op) {
+		if s.hold(ch, lop) {
 			return
 		}
 		// A push was missed (dropped upstream, or a SYNC_REQ rewound sent):
@@ -491,18 +498,24 @@ func (s *session) handlePush(op *oplog.Oplog) {
 		m.resyncs.WithLabelValues(resyncGap).Inc()
 		return
 	}
-	if s.applyLive(ch, op) && ch.held != nil {
+	if s.applyLive(ch, lop) && ch.held != nil {
 		s.releaseHeld(ch) // reorder.go
 	}
 }
 
 // applyLive delivers, skips or defers op (id == ch.sent+1, channel live) and
 // reports whether it is covered now (sent advanced).
-func (s *session) applyLive(ch *channel, op *oplog.Oplog) bool {
+func (s *session) applyLive(ch *channel, lop *liveOp) bool {
 	m := s.c.metrics
-	switch oplog.Evaluate(op, s.platform, s.appVersion, s.c.now().UnixMilli()) {
+	op := lop.op
+	if s.roundMs == 0 {
+		// One clock read per round, not per oplog: a round takes well under
+		// a millisecond per oplog, and validity is in milliseconds.
+		s.roundMs = s.c.now().UnixMilli()
+	}
+	switch oplog.Evaluate(op, s.platform, s.appVersion, s.roundMs) {
 	case oplog.Deliver:
-		s.appendLive(ch, op)
+		s.appendLive(ch, lop)
 		m.pushDelivered.Inc()
 	case oplog.Skip:
 		// Filtered or expired for this device: covered without a frame. The
@@ -510,7 +523,7 @@ func (s *session) applyLive(ch *channel, op *oplog.Oplog) bool {
 		// can say it right away.
 		ch.sent = op.Id
 		if ch.live != nil {
-			ch.live.Upto = op.Id
+			ch.live.upto = op.Id
 			ch.cover(op.Id)
 		}
 		m.pushSkipped.Inc()
@@ -528,22 +541,25 @@ func (s *session) applyLive(ch *channel, op *oplog.Oplog) bool {
 	return true
 }
 
-func (s *session) appendLive(ch *channel, op *oplog.Oplog) {
-	if ch.live != nil && ch.liveBytes+len(op.Payload) > maxLivePage {
+func (s *session) appendLive(ch *channel, lop *liveOp) {
+	op := lop.op
+	if ch.live != nil && ch.live.payload+len(op.Payload) > maxLivePage {
 		// A burst of large oplogs: write what this channel has so far, so
 		// no single frame outgrows the connection's write queue. Same
 		// channel, same order; the next page's after is this one's upto.
-		s.writePages([]*wirepb.ChannelPage{ch.live})
-		ch.live = nil
+		s.writeLive([]*channel{ch})
 	}
 	if ch.live == nil {
-		ch.liveBytes = 0
-		ch.live = &wirepb.ChannelPage{Channel: ch.name, Biz: ch.biz, After: ch.told, Live: true}
-		s.liveRound = append(s.liveRound, ch)
+		ch.live = livePages.Get().(*livePage)
+		ch.live.after = ch.told
+		if !ch.inRound {
+			ch.inRound = true
+			s.liveRound = append(s.liveRound, ch)
+		}
 	}
-	ch.live.Oplogs = append(ch.live.Oplogs, wireOplog(op))
-	ch.liveBytes += len(op.Payload)
-	ch.live.Upto = op.Id
+	ch.live.ops = append(ch.live.ops, lop)
+	ch.live.payload += len(op.Payload)
+	ch.live.upto = op.Id
 	ch.cover(op.Id)
 }
 
@@ -565,16 +581,65 @@ func (s *session) flushLive() {
 	if len(s.liveRound) == 0 {
 		return
 	}
-	pages := make([]*wirepb.ChannelPage, 0, len(s.liveRound))
+	s.writeLive(s.liveRound)
 	for i, ch := range s.liveRound {
-		if ch.live != nil {
-			pages = append(pages, ch.live)
-			ch.live = nil
-		}
+		ch.inRound = false
 		s.liveRound[i] = nil
 	}
 	s.liveRound = s.liveRound[:0]
-	s.writePages(pages)
+}
+
+// writeLive writes the live pages of chans (those whose page is not nil) as
+// SYNC frames of about maxSyncFrame bytes each, and clears the pages. A
+// round that delivered exactly one Broadcast call's oplogs writes that call's
+// shared frame (live.go).
+func (s *session) writeLive(chans []*channel) {
+	if len(chans) == 1 && chans[0].live != nil && len(chans[0].live.ops) > 0 {
+		ch := chans[0]
+		if lb := ch.live.ops[0].batch; lb != nil {
+			if f := lb.sharedFrame(ch, ch.live); f != nil {
+				s.send(protocol.OpSync, f)
+				s.releaseLive(ch)
+				return
+			}
+		}
+	}
+	var buf [4]livePart // most rounds have one or two channels
+	parts := buf[:0]
+	size := 0
+	for _, ch := range chans {
+		if ch.live == nil {
+			continue
+		}
+		n := ch.live.pageLen(ch)
+		if len(parts) > 0 && size+syncPartLen(n) > maxSyncFrame {
+			s.send(protocol.OpSync, appendLiveSync(make([]byte, 0, protocol.HeaderSize+size), parts))
+			parts, size = parts[:0], 0
+		}
+		parts = append(parts, livePart{ch: ch, page: ch.live, n: n})
+		size += syncPartLen(n)
+	}
+	if len(parts) > 0 {
+		s.send(protocol.OpSync, appendLiveSync(make([]byte, 0, protocol.HeaderSize+size), parts))
+	}
+	for _, ch := range chans {
+		if ch.live != nil {
+			s.releaseLive(ch)
+		}
+	}
+}
+
+// releaseLive drops ch's written live page and recycles it: a page per
+// channel per round would be an allocation per delivery, and keeping one per
+// channel would cost idle sessions memory.
+func (s *session) releaseLive(ch *channel) {
+	p := ch.live
+	ch.live = nil
+	clear(p.ops)
+	if cap(p.ops) <= maxPooledPageOps {
+		*p = livePage{ops: p.ops[:0]}
+		livePages.Put(p)
+	}
 }
 
 // syncNeeded fetches the next page of every channel that needs one with a
@@ -706,6 +771,15 @@ func (s *session) write(op protocol.Op, seq uint32, m proto.Message) {
 	if err != nil {
 		s.log.Error("encode frame", "op", op, "err", err)
 		s.fail(0, protocol.CodeUnavailable, "internal error", err)
+		return
+	}
+	s.send(op, b)
+}
+
+// send hands an encoded frame to the transport; b may be shared with other
+// sessions (the transport only reads it).
+func (s *session) send(op protocol.Op, b []byte) {
+	if s.phase >= phaseClosing {
 		return
 	}
 	if err := s.conn.Write(b); err != nil {

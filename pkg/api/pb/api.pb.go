@@ -1135,7 +1135,8 @@ func (x *PushMsg) GetBiz() string {
 // BroadcastReq goes to every comet.
 type BroadcastReq struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Exactly one of:
+	// Either global oplogs (oplog, oplogs) or non-persistent pushes (push,
+	// pushes):
 	// oplog of a global channel: every session that syncs that channel.
 	Oplog *oplog.Oplog `protobuf:"bytes,1,opt,name=oplog,proto3" json:"oplog,omitempty"`
 	// push: non-persistent, to the sessions in push.room, or to every session
@@ -1143,7 +1144,13 @@ type BroadcastReq struct {
 	Push *PushMsg `protobuf:"bytes,2,opt,name=push,proto3" json:"push,omitempty"`
 	// pushes: more non-persistent pushes, delivered after push in order, so job
 	// sends the room/all pushes of one queue batch in one call per comet.
-	Pushes        []*PushMsg `protobuf:"bytes,3,rep,name=pushes,proto3" json:"pushes,omitempty"`
+	Pushes []*PushMsg `protobuf:"bytes,3,rep,name=pushes,proto3" json:"pushes,omitempty"`
+	// oplogs: more global oplogs, delivered after oplog in order, so job sends
+	// the global oplogs of one queue batch in one call per comet and a session
+	// gets them in one frame. Each channel's ids ascend. A comet that predates
+	// this field ignores it (its sessions fetch those oplogs from the store on
+	// the next gap or reconnect): upgrade comets before job.
+	Oplogs        []*oplog.Oplog `protobuf:"bytes,4,rep,name=oplogs,proto3" json:"oplogs,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1195,6 +1202,13 @@ func (x *BroadcastReq) GetPush() *PushMsg {
 func (x *BroadcastReq) GetPushes() []*PushMsg {
 	if x != nil {
 		return x.Pushes
+	}
+	return nil
+}
+
+func (x *BroadcastReq) GetOplogs() []*oplog.Oplog {
+	if x != nil {
+		return x.Oplogs
 	}
 	return nil
 }
@@ -1818,11 +1832,12 @@ const file_pkg_api_pb_api_proto_rawDesc = "" +
 	"\apayload\x18\x02 \x01(\fR\apayload\x12\x1d\n" +
 	"\n" +
 	"created_ms\x18\x03 \x01(\x03R\tcreatedMs\x12\x10\n" +
-	"\x03biz\x18\x04 \x01(\tR\x03biz\"\x95\x01\n" +
+	"\x03biz\x18\x04 \x01(\tR\x03biz\"\xc4\x01\n" +
 	"\fBroadcastReq\x12+\n" +
 	"\x05oplog\x18\x01 \x01(\v2\x15.msync.oplog.v1.OplogR\x05oplog\x12)\n" +
 	"\x04push\x18\x02 \x01(\v2\x15.msync.api.v1.PushMsgR\x04push\x12-\n" +
-	"\x06pushes\x18\x03 \x03(\v2\x15.msync.api.v1.PushMsgR\x06pushes\"H\n" +
+	"\x06pushes\x18\x03 \x03(\v2\x15.msync.api.v1.PushMsgR\x06pushes\x12-\n" +
+	"\x06oplogs\x18\x04 \x03(\v2\x15.msync.oplog.v1.OplogR\x06oplogs\"H\n" +
 	"\bRoomsReq\x12\x12\n" +
 	"\x04keys\x18\x01 \x03(\tR\x04keys\x12\x12\n" +
 	"\x04join\x18\x02 \x03(\tR\x04join\x12\x14\n" +
@@ -1926,35 +1941,36 @@ var file_pkg_api_pb_api_proto_depIdxs = []int32{
 	26, // 10: msync.api.v1.BroadcastReq.oplog:type_name -> msync.oplog.v1.Oplog
 	16, // 11: msync.api.v1.BroadcastReq.push:type_name -> msync.api.v1.PushMsg
 	16, // 12: msync.api.v1.BroadcastReq.pushes:type_name -> msync.api.v1.PushMsg
-	15, // 13: msync.api.v1.PushReq.items:type_name -> msync.api.v1.PushItem
-	26, // 14: msync.api.v1.QueueMsg.oplog:type_name -> msync.oplog.v1.Oplog
-	25, // 15: msync.api.v1.QueueMsg.kick:type_name -> msync.api.v1.KickMsg
-	23, // 16: msync.api.v1.QueueMsg.push:type_name -> msync.api.v1.PushTarget
-	24, // 17: msync.api.v1.QueueMsg.rooms:type_name -> msync.api.v1.RoomsMsg
-	16, // 18: msync.api.v1.PushTarget.msg:type_name -> msync.api.v1.PushMsg
-	1,  // 19: msync.api.v1.Logic.Connect:input_type -> msync.api.v1.ConnectReq
-	6,  // 20: msync.api.v1.Logic.Disconnect:input_type -> msync.api.v1.DisconnectReq
-	8,  // 21: msync.api.v1.Logic.Renew:input_type -> msync.api.v1.RenewReq
-	10, // 22: msync.api.v1.Logic.Sync:input_type -> msync.api.v1.SyncReq
-	14, // 23: msync.api.v1.Logic.Ack:input_type -> msync.api.v1.AckReq
-	19, // 24: msync.api.v1.Comet.Push:input_type -> msync.api.v1.PushReq
-	17, // 25: msync.api.v1.Comet.Broadcast:input_type -> msync.api.v1.BroadcastReq
-	18, // 26: msync.api.v1.Comet.Rooms:input_type -> msync.api.v1.RoomsReq
-	21, // 27: msync.api.v1.Comet.Kick:input_type -> msync.api.v1.KickReq
-	5,  // 28: msync.api.v1.Logic.Connect:output_type -> msync.api.v1.ConnectReply
-	0,  // 29: msync.api.v1.Logic.Disconnect:output_type -> msync.api.v1.Empty
-	0,  // 30: msync.api.v1.Logic.Renew:output_type -> msync.api.v1.Empty
-	12, // 31: msync.api.v1.Logic.Sync:output_type -> msync.api.v1.SyncReply
-	0,  // 32: msync.api.v1.Logic.Ack:output_type -> msync.api.v1.Empty
-	20, // 33: msync.api.v1.Comet.Push:output_type -> msync.api.v1.PushReply
-	20, // 34: msync.api.v1.Comet.Broadcast:output_type -> msync.api.v1.PushReply
-	0,  // 35: msync.api.v1.Comet.Rooms:output_type -> msync.api.v1.Empty
-	0,  // 36: msync.api.v1.Comet.Kick:output_type -> msync.api.v1.Empty
-	28, // [28:37] is the sub-list for method output_type
-	19, // [19:28] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	26, // 13: msync.api.v1.BroadcastReq.oplogs:type_name -> msync.oplog.v1.Oplog
+	15, // 14: msync.api.v1.PushReq.items:type_name -> msync.api.v1.PushItem
+	26, // 15: msync.api.v1.QueueMsg.oplog:type_name -> msync.oplog.v1.Oplog
+	25, // 16: msync.api.v1.QueueMsg.kick:type_name -> msync.api.v1.KickMsg
+	23, // 17: msync.api.v1.QueueMsg.push:type_name -> msync.api.v1.PushTarget
+	24, // 18: msync.api.v1.QueueMsg.rooms:type_name -> msync.api.v1.RoomsMsg
+	16, // 19: msync.api.v1.PushTarget.msg:type_name -> msync.api.v1.PushMsg
+	1,  // 20: msync.api.v1.Logic.Connect:input_type -> msync.api.v1.ConnectReq
+	6,  // 21: msync.api.v1.Logic.Disconnect:input_type -> msync.api.v1.DisconnectReq
+	8,  // 22: msync.api.v1.Logic.Renew:input_type -> msync.api.v1.RenewReq
+	10, // 23: msync.api.v1.Logic.Sync:input_type -> msync.api.v1.SyncReq
+	14, // 24: msync.api.v1.Logic.Ack:input_type -> msync.api.v1.AckReq
+	19, // 25: msync.api.v1.Comet.Push:input_type -> msync.api.v1.PushReq
+	17, // 26: msync.api.v1.Comet.Broadcast:input_type -> msync.api.v1.BroadcastReq
+	18, // 27: msync.api.v1.Comet.Rooms:input_type -> msync.api.v1.RoomsReq
+	21, // 28: msync.api.v1.Comet.Kick:input_type -> msync.api.v1.KickReq
+	5,  // 29: msync.api.v1.Logic.Connect:output_type -> msync.api.v1.ConnectReply
+	0,  // 30: msync.api.v1.Logic.Disconnect:output_type -> msync.api.v1.Empty
+	0,  // 31: msync.api.v1.Logic.Renew:output_type -> msync.api.v1.Empty
+	12, // 32: msync.api.v1.Logic.Sync:output_type -> msync.api.v1.SyncReply
+	0,  // 33: msync.api.v1.Logic.Ack:output_type -> msync.api.v1.Empty
+	20, // 34: msync.api.v1.Comet.Push:output_type -> msync.api.v1.PushReply
+	20, // 35: msync.api.v1.Comet.Broadcast:output_type -> msync.api.v1.PushReply
+	0,  // 36: msync.api.v1.Comet.Rooms:output_type -> msync.api.v1.Empty
+	0,  // 37: msync.api.v1.Comet.Kick:output_type -> msync.api.v1.Empty
+	29, // [29:38] is the sub-list for method output_type
+	20, // [20:29] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_pkg_api_pb_api_proto_init() }
