@@ -72,3 +72,6 @@ require (
 	gopkg.in/natefinch/lumberjack.v2 v2.0.0 // indirect
 	stathat.com/c/consistent v1.0.0 // indirect
 )
+
+// Patched copy (per-connection memory); see third_party/netpoll/PATCHES.md.
+replace github.com/cloudwego/netpoll => ./third_party/netpoll

@@ -71,7 +71,7 @@ func TestValidFromTimerStoppedOnClose(t *testing.T) {
 	cl.expectQuiet()
 	cl.conn.Close(nil, nil)
 	eventually(t, "disconnect", func() bool { return len(e.logic.disconnectKeys()) == 1 })
-	for _, ch := range cl.sess.order {
+	for _, ch := range cl.sess.chans.order {
 		if ch.wake != nil {
 			t.Fatalf("channel %s still has a timer after close", ch.name)
 		}

@@ -129,3 +129,47 @@ func (ch *channel) resetTo(id uint64) {
 	ch.inflight, ch.more = 0, false
 	ch.st = chNeedSync
 }
+
+// smallChannelSet is the most channels a channelSet finds by scanning.
+const smallChannelSet = 8
+
+// channelSet is a session's channels in AUTH_REPLY order (so batches are
+// deterministic), found by name with a scan while there are few: sessions
+// usually sync a handful of channels, and a map per session costs ~250 B of
+// every idle connection. Past smallChannelSet (AUTH allows 256 bizs) a map
+// indexes them.
+type channelSet struct {
+	order []*channel
+	index map[string]*channel // nil up to smallChannelSet channels
+}
+
+// get returns the channel called name, or nil.
+func (cs *channelSet) get(name string) *channel {
+	if cs.index != nil {
+		return cs.index[name]
+	}
+	for _, ch := range cs.order {
+		if ch.name == name {
+			return ch
+		}
+	}
+	return nil
+}
+
+// add appends ch unless a channel of that name is there; it reports whether
+// it added.
+func (cs *channelSet) add(ch *channel) bool {
+	if cs.get(ch.name) != nil {
+		return false
+	}
+	cs.order = append(cs.order, ch)
+	if cs.index != nil {
+		cs.index[ch.name] = ch
+	} else if len(cs.order) > smallChannelSet {
+		cs.index = make(map[string]*channel, len(cs.order))
+		for _, c := range cs.order {
+			cs.index[c.name] = c
+		}
+	}
+	return true
+}

@@ -164,7 +164,7 @@ func (s *session) onReorder(name string) {
 // handleReorder: the window of the channel's hold is over and the hole is
 // still there; fall back to the store, as for any gap.
 func (s *session) handleReorder(name string) {
-	ch := s.channels[name]
+	ch := s.chans.get(name)
 	if ch == nil || ch.held == nil || time.Since(ch.held.at) < s.c.cfg.ReorderWindow {
 		return
 	}
@@ -178,7 +178,7 @@ func (s *session) handleReorder(name string) {
 
 // stopReorders ends every hold of the session (finish).
 func (s *session) stopReorders() {
-	for _, ch := range s.order {
+	for _, ch := range s.chans.order {
 		s.dropHeld(ch)
 	}
 }

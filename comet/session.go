@@ -63,12 +63,11 @@ type event struct {
 // It is immutable once published.
 type identity struct {
 	user, device string
-	// channels is the session's own channel map (session.channels), shared
-	// rather than copied to save a map per session: handleAuth fills it
-	// before ident is published and nobody writes it afterwards, so
-	// concurrent reads are safe. Only membership may be read here: the
-	// *channel values belong to the drain task.
-	channels map[string]*channel
+	// channels is the session's own set (session.chans), shared rather than
+	// copied: handleAuth fills it before ident is published and nobody
+	// writes it afterwards, so concurrent reads are safe. Only membership
+	// may be read here: the *channel values belong to the drain task.
+	channels *channelSet
 }
 
 // phase is a session's lifecycle, owned by the drain task.
@@ -111,10 +110,9 @@ type session struct {
 	platform   string
 	appVersion string
 	heartbeat  time.Duration
-	channels   map[string]*channel // filled by handleAuth, then read-only (shared with identity)
-	order      []*channel          // AUTH_REPLY order, so batches are deterministic
-	liveRound  []*channel          // channels with a live page in this round
-	roundMs    int64               // unix ms for validity checks in this round; 0 = not read yet
+	chans      channelSet // filled by handleAuth, then read-only (shared with identity)
+	liveRound  []*channel // channels with a live page in this round
+	roundMs    int64      // unix ms for validity checks in this round; 0 = not read yet
 	ackArmed   bool
 	spare      []event
 }
@@ -183,7 +181,7 @@ func (s *session) push(ch string, ops ...*liveOp) uint32 {
 		// after the push was stored, so it covers these oplogs.
 		return 0
 	}
-	if _, ok := id.channels[ch]; !ok {
+	if id.channels.get(ch) == nil {
 		return 0
 	}
 	s.mu.Lock()
@@ -248,6 +246,10 @@ func (s *session) drain() {
 	for range maxRounds {
 		s.mu.Lock()
 		if len(s.mu.events) == 0 && len(s.mu.overflow) == 0 {
+			// Idle: keep no event slices. Most connections are idle most
+			// of the time, and one small allocation per drain task is
+			// cheaper than ~100-200 B held by each of them.
+			s.mu.events, s.spare = nil, nil
 			s.mu.scheduled = false
 			s.mu.Unlock()
 			return
@@ -381,23 +383,19 @@ func (s *session) handleAuth(f protocol.Frame) {
 		base = time.Duration(reply.HeartbeatMs) * time.Millisecond
 	}
 	s.heartbeat = s.c.heartbeatFor(a.HeartbeatMs, base) // rooms.go: the client's wish within bounds
-	s.channels = make(map[string]*channel, len(reply.Channels))
 	out := &wirepb.AuthReply{User: reply.User, Session: s.key, HeartbeatMs: uint32(s.heartbeat / time.Millisecond)}
 	for _, cs := range reply.Channels {
-		if _, dup := s.channels[cs.Channel]; dup {
-			continue
+		if !s.chans.add(newChannel(cs.Biz, cs.Channel, cs.From)) {
+			continue // listed twice
 		}
-		ch := newChannel(cs.Biz, cs.Channel, cs.From)
-		s.channels[cs.Channel] = ch
-		s.order = append(s.order, ch)
 		out.Channels = append(out.Channels, &wirepb.ChannelInfo{Biz: cs.Biz, Channel: cs.Channel, From: cs.From})
 	}
 	for _, r := range reply.Rejected {
 		out.Rejected = append(out.Rejected, &wirepb.RejectedBiz{Biz: r.Biz, Reason: r.Reason})
 	}
 	s.phase = phaseAuthed
-	s.ident.Store(&identity{user: s.user, device: s.device, channels: s.channels})
-	for _, ch := range s.order {
+	s.ident.Store(&identity{user: s.user, device: s.device, channels: &s.chans})
+	for _, ch := range s.chans.order {
 		if isGlobal(ch.name) {
 			// After ident: Broadcast pushes need it. Before the first sync,
 			// which reads every oplog stored before this point.
@@ -411,7 +409,7 @@ func (s *session) handleAuth(f protocol.Frame) {
 	s.write(protocol.OpAuthReply, f.Seq, out)
 	s.rooms.ready.Store(true) // PUSH frames may follow AUTH_REPLY now
 	s.log.Info("session authenticated", "platform", s.platform, "app_version", s.appVersion,
-		"channels", len(s.order), "rejected", len(out.Rejected))
+		"channels", len(s.chans.order), "rejected", len(out.Rejected))
 	// Every channel starts in chNeedSync: the drain round ends with one
 	// Logic.Sync for all of them.
 }
@@ -423,7 +421,7 @@ func (s *session) handleAck(f protocol.Frame) {
 		return
 	}
 	for _, p := range a.Points {
-		ch := s.channels[p.Channel]
+		ch := s.chans.get(p.Channel)
 		if ch == nil {
 			s.fail(f.Seq, protocol.CodeOutOfOrder, fmt.Sprintf("ACK for channel %q not in this session", p.Channel), ErrProtocol)
 			return
@@ -451,7 +449,7 @@ func (s *session) handleSyncReq(f protocol.Frame) {
 		return
 	}
 	for _, p := range r.Points {
-		ch := s.channels[p.Channel]
+		ch := s.chans.get(p.Channel)
 		if ch == nil {
 			s.fail(f.Seq, protocol.CodeOutOfOrder, fmt.Sprintf("SYNC_REQ for channel %q not in this session", p.Channel), ErrProtocol)
 			return
@@ -469,7 +467,7 @@ func (s *session) handleSyncReq(f protocol.Frame) {
 func (s *session) handlePush(lop *liveOp) {
 	m := s.c.metrics
 	op := lop.op
-	ch := s.channels[op.Channel]
+	ch := s.chans.get(op.Channel)
 	if ch == nil {
 		return // push filtered these already; kept for safety
 	}
@@ -565,7 +563,7 @@ func (s *session) appendLive(ch *channel, lop *liveOp) {
 
 // resyncOverflow folds live pushes the queue could not hold into a resync.
 func (s *session) resyncOverflow(name string, id uint64) {
-	ch := s.channels[name]
+	ch := s.chans.get(name)
 	if ch == nil || s.phase != phaseAuthed || id <= ch.sent {
 		return
 	}
@@ -647,7 +645,7 @@ func (s *session) releaseLive(ch *channel) {
 func (s *session) syncNeeded() {
 	var cursors []*pb.Cursor
 	var fetching []*channel
-	for _, ch := range s.order {
+	for _, ch := range s.chans.order {
 		if ch.st == chNeedSync {
 			ch.st = chFetching
 			s.foldHeld(ch) // reorder.go: the page reads held ids from the store
@@ -676,7 +674,7 @@ func (s *session) syncNeeded() {
 	}
 	var pages []*wirepb.ChannelPage
 	for _, p := range reply.Pages {
-		ch := s.channels[p.Channel]
+		ch := s.chans.get(p.Channel)
 		if ch == nil || ch.st != chFetching {
 			s.log.Warn("sync reply: unexpected page", "channel", p.Channel)
 			continue
@@ -735,7 +733,7 @@ func (s *session) updateAckDeadline() {
 	if !s.ackArmed {
 		return
 	}
-	for _, ch := range s.order {
+	for _, ch := range s.chans.order {
 		if ch.st == chAwaitAck {
 			return
 		}
@@ -817,7 +815,7 @@ func (s *session) finish(err error) {
 	s.c.removeSession(s)
 	s.stopWakes()
 	s.stopReorders()
-	for _, ch := range s.order {
+	for _, ch := range s.chans.order {
 		if isGlobal(ch.name) {
 			s.c.global.remove(ch.name, s)
 		}

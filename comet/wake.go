@@ -48,7 +48,7 @@ func (s *session) onWake(name string) {
 
 // handleWake re-syncs a channel whose valid_from timer fired.
 func (s *session) handleWake(name string) {
-	ch := s.channels[name]
+	ch := s.chans.get(name)
 	if ch == nil {
 		return
 	}
@@ -65,7 +65,7 @@ func (s *session) handleWake(name string) {
 
 // stopWakes stops every valid_from timer of the session (finish).
 func (s *session) stopWakes() {
-	for _, ch := range s.order {
+	for _, ch := range s.chans.order {
 		if ch.wake != nil {
 			ch.wake.Stop()
 			ch.wake, ch.wakeAt = nil, 0

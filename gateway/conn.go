@@ -41,14 +41,31 @@ type Conn struct {
 
 	mu struct {
 		sync.Mutex
-		q         [][]byte // frames queued, oldest first
-		queued    int      // bytes in q
-		scheduled bool     // a drain owns the connection (running or parked on the backlog)
-		closing   bool     // no more Writes; the drain flushes final and closes
-		final     []byte   // written after q by the closing drain
-		reason    error    // passed to OnClose
-		pong      []byte   // WebSocket: the latest unanswered ping's pong frame
+		q         [][]byte  // frames queued, oldest first
+		queued    int       // bytes in q
+		scheduled bool      // a drain owns the connection (running or parked on the backlog)
+		closing   bool      // no more Writes; the drain flushes final and closes
+		rare      *connRare // nil until a close starts or a WebSocket ping arrives
 	}
+}
+
+// connRare holds what only a closing connection or a WebSocket ping needs.
+// Why not fields of Conn: every idle connection would carry their 64 bytes
+// for nothing (Conn is 248 bytes, the 256-byte size class, with them out;
+// docs/benchmarks.md, conns).
+type connRare struct {
+	final  []byte // written after q by the closing drain
+	reason error  // passed to OnClose
+	pong   []byte // WebSocket: the latest unanswered ping's pong frame
+}
+
+// rareLocked returns c.mu.rare, allocating it on first use.
+// REQUIRES: c.mu.
+func (c *Conn) rareLocked() *connRare {
+	if c.mu.rare == nil {
+		c.mu.rare = new(connRare)
+	}
+	return c.mu.rare
 }
 
 const (
@@ -59,11 +76,14 @@ const (
 
 // connCtx is the per-connection context netpoll threads from OnConnect to
 // OnRequest. Embedding it in Conn saves a context.WithValue allocation per
-// connection.
-type connCtx struct {
-	context.Context
-	c *Conn
-}
+// connection. It behaves as context.Background(), which is what onPrepare
+// gives netpoll, so it need not hold a parent (16 bytes per connection).
+type connCtx struct{ c *Conn }
+
+func (connCtx) Deadline() (time.Time, bool) { return time.Time{}, false }
+func (connCtx) Done() <-chan struct{}       { return nil }
+func (connCtx) Err() error                  { return nil }
+func (connCtx) Value(any) any               { return nil }
 
 // ID is unique among the connections of one Server.
 func (c *Conn) ID() uint64 { return c.id }
@@ -158,8 +178,8 @@ func (c *Conn) Close(final []byte, reason error) {
 func (c *Conn) startCloseLocked(final []byte, reason error) {
 	s := c.srv
 	c.mu.closing = true
-	c.mu.final = final
-	c.mu.reason = reason
+	r := c.rareLocked()
+	r.final, r.reason = final, reason
 	schedule := !c.mu.scheduled
 	c.mu.scheduled = true
 	// closeAt before closing: SetDeadline re-arms it if it sees closing.
@@ -266,9 +286,16 @@ func (c *Conn) drain() {
 		c.mu.Lock()
 		q, queued := c.mu.q, c.mu.queued
 		c.mu.q, c.mu.queued = spare, 0
-		closing, final, pong, reason := c.mu.closing, c.mu.final, c.mu.pong, c.mu.reason
-		c.mu.final, c.mu.pong = nil, nil
+		closing := c.mu.closing
+		var final, pong []byte
+		var reason error
+		if r := c.mu.rare; r != nil {
+			final, pong, reason = r.final, r.pong, r.reason
+			r.final, r.pong = nil, nil
+		}
 		if len(q) == 0 && !closing && pong == nil {
+			// Idle: keep no queue slice (the next burst allocates one).
+			c.mu.q = nil
 			c.mu.scheduled = false
 			c.mu.Unlock()
 			return
@@ -403,10 +430,13 @@ func (c *Conn) abort(reason error) {
 	c.mu.Lock()
 	if !c.mu.closing {
 		c.mu.closing = true
-		c.mu.reason = reason
+		c.rareLocked().reason = reason
 		c.closing.Store(true)
 	}
-	c.mu.q, c.mu.queued, c.mu.final, c.mu.pong = nil, 0, nil, nil
+	c.mu.q, c.mu.queued = nil, 0
+	if r := c.mu.rare; r != nil {
+		r.final, r.pong = nil, nil
+	}
 	c.mu.Unlock()
 	_ = c.sock.Close()
 }
@@ -426,8 +456,12 @@ func (c *Conn) closed() {
 	c.mu.Lock()
 	c.mu.closing = true
 	c.closing.Store(true)
-	reason := c.mu.reason
-	c.mu.q, c.mu.queued, c.mu.final, c.mu.pong = nil, 0, nil, nil
+	var reason error
+	if r := c.mu.rare; r != nil {
+		reason = r.reason
+		r.final, r.pong = nil, nil
+	}
+	c.mu.q, c.mu.queued = nil, 0
 	c.mu.Unlock()
 	s.wheel.Remove(&c.live)
 	s.wheel.Remove(&c.ack)

@@ -376,7 +376,7 @@ func (s *Server) onConnectWS(ctx context.Context, nc netpoll.Connection) context
 
 func (s *Server) openNetpoll(ctx context.Context, nc netpoll.Connection, kind connKind) context.Context {
 	c := s.newConn(nc, kind)
-	c.ctx = connCtx{Context: ctx, c: c}
+	c.ctx = connCtx{c: c}
 	if !s.register(c) {
 		s.stats.rejected.Add(1)
 		_ = nc.Close()

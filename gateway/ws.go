@@ -323,7 +323,7 @@ func (c *Conn) queuePong(payload []byte) {
 		c.mu.Unlock()
 		return
 	}
-	c.mu.pong = pong
+	c.rareLocked().pong = pong
 	schedule := !c.mu.scheduled
 	c.mu.scheduled = true
 	c.mu.Unlock()

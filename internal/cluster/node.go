@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"runtime/debug"
 	"sync"
 	"time"
 
@@ -159,9 +160,22 @@ func Start(cfg Config) (n *Node, err error) {
 }
 
 func (n *Node) startPprof(addr string) error {
+	srv, ln, err := servePprof(addr, n.log)
+	if err != nil {
+		return err
+	}
+	n.pprofSrv, n.pprofLn = srv, ln
+	return nil
+}
+
+// servePprof serves net/http/pprof on addr (the config's `pprof`), plus
+// /debug/freeos, which returns freed heap to the OS at once
+// (debug.FreeOSMemory): memory benchmarks use it to measure RSS as a
+// long-idle process's scavenger would leave it. The caller closes srv.
+func servePprof(addr string, log *slog.Logger) (*http.Server, net.Listener, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		return fmt.Errorf("cluster: pprof: %w", err)
+		return nil, nil, fmt.Errorf("cluster: pprof: %w", err)
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
@@ -169,11 +183,14 @@ func (n *Node) startPprof(addr string) error {
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-	n.pprofLn = ln
-	n.pprofSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	go func() { _ = n.pprofSrv.Serve(ln) }() // stopped by Shutdown (Close ends Serve)
-	n.log.Info("pprof listening", "addr", ln.Addr().String())
-	return nil
+	mux.HandleFunc("POST /debug/freeos", func(w http.ResponseWriter, _ *http.Request) {
+		debug.FreeOSMemory()
+		w.WriteHeader(http.StatusNoContent)
+	})
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = srv.Serve(ln) }() // stopped by the caller's Close (Close ends Serve)
+	log.Info("pprof listening", "addr", ln.Addr().String())
+	return srv, ln, nil
 }
 
 // Shutdown stops the tiers in the order that loses nothing: no new publishes

@@ -102,6 +102,20 @@ func startOps(addr string, g prometheus.Gatherer, st *stack, log *slog.Logger) (
 	return ln.Addr(), nil
 }
 
+// startTierPprof serves pprof when the file sets `pprof` (as `msync all`
+// does), closed with the rest of the tier.
+func startTierPprof(addr string, st *stack, log *slog.Logger) error {
+	if addr == "" {
+		return nil
+	}
+	srv, _, err := servePprof(addr, log)
+	if err != nil {
+		return err
+	}
+	st.push(func(context.Context) error { return srv.Close() })
+	return nil
+}
+
 // advertise returns the address job should dial for a comet listening on
 // ln: the configured one, else ln with an unspecified host (":3102",
 // "0.0.0.0:3102") replaced by this machine's first non-loopback IP, falling
@@ -205,6 +219,9 @@ func StartComet(cfg TierConfig) (n *CometNode, err error) {
 		if n.OpsAddr, err = startOps(f.Comet.HTTPAddr, n.Registry, &n.st, log); err != nil {
 			return n, err
 		}
+	}
+	if err = startTierPprof(f.Pprof, &n.st, log); err != nil {
+		return n, err
 	}
 	log.Info("comet registered for discovery", "comet", n.Comet.ID(), "grpc", n.Advertised, "logic", f.Comet.LogicAddrs)
 	return n, nil
@@ -335,6 +352,9 @@ func StartLogic(cfg TierConfig) (n *LogicNode, err error) {
 	// calls drain, then job, queue, directory, store.
 	n.st.push(n.Logic.Shutdown)
 	if err = n.Logic.Start(); err != nil {
+		return n, err
+	}
+	if err = startTierPprof(f.Pprof, &n.st, log); err != nil {
 		return n, err
 	}
 	return n, nil

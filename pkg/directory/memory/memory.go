@@ -68,7 +68,52 @@ type deviceShard struct {
 
 type userShard struct {
 	mu      sync.Mutex
-	devices map[string]map[string]struct{} // user -> devices
+	devices map[string]userDevices // user -> devices
+}
+
+// userDevices is one user's devices: the first inline, any others in a set.
+// Why not a set per user: most users have one or two online devices, and
+// an own map per user cost ~0.2 KB per session (docs/benchmarks.md, conns).
+type userDevices struct {
+	one  string              // never empty in the index
+	more map[string]struct{} // devices besides one; nil until a second
+}
+
+func (u *userDevices) add(device string) {
+	switch {
+	case u.one == "":
+		u.one = device
+	case u.one != device:
+		if u.more == nil {
+			u.more = make(map[string]struct{}, 1)
+		}
+		u.more[device] = struct{}{}
+	}
+}
+
+// remove removes device and reports whether none is left.
+func (u *userDevices) remove(device string) (empty bool) {
+	if u.one == device {
+		u.one = ""
+		for d := range u.more { // promote any other device
+			u.one = d
+			delete(u.more, d)
+			break
+		}
+	} else {
+		delete(u.more, device)
+	}
+	if len(u.more) == 0 {
+		u.more = nil
+	}
+	return u.one == ""
+}
+
+func (u userDevices) len() int {
+	if u.one == "" {
+		return 0
+	}
+	return 1 + len(u.more)
 }
 
 // Directory is an in-memory directory.Directory.
@@ -109,7 +154,7 @@ func New(cfg Config) (*Directory, error) {
 	}
 	for i := range d.devices {
 		d.devices[i].sessions = make(map[string]*entry)
-		d.users[i].devices = make(map[string]map[string]struct{})
+		d.users[i].devices = make(map[string]userDevices)
 	}
 	if cfg.SweepInterval > 0 {
 		go d.sweeper()
@@ -131,12 +176,9 @@ func (d *Directory) userShard(user string) *userShard {
 func (d *Directory) indexAddLocked(user, device string) {
 	us := d.userShard(user)
 	us.mu.Lock()
-	set := us.devices[user]
-	if set == nil {
-		set = make(map[string]struct{}, 1)
-		us.devices[user] = set
-	}
-	set[device] = struct{}{}
+	u := us.devices[user]
+	u.add(device)
+	us.devices[user] = u
 	us.mu.Unlock()
 }
 
@@ -144,10 +186,11 @@ func (d *Directory) indexAddLocked(user, device string) {
 func (d *Directory) indexRemoveLocked(user, device string) {
 	us := d.userShard(user)
 	us.mu.Lock()
-	if set := us.devices[user]; set != nil {
-		delete(set, device)
-		if len(set) == 0 {
+	if u, ok := us.devices[user]; ok {
+		if u.remove(device) {
 			delete(us.devices, user)
+		} else {
+			us.devices[user] = u
 		}
 	}
 	us.mu.Unlock()
@@ -224,8 +267,12 @@ func (d *Directory) ByUser(_ context.Context, user string) ([]directory.Session,
 	}
 	us := d.userShard(user)
 	us.mu.Lock()
-	devs := make([]string, 0, len(us.devices[user]))
-	for dev := range us.devices[user] {
+	u := us.devices[user]
+	devs := make([]string, 0, u.len())
+	if u.one != "" {
+		devs = append(devs, u.one)
+	}
+	for dev := range u.more {
 		devs = append(devs, dev)
 	}
 	us.mu.Unlock()

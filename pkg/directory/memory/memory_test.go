@@ -87,6 +87,54 @@ func TestPutReplaceDelete(t *testing.T) {
 	}
 }
 
+// The user index keeps a user's first device inline and others in a set:
+// removing the inline one must promote another, in any order of removal.
+func TestUserIndexManyDevices(t *testing.T) {
+	ctx := context.Background()
+	d := newDir(t, Config{})
+	for _, dev := range []string{"d1", "d2", "d3"} {
+		if _, err := d.Put(ctx, sess("alice", dev, "c1", "k-"+dev)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := []string{"[d1@c1/k-d1 d2@c1/k-d2 d3@c1/k-d3]", "[d2@c1/k-d2 d3@c1/k-d3]", "[d2@c1/k-d2]", "[]"}
+	for i, dev := range []string{"", "d1", "d3", "d2"} {
+		if dev != "" {
+			if err := d.Delete(ctx, dev, "c1", "k-"+dev); err != nil {
+				t.Fatal(err)
+			}
+		}
+		got, _ := d.ByUser(ctx, "alice")
+		if g := fmt.Sprint(devicesOrEmpty(got)); g != want[i] {
+			t.Fatalf("after deleting %q: ByUser = %v, want %v", dev, g, want[i])
+		}
+	}
+	us := d.userShard("alice")
+	us.mu.Lock()
+	_, left := us.devices["alice"]
+	us.mu.Unlock()
+	if left {
+		t.Fatal("user index keeps an entry for a user with no devices")
+	}
+	// Re-adding after the index emptied, and a device moving to another user.
+	if _, err := d.Put(ctx, sess("alice", "d1", "c1", "k1")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Put(ctx, sess("bob", "d1", "c1", "k2")); err != nil {
+		t.Fatal(err)
+	}
+	if a, _ := d.ByUser(ctx, "alice"); len(a) != 0 {
+		t.Fatalf("ByUser(alice) = %v after d1 moved to bob", devices(a))
+	}
+}
+
+func devicesOrEmpty(ss []directory.Session) []string {
+	if out := devices(ss); out != nil {
+		return out
+	}
+	return []string{}
+}
+
 func TestUserSwitchOnDevice(t *testing.T) {
 	ctx := context.Background()
 	d := newDir(t, Config{})
