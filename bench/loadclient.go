@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/pprof"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -645,14 +646,35 @@ func (d *device) checkSynced() {
 	}
 }
 
-// read handles frames until the connection fails.
+// maxUnacked bounds the SYNC frames a device handles before it ACKs, however
+// many more are already buffered.
+const maxUnacked = 64
+
+// read handles frames until the connection fails. Like an SDK, it handles
+// every frame already buffered before it answers: one ACK (each channel's
+// highest point) and one SYNC_REQ (each gapped channel once) for all of them,
+// so a burst costs one write, not one per frame. Every oplog is still checked
+// against the sync point, so loss (gaps) and duplicates are counted as before.
 func (d *device) read(br *bufio.Reader) error {
 	var (
-		buf  []byte
-		sync pb.Sync
-		ack  pb.Ack
-		req  pb.SyncReq
+		buf     []byte
+		sync    pb.Sync
+		ack     pb.Ack
+		req     pb.SyncReq
+		lat     []time.Duration
+		unacked int
 	)
+	// point returns the entry of channel in pts, appending one if needed.
+	point := func(pts *[]*pb.ChannelPoint, channel string) *pb.ChannelPoint {
+		for _, p := range *pts {
+			if p.Channel == channel {
+				return p
+			}
+		}
+		p := &pb.ChannelPoint{Channel: channel}
+		*pts = append(*pts, p)
+		return p
+	}
 	for {
 		f, b, err := readFrame(br, buf)
 		buf = b
@@ -666,14 +688,12 @@ func (d *device) read(br *bufio.Reader) error {
 				return err
 			}
 			now := time.Now()
-			ack.Reset()
-			req.Reset()
-			var lat []time.Duration
+			unacked++
 			for _, pg := range sync.Pages {
 				p := d.points[pg.Channel]
 				if pg.After > p { // gap: ask again from our point (protocol rule)
 					d.lc.gaps.Add(1)
-					req.Points = append(req.Points, &pb.ChannelPoint{Channel: pg.Channel, Id: p})
+					point(&req.Points, pg.Channel).Id = p
 					continue
 				}
 				for _, op := range pg.Oplogs {
@@ -689,21 +709,11 @@ func (d *device) read(br *bufio.Reader) error {
 				}
 				p = max(p, pg.Upto)
 				d.points[pg.Channel] = p
-				ack.Points = append(ack.Points, &pb.ChannelPoint{Channel: pg.Channel, Id: p})
-			}
-			if len(lat) > 0 {
-				hs := &d.lc.hist[d.shard]
-				hs.mu.Lock()
-				for _, l := range lat {
-					hs.h.Add(l)
-				}
-				hs.mu.Unlock()
-			}
-			if len(ack.Points) > 0 {
-				d.writeMsg(protocol.OpAck, &ack)
-			}
-			if len(req.Points) > 0 {
-				d.writeMsg(protocol.OpSyncReq, &req)
+				point(&ack.Points, pg.Channel).Id = p
+				// A contiguous page after a gapped one of this burst (the
+				// server answered an earlier SYNC_REQ): the channel is no
+				// longer gapped, and asking again would only bring dups.
+				req.Points = slices.DeleteFunc(req.Points, func(q *pb.ChannelPoint) bool { return q.Channel == pg.Channel })
 			}
 			d.checkSynced()
 		case protocol.OpPush:
@@ -714,7 +724,40 @@ func (d *device) read(br *bufio.Reader) error {
 		default:
 			return fmt.Errorf("unexpected %s", f.Op)
 		}
+		if unacked > 0 && (unacked >= maxUnacked || !frameBuffered(br)) {
+			if len(lat) > 0 {
+				hs := &d.lc.hist[d.shard]
+				hs.mu.Lock()
+				for _, l := range lat {
+					hs.h.Add(l)
+				}
+				hs.mu.Unlock()
+				lat = lat[:0]
+			}
+			if len(ack.Points) > 0 {
+				d.writeMsg(protocol.OpAck, &ack)
+			}
+			if len(req.Points) > 0 {
+				d.writeMsg(protocol.OpSyncReq, &req)
+			}
+			ack.Reset()
+			req.Reset()
+			unacked = 0
+		}
 	}
+}
+
+// frameBuffered reports whether br already holds a whole frame.
+func frameBuffered(br *bufio.Reader) bool {
+	if br.Buffered() < protocol.HeaderSize {
+		return false
+	}
+	hdr, err := br.Peek(protocol.HeaderSize)
+	if err != nil {
+		return false
+	}
+	h, err := protocol.ParseHeader(hdr, 16<<20)
+	return err == nil && int(h.Length) <= br.Buffered()
 }
 
 // parseNs reads a payload written by the publisher: decimal unix nanoseconds.

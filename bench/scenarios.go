@@ -113,20 +113,29 @@ type ConnsConfig struct {
 
 // ConnsResult are the figures of RunConns and RunHeartbeat.
 type ConnsResult struct {
-	Scenario      string  `json:"scenario"`
-	N             int     `json:"n"`
-	Connected     int     `json:"connected"`
-	Failed        int     `json:"failed"`
-	Procs         int     `json:"client_procs"`
-	BytesPerConn  float64 `json:"bytes_per_conn"`
-	RSSBefore     uint64  `json:"rss_before_bytes"`
-	RSSAfter      uint64  `json:"rss_after_bytes"`
-	ConnectRate   float64 `json:"connect_rate"`
-	ConnectSecs   float64 `json:"connect_secs"`
-	HeartbeatSecs float64 `json:"heartbeat_s"`
-	WindowSecs    float64 `json:"window_s"`
-	ServerCPU     float64 `json:"server_cpu_percent"` // % of one core while idle
-	Drops         uint64  `json:"drops"`
+	Scenario     string  `json:"scenario"`
+	N            int     `json:"n"`
+	Connected    int     `json:"connected"`
+	Failed       int     `json:"failed"`
+	Procs        int     `json:"client_procs"`
+	BytesPerConn float64 `json:"bytes_per_conn"`
+	RSSBefore    uint64  `json:"rss_before_bytes"`
+	RSSAfter     uint64  `json:"rss_after_bytes"`
+	// BytesPerConnScavenged is the RSS delta per session when, after the
+	// forced GC, freed heap is also returned to the OS (debug.FreeOSMemory,
+	// before connecting and after) — what a long-idle server's background
+	// scavenger converges to. bytes_per_conn above keeps the freed heap the
+	// runtime holds for the next GC cycle. Zero when the server cannot
+	// (external server, or no /debug/freeos).
+	BytesPerConnScavenged float64 `json:"bytes_per_conn_scavenged,omitempty"`
+	RSSBeforeScavenged    uint64  `json:"rss_before_scavenged_bytes,omitempty"`
+	RSSAfterScavenged     uint64  `json:"rss_after_scavenged_bytes,omitempty"`
+	ConnectRate           float64 `json:"connect_rate"`
+	ConnectSecs           float64 `json:"connect_secs"`
+	HeartbeatSecs         float64 `json:"heartbeat_s"`
+	WindowSecs            float64 `json:"window_s"`
+	ServerCPU             float64 `json:"server_cpu_percent"` // % of one core while idle
+	Drops                 uint64  `json:"drops"`
 	// Cluster mode (--comets): how many comets, and each server process's
 	// figures (logic first). CPU and RSS above are sums over them.
 	Comets      int           `json:"comets,omitempty"`
@@ -180,6 +189,11 @@ func runConns(ctx context.Context, cfg *ConnsConfig, e *env) (*ConnsResult, erro
 	e.srv.gc(ctx)
 	before, serr := e.srv.sample()
 	beforeEach, _ := e.srv.sampleEach()
+	// The scavenged baseline is sampled after the plain one, so
+	// bytes_per_conn's baseline still holds the start-up idle heap.
+	scav := e.srv.freeOS(ctx)
+	beforeS, serrS := e.srv.sample()
+	beforeSEach, _ := e.srv.sampleEach()
 	r, err := e.pool.connect(e.spec("dev-", "", DefaultDeviceBiz))
 	if err != nil {
 		return nil, err
@@ -200,6 +214,15 @@ func runConns(ctx context.Context, cfg *ConnsConfig, e *env) (*ConnsResult, erro
 	}
 	a, aerr := e.srv.sample()
 	aEach, _ := e.srv.sampleEach()
+	var aS procStat
+	var aSEach []procStat
+	aerrS := serrS
+	if scav && e.srv.freeOS(ctx) {
+		aS, aerrS = e.srv.sample()
+		aSEach, _ = e.srv.sampleEach()
+	} else {
+		scav = false
+	}
 	hb0, hberr := e.srv.heartbeats(ctx)
 	if err := settle(ctx, cfg.Window); err != nil {
 		return nil, err
@@ -212,6 +235,10 @@ func runConns(ctx context.Context, cfg *ConnsConfig, e *env) (*ConnsResult, erro
 		res.BytesPerConn = (float64(a.rssBytes) - float64(before.rssBytes)) / float64(cfg.N)
 		res.ServerCPU = cpuPercent(a, b)
 	}
+	if scav && serrS == nil && aerrS == nil {
+		res.RSSBeforeScavenged, res.RSSAfterScavenged = beforeS.rssBytes, aS.rssBytes
+		res.BytesPerConnScavenged = (float64(aS.rssBytes) - float64(beforeS.rssBytes)) / float64(cfg.N)
+	}
 	if hberr == nil && hberr1 == nil && hb1 > hb0 {
 		res.ServerHeartbeats = (hb1 - hb0) / b.at.Sub(a.at).Seconds()
 	}
@@ -220,6 +247,12 @@ func runConns(ctx context.Context, cfg *ConnsConfig, e *env) (*ConnsResult, erro
 			pf := ProcFigures{Name: name, CPU: cpuPercent(aEach[i], bEach[i]), RSSBefore: beforeEach[i].rssBytes, RSSAfter: aEach[i].rssBytes}
 			if i > 0 { // comets: procs[i] serves cometHTTP[i-1]
 				pf.Sessions, _ = scrape(ctx, e.srv.metricsURLs()[i-1], "msync_comet_sessions")
+				if pf.Sessions > 0 {
+					pf.BytesPerConn = (float64(pf.RSSAfter) - float64(pf.RSSBefore)) / pf.Sessions
+					if scav && len(aSEach) == len(beforeSEach) && len(beforeSEach) == len(beforeEach) {
+						pf.BytesPerConnScavenged = (float64(aSEach[i].rssBytes) - float64(beforeSEach[i].rssBytes)) / pf.Sessions
+					}
+				}
 			}
 			res.ServerProcs = append(res.ServerProcs, pf)
 		}
@@ -396,26 +429,40 @@ type FanoutConfig struct {
 	Common
 	N    int // devices (required)
 	Msgs int // messages, each to all N; zero 10
+	// Batch is messages per publish call (1: POST /v1/sync, else
+	// /v1/sync/batch); zero 1.
+	Batch int
+	// Workers is concurrent publish calls; zero 1 (calls one after another).
+	Workers int
 	// Drain bounds the wait for deliveries; zero 30s.
 	Drain time.Duration
 }
 
 // FanoutResult are the figures of RunFanout.
 type FanoutResult struct {
-	Scenario        string  `json:"scenario"`
-	Mode            string  `json:"mode"` // "global" or "user-multi-device"
-	ModeNote        string  `json:"mode_note,omitempty"`
-	N               int     `json:"n"`
-	Msgs            int     `json:"msgs"`
-	Deliveries      uint64  `json:"deliveries"`
-	DeliveriesPerS  float64 `json:"deliveries_per_s"`
-	P50             float64 `json:"p50_ms"`
-	P99             float64 `json:"p99_ms"`
-	LastMs          float64 `json:"last_ms"` // publish -> the last device, worst message
-	Lost            uint64  `json:"lost"`
-	Dups            uint64  `json:"dups"`
-	Drops           uint64  `json:"drops"`
-	PublishFailures uint64  `json:"publish_failures"`
+	Scenario       string  `json:"scenario"`
+	Mode           string  `json:"mode"` // "global" or "user-multi-device"
+	ModeNote       string  `json:"mode_note,omitempty"`
+	N              int     `json:"n"`
+	Msgs           int     `json:"msgs"`
+	Batch          int     `json:"batch"`
+	Workers        int     `json:"workers"`
+	Deliveries     uint64  `json:"deliveries"`
+	DeliveriesPerS float64 `json:"deliveries_per_s"` // deliveries / (first publish -> last delivery)
+	PublishSecs    float64 `json:"publish_secs"`     // first publish call -> last call answered
+	// ServerUsPerDelivery and ClientUsPerDelivery are CPU time (user+sys)
+	// of the server processes and of the load clients from the first
+	// publish to the last delivery, per delivery: less noisy than the rate
+	// on a shared machine.
+	ServerUsPerDelivery float64 `json:"server_cpu_us_per_delivery,omitempty"`
+	ClientUsPerDelivery float64 `json:"client_cpu_us_per_delivery,omitempty"`
+	P50                 float64 `json:"p50_ms"`
+	P99                 float64 `json:"p99_ms"`
+	LastMs              float64 `json:"last_ms"` // publish -> the last device, worst message
+	Lost                uint64  `json:"lost"`
+	Dups                uint64  `json:"dups"`
+	Drops               uint64  `json:"drops"`
+	PublishFailures     uint64  `json:"publish_failures"`
 }
 
 // globalBiz returns the name of a persistent global biz of the server, if any.
@@ -455,6 +502,12 @@ func RunFanout(ctx context.Context, cfg FanoutConfig) (*FanoutResult, error) {
 	if cfg.Msgs <= 0 {
 		cfg.Msgs = 10
 	}
+	if cfg.Batch <= 0 {
+		cfg.Batch = 1
+	}
+	if cfg.Workers <= 0 {
+		cfg.Workers = 1
+	}
 	if cfg.Drain <= 0 {
 		cfg.Drain = 30 * time.Second
 	}
@@ -467,7 +520,7 @@ func RunFanout(ctx context.Context, cfg FanoutConfig) (*FanoutResult, error) {
 }
 
 func runFanout(ctx context.Context, cfg *FanoutConfig, e *env) (*FanoutResult, error) {
-	res := &FanoutResult{Scenario: "fanout", N: cfg.N, Msgs: cfg.Msgs, Mode: "user-multi-device"}
+	res := &FanoutResult{Scenario: "fanout", N: cfg.N, Msgs: cfg.Msgs, Batch: cfg.Batch, Workers: cfg.Workers, Mode: "user-multi-device"}
 	gb, err := globalBiz(ctx, e.srv.api, e.srv.key)
 	if err != nil {
 		return nil, fmt.Errorf("%w: /v1/bizs: %w", ErrServer, err)
@@ -483,7 +536,7 @@ func runFanout(ctx context.Context, cfg *FanoutConfig, e *env) (*FanoutResult, e
 	if err := checkConnected(r, cfg.N); err != nil {
 		return nil, err
 	}
-	pub := newPublisher(e.srv.api, e.srv.key, 4)
+	pub := newPublisher(e.srv.api, e.srv.key, max(4, cfg.Workers))
 	defer pub.close()
 	it := item{DefaultUserBiz, "user", "fan-user"}
 	if gb == "" {
@@ -504,14 +557,25 @@ func runFanout(ctx context.Context, cfg *FanoutConfig, e *env) (*FanoutResult, e
 	if _, err := e.pool.cmd("reset"); err != nil {
 		return nil, err
 	}
+	srv0, srvErr := e.srv.sample()
+	cli0, cliErr := e.pool.cpu()
 	start := time.Now()
-	pub.paced(ctx, 0, 0, cfg.Msgs, 1, 1, func(int) item { return it })
+	pub.paced(ctx, 0, 0, cfg.Msgs, cfg.Batch, cfg.Workers, func(int) item { return it })
+	res.PublishSecs = time.Since(start).Seconds()
 	want := pub.ok.Load() * uint64(cfg.N)
 	r, err = e.pool.waitRecv(want, 0, cfg.Drain)
 	if err != nil {
 		return nil, err
 	}
-	el := time.Since(start).Seconds() - 0.02
+	el := time.Since(start).Seconds() - 0.02 // waitRecv polls every 20 ms
+	srv1, srvErr1 := e.srv.sample()
+	cli1, cliErr1 := e.pool.cpu()
+	if r.Recv > 0 && srvErr == nil && srvErr1 == nil {
+		res.ServerUsPerDelivery = 1e6 * float64(srv1.cpuTicks-srv0.cpuTicks) / clkTck / float64(r.Recv)
+	}
+	if r.Recv > 0 && cliErr == nil && cliErr1 == nil {
+		res.ClientUsPerDelivery = 1e6 * float64(cli1-cli0) / clkTck / float64(r.Recv)
+	}
 	res.Deliveries, res.Dups, res.Drops, res.PublishFailures = r.Recv, r.Dups, r.Drops, pub.fail.Load()
 	if r.Recv < want {
 		res.Lost = want - r.Recv
@@ -519,6 +583,22 @@ func runFanout(ctx context.Context, cfg *FanoutConfig, e *env) (*FanoutResult, e
 	res.DeliveriesPerS = float64(r.Recv) / el
 	res.P50, res.P99, res.LastMs = ms(r.Hist.Quantile(0.5)), ms(r.Hist.Quantile(0.99)), ms(time.Duration(r.Hist.MaxNs))
 	return res, nil
+}
+
+// cpu returns the CPU ticks (user+sys) the load clients used so far.
+func (p *pool) cpu() (uint64, error) {
+	var sum uint64
+	for _, c := range p.kids {
+		if c.cmd.Process == nil {
+			return 0, fmt.Errorf("%w: load client not started", ErrClients)
+		}
+		st, err := sampleProc(c.cmd.Process.Pid)
+		if err != nil {
+			return 0, err
+		}
+		sum += st.cpuTicks
+	}
+	return sum, nil
 }
 
 // ---- reconnect ----

@@ -66,6 +66,8 @@ type server struct {
 	procs     []*serverProc
 	addrs     []string
 	cometHTTP []string
+	// pprofs are the cluster processes' pprof addresses, in procs order.
+	pprofs []string
 }
 
 func freePort() (string, error) {
@@ -331,15 +333,51 @@ func cpuPercent(a, b procStat) float64 {
 	return 100 * float64(b.cpuTicks-a.cpuTicks) / clkTck / d
 }
 
-// gc asks a started server with pprof to collect garbage (the heap profile
-// handler runs runtime.GC with gc=1), so RSS deltas measure live memory.
-func (s *server) gc(ctx context.Context) {
+// pprofAddrs are the started server's pprof listeners (one, or one per
+// cluster process); none for an external server.
+func (s *server) pprofAddrs() []string {
+	if len(s.pprofs) > 0 {
+		return s.pprofs
+	}
 	if s.pprof == "" {
-		return
+		return nil
 	}
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+s.pprof+"/debug/pprof/heap?gc=1", nil)
-	if resp, err := http.DefaultClient.Do(req); err == nil {
-		_, _ = io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
+	return []string{s.pprof}
+}
+
+// gc asks every started server process to collect garbage (the heap
+// profile handler runs runtime.GC with gc=1), so RSS deltas measure live
+// memory.
+func (s *server) gc(ctx context.Context) {
+	for _, a := range s.pprofAddrs() {
+		debugCall(ctx, http.MethodGet, "http://"+a+"/debug/pprof/heap?gc=1")
 	}
+}
+
+// freeOS asks every started server process to return its freed heap to
+// the OS now (debug.FreeOSMemory: a GC plus a full scavenge), which is
+// where a long-idle process's background scavenger ends up. It reports
+// whether every process did (an older binary has no /debug/freeos).
+func (s *server) freeOS(ctx context.Context) bool {
+	addrs := s.pprofAddrs()
+	for _, a := range addrs {
+		if !debugCall(ctx, http.MethodPost, "http://"+a+"/debug/freeos") {
+			return false
+		}
+	}
+	return len(addrs) > 0
+}
+
+func debugCall(ctx context.Context, method, url string) bool {
+	req, err := http.NewRequestWithContext(ctx, method, url, nil)
+	if err != nil {
+		return false
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return false
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode/100 == 2
 }

@@ -26,7 +26,7 @@ Scenarios:
   heartbeat -n N --interval S [--comets K]        server CPU with N sessions heartbeating
   publish   --rate R --duration D --devices N     durable unicast: delivered_per_s, p50/p99/max, lost
             [--batch B] [--find-max]
-  fanout    -n N --msgs K                         one message to N devices: deliveries_per_s, p99
+  fanout    -n N --msgs K [--batch B --workers W]  each message to N devices: deliveries_per_s, p99
   reconnect -n N --backlog B                      reconnect storm: seconds_to_synced, lost, dups
 
 --comets K (conns, heartbeat) starts a cluster instead of msync all: one
@@ -60,8 +60,8 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		rate    = fs.Float64("rate", 10000, "publish: oplogs per second")
 		dur     = fs.Duration("duration", 10*time.Second, "publish: duration of one rate step")
 		devices = fs.Int("devices", 1000, "publish: online devices")
-		batch   = fs.Int("batch", 0, "oplogs per publish call (1 = POST /v1/sync); publish: 100, reconnect: 500")
-		workers = fs.Int("workers", 0, "concurrent publish calls (publish: 32, reconnect: 8)")
+		batch   = fs.Int("batch", 0, "oplogs per publish call (1 = POST /v1/sync); publish: 100, reconnect: 500, fanout: 1")
+		workers = fs.Int("workers", 0, "concurrent publish calls (publish: 32, reconnect: 8, fanout: 1)")
 		findMax = fs.Bool("find-max", false, "publish: raise the rate 1.5x per step while sustained")
 		msgs    = fs.Int("msgs", 10, "fanout: messages")
 		backlog = fs.Int("backlog", 100, "reconnect: oplogs per device published while offline")
@@ -101,7 +101,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		res, err = bench.RunPublish(ctx, bench.PublishConfig{Common: common, Rate: *rate, Duration: *dur, Devices: *devices,
 			Batch: *batch, Workers: *workers, FindMax: *findMax})
 	case "fanout":
-		res, err = bench.RunFanout(ctx, bench.FanoutConfig{Common: common, N: *n, Msgs: *msgs})
+		res, err = bench.RunFanout(ctx, bench.FanoutConfig{Common: common, N: *n, Msgs: *msgs, Batch: *batch, Workers: *workers})
 	case "reconnect":
 		res, err = bench.RunReconnect(ctx, bench.ReconnectConfig{Common: common, N: *n, Backlog: *backlog, Batch: *batch, Workers: *workers})
 	default:
