@@ -293,8 +293,18 @@ func (l *Logic) publish(ctx context.Context, ops []*oplog.Oplog) ([]store.Append
 // distinctChannels lists the channels of ops, each once.
 func distinctChannels(ops []*oplog.Oplog) []string {
 	out := make([]string, 0, 1)
+	if len(ops) <= 16 { // a scan beats a map for a few items
+		for _, op := range ops {
+			if !slices.Contains(out, op.Channel) {
+				out = append(out, op.Channel)
+			}
+		}
+		return out
+	}
+	seen := make(map[string]struct{}, len(ops))
 	for _, op := range ops {
-		if !slices.Contains(out, op.Channel) {
+		if _, ok := seen[op.Channel]; !ok {
+			seen[op.Channel] = struct{}{}
 			out = append(out, op.Channel)
 		}
 	}
