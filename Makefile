@@ -60,10 +60,12 @@ fuzz:
 bench: build
 	$(GO) test -run='^$$' -bench=. -benchmem -benchtime=1x ./...
 	./$(BIN) bench conns -n 2000 --window 3s
+	./$(BIN) bench conns -n 2000 --window 3s --comets 1
 	./$(BIN) bench heartbeat -n 2000 --interval 1s --window 3s
 	./$(BIN) bench publish --rate 5000 --duration 3s --devices 500 --batch 100
 	./$(BIN) bench publish --rate 1000 --duration 3s --devices 500 --batch 1
 	./$(BIN) bench fanout -n 2000 --msgs 5
+	./$(BIN) bench fanout -n 2000 --msgs 200 --batch 50
 	./$(BIN) bench reconnect -n 1000 --backlog 20
 
 generate:
