@@ -32,7 +32,10 @@ Scenarios:
 --comets K (conns, heartbeat) starts a cluster instead of msync all: one
 'msync logic' (job embedded, Pebble) and K 'msync comet' processes, devices
 spread evenly over the comets (at most 19000 per comet); CPU and RSS are
-summed over all server processes and listed per process.
+summed over all server processes and listed per process (each comet also
+with its own bytes_per_conn). bytes_per_conn is the RSS delta after a forced
+GC; bytes_per_conn_scavenged after also returning freed heap to the OS
+(debug.FreeOSMemory), a lower bound.
 
 Examples:
   msync bench publish --rate 20000 --duration 10s --devices 1000 --batch 100 --json
