@@ -458,6 +458,9 @@ func StartJob(cfg TierConfig) (n *JobNode, err error) {
 			return n, err
 		}
 	}
+	if err = startTierPprof(f.Pprof, &n.st, log); err != nil {
+		return n, err
+	}
 	return n, nil
 }
 

@@ -30,7 +30,10 @@ type File struct {
 	// Secret signs client tokens (HS256); at least 16 bytes.
 	Secret string `yaml:"secret"`
 	Log    Log    `yaml:"log"`
-	// Pprof, when set (e.g. "127.0.0.1:6060"), serves net/http/pprof there.
+	// Pprof, when set (e.g. "127.0.0.1:6060"), serves net/http/pprof there
+	// (every mode: all, comet, logic, job), plus POST /debug/freeos, which
+	// returns freed heap to the OS (debug.FreeOSMemory) for memory
+	// measurements. Keep it on a private address.
 	Pprof   string        `yaml:"pprof"`
 	APIKeys []auth.APIKey `yaml:"api_keys"`
 	Comet   Comet         `yaml:"comet"`
