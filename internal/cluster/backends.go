@@ -30,6 +30,13 @@ var ErrLayout = errors.New("cluster: unsupported layout")
 // closer is what backends need at shutdown.
 type closer = func(ctx context.Context) error
 
+// PebbleConfig maps the file's store section to the Pebble store's config
+// (dir: the directory after --data).
+func PebbleConfig(s config.Store, dir string, log *slog.Logger) pebble.Config {
+	return pebble.Config{Dir: dir, Logger: log,
+		CacheSize: int64(s.CacheMB) << 20, MemTableSize: int64(s.MemtableMB) << 20}
+}
+
 // openStore opens the store selected by store.backend.
 func openStore(f *config.File, dataDir string, log *slog.Logger) (store.Store, closer, error) {
 	switch f.Store.Backend {
@@ -38,7 +45,7 @@ func openStore(f *config.File, dataDir string, log *slog.Logger) (store.Store, c
 		if dataDir != "" {
 			dir = dataDir
 		}
-		st, err := pebble.Open(pebble.Config{Dir: dir, Logger: log})
+		st, err := pebble.Open(PebbleConfig(f.Store, dir, log))
 		if err != nil {
 			return nil, nil, fmt.Errorf("cluster: store: %w", err)
 		}

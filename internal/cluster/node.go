@@ -94,7 +94,7 @@ func Start(cfg Config) (n *Node, err error) {
 		}
 	}()
 
-	if n.Store, err = pebble.Open(pebble.Config{Dir: dir, Logger: log.With("tier", "store")}); err != nil {
+	if n.Store, err = pebble.Open(PebbleConfig(f.Store, dir, log.With("tier", "store"))); err != nil {
 		return n, fmt.Errorf("cluster: store: %w", err)
 	}
 	if n.Queue, err = queuemem.New(queuemem.Config{}); err != nil {

@@ -119,9 +119,15 @@ type Job struct {
 
 // Store selects the oplog store.
 type Store struct {
-	Backend   string    `yaml:"backend"`   // pebble (zero) or cassandra
-	Dir       string    `yaml:"dir"`       // pebble directory; zero "./data"
-	Cassandra Cassandra `yaml:"cassandra"` // used when backend is cassandra
+	Backend string `yaml:"backend"` // pebble (zero) or cassandra
+	Dir     string `yaml:"dir"`     // pebble directory; zero "./data"
+	// CacheMB is Pebble's block cache (MiB), not counting memtables; zero 64.
+	CacheMB int `yaml:"cache_mb"`
+	// MemtableMB is one Pebble memtable (MiB; up to two are in memory at
+	// once); zero 64. Smaller means more flushes and compactions under
+	// write load (docs/benchmarks.md, reconnect storm).
+	MemtableMB int       `yaml:"memtable_mb"`
+	Cassandra  Cassandra `yaml:"cassandra"` // used when backend is cassandra
 }
 
 // Cassandra configures the cassandra store backend and `msync migrate`.
@@ -246,6 +252,10 @@ func (f *File) Validate() error {
 	}
 	switch f.Store.Backend {
 	case "pebble":
+		if f.Store.CacheMB < 0 || f.Store.MemtableMB < 0 || f.Store.MemtableMB >= 4096 {
+			errs = append(errs, fmt.Errorf("store.cache_mb %d, store.memtable_mb %d: want >= 0 (memtable below 4096)",
+				f.Store.CacheMB, f.Store.MemtableMB))
+		}
 	case "cassandra":
 		errs = append(errs, f.Store.Cassandra.validate()...)
 	default:

@@ -39,6 +39,9 @@ func TestDefaultConfigValues(t *testing.T) {
 	if time.Duration(f.Comet.Heartbeat) != 30*time.Second {
 		t.Fatalf("heartbeat %v", time.Duration(f.Comet.Heartbeat))
 	}
+	if f.Store.CacheMB != 64 || f.Store.MemtableMB != 64 {
+		t.Fatalf("store cache %d MiB, memtable %d MiB", f.Store.CacheMB, f.Store.MemtableMB)
+	}
 	if f.Bizs[0].Name != "demo" {
 		t.Fatalf("first biz %q", f.Bizs[0].Name)
 	}
@@ -53,6 +56,7 @@ func TestParseErrors(t *testing.T) {
 		{"everything wrong", "secret: short\nlog: {level: loud, format: xml}\nstore: {backend: mysql}\nbizs: [{name: 'a b'}]\ncomet: {page_limit: -1}\n",
 			[]string{"secret", "log.level", "log.format", "api_keys", "store.backend", "a b", "page_limit"}},
 		{"bad duration", "secret: 0123456789abcdefgh\ncomet: {heartbeat: soon}\n", []string{"soon"}},
+		{"bad pebble sizes", "secret: 0123456789abcdefgh\nstore: {cache_mb: -1, memtable_mb: 4096}\n", []string{"store.cache_mb -1", "memtable_mb 4096"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
