@@ -102,27 +102,17 @@ func (c *Comet) Broadcast(ctx context.Context, req *pb.BroadcastReq) (*pb.PushRe
 // of each channel: one push (one lock, one drain task) per session and
 // channel.
 func (c *Comet) broadcastOplogs(ops []*oplog.Oplog) uint32 {
-	var delivered uint32
-	for len(ops) > 0 {
-		ch := ops[0].Channel
-		group, rest := ops, []*oplog.Oplog(nil)
-		for i, op := range ops {
-			if op.Channel != ch {
-				// Several channels in one call: this channel's ops keep their
-				// order, the others follow in the next pass.
-				group, rest = nil, make([]*oplog.Oplog, 0, len(ops)-i)
-				for _, op := range ops {
-					if op.Channel == ch {
-						group = append(group, op)
-					} else {
-						rest = append(rest, op)
-					}
-				}
-				break
-			}
+	var order []string // channels in first-seen order
+	groups := make(map[string][]*oplog.Oplog, 1)
+	for _, op := range ops {
+		if _, ok := groups[op.Channel]; !ok {
+			order = append(order, op.Channel)
 		}
-		delivered += c.broadcastChannel(ch, group)
-		ops = rest
+		groups[op.Channel] = append(groups[op.Channel], op)
+	}
+	var delivered uint32
+	for _, ch := range order {
+		delivered += c.broadcastChannel(ch, groups[ch])
 	}
 	return delivered
 }
