@@ -5,7 +5,7 @@ CONFIG   ?= configs/msync.yaml
 DATA     ?= ./data
 GOBIN    := $(shell $(GO) env GOPATH)/bin
 
-.PHONY: help build run cluster test test-norace test-browser test-integration fuzz bench lint generate clean
+.PHONY: help build run cluster test test-deps test-norace test-browser test-integration fuzz bench lint generate clean
 
 help:
 	@echo "make run               build and start the all-in-one server (configs/msync.yaml, ./data)"
@@ -34,7 +34,7 @@ cluster: build
 # crashes (see DEPENDENCIES.md), so the gateway and e2e tests also run without it.
 # pkg/queue/rocketmq too: stopping a running push consumer trips a data race
 # inside rocketmq-client-go v2.1.2, so that test is built only without -race.
-test:
+test: test-deps
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -timeout 12m ./...
 	$(MAKE) test-norace
@@ -42,10 +42,15 @@ test:
 test-norace:
 	$(GO) test -count=1 -timeout 8m ./gateway/... ./comet/... ./e2e/... ./pkg/queue/rocketmq
 
+# Chromium and Node.js for ./web: installed from Debian packages when missing
+# and running as root, otherwise one line saying what to install.
+test-deps:
+	scripts/test-deps.sh
+
 # Also part of `make test` (./web): TestJSUnit runs `node --test` on sdk/js
 # (needs Node.js >= 20), TestBrowserDemo drives /demo in headless Chromium
 # (needs /usr/bin/chromium or MSYNC_CHROMIUM; MSYNC_SKIP_BROWSER=1 skips it).
-test-browser:
+test-browser: test-deps
 	$(GO) test -count=1 -timeout 5m -v -run 'TestJSUnit|TestGoldenFrames|TestBrowserDemo' ./web
 
 test-integration:
