@@ -4,6 +4,9 @@ BIN      := bin/msync
 CONFIG   ?= configs/msync.yaml
 DATA     ?= ./data
 GOBIN    := $(shell $(GO) env GOPATH)/bin
+# staticcheck 2026.2.2, pinned: `make lint` installs it into bin/ once.
+STATICCHECK_VERSION := v0.8.2
+STATICCHECK := bin/staticcheck-$(STATICCHECK_VERSION)
 
 .PHONY: help build run cluster test test-deps test-norace test-browser test-integration fuzz bench lint generate clean
 
@@ -11,6 +14,7 @@ help:
 	@echo "make run               build and start the all-in-one server (configs/msync.yaml, ./data)"
 	@echo "make cluster           build and start a local cluster: logic+job and 2 comets (:3101, :3103)"
 	@echo "make test              all tests, with -race, plus the netpoll paths without -race"
+	@echo "make lint              go vet, staticcheck (pinned, installed into bin/) and the import rules (internal/lint)"
 	@echo "make test-browser      browser SDK: node --test (sdk/js) and the demo page in headless Chromium"
 	@echo "make build             build bin/msync"
 	@echo "make bench             Go micro-benchmarks and a short run of every load scenario"
@@ -57,6 +61,16 @@ test-integration:
 	@[ -n "$$MSYNC_CASSANDRA_HOSTS" ] || echo "MSYNC_CASSANDRA_HOSTS is not set: the Cassandra conformance and directory suites (pkg/store/cassandra *RealCassandra) are skipped"
 	@[ -n "$$MSYNC_ROCKETMQ_NAMESRV" ] || echo "MSYNC_ROCKETMQ_NAMESRV is not set: the RocketMQ conformance suite (pkg/queue/rocketmq TestConformanceRealBroker) is skipped"
 	$(GO) test -count=1 -tags integration -timeout 20m ./pkg/store/... ./pkg/queue/...
+
+# The import rules between tiers are a test: internal/lint/imports_test.go.
+lint: $(STATICCHECK)
+	$(GO) vet ./...
+	$(STATICCHECK) ./...
+	$(GO) test -count=1 ./internal/lint
+
+$(STATICCHECK):
+	GOBIN=$(CURDIR)/bin $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+	mv bin/staticcheck $@
 
 fuzz:
 	$(GO) test -run='^$$' -fuzz=FuzzDecode -fuzztime=60s ./pkg/protocol

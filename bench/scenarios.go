@@ -680,8 +680,7 @@ func runReconnect(ctx context.Context, cfg *ReconnectConfig, e *env) (*Reconnect
 	}
 	spec.ExpectBiz, spec.ExpectID = DefaultDeviceBiz, uint64(cfg.Backlog)
 	start := time.Now()
-	r, err = e.pool.connect(spec)
-	if err != nil {
+	if _, err := e.pool.connect(spec); err != nil {
 		return nil, err
 	}
 	res.ConnectSecs = time.Since(start).Seconds()

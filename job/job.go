@@ -58,16 +58,16 @@ func (c *Config) setDefaults() {
 func (c *Config) validate() error {
 	var errs []error
 	if c.Consumer == nil {
-		errs = append(errs, errors.New("Consumer is required"))
+		errs = append(errs, errors.New("Config.Consumer is required"))
 	}
 	if c.Directory == nil {
-		errs = append(errs, errors.New("Directory is required"))
+		errs = append(errs, errors.New("Config.Directory is required"))
 	}
 	if c.Comets == nil {
-		errs = append(errs, errors.New("Comets is required"))
+		errs = append(errs, errors.New("Config.Comets is required"))
 	}
 	if c.Workers < 0 {
-		errs = append(errs, fmt.Errorf("Workers %d: want > 0", c.Workers))
+		errs = append(errs, fmt.Errorf("Config.Workers %d: want > 0", c.Workers))
 	}
 	if c.PushTimeout < 0 {
 		errs = append(errs, fmt.Errorf("PushTimeout %v: want > 0", c.PushTimeout))

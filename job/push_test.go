@@ -23,7 +23,6 @@ type rtComet struct {
 	pushes     []string // "keys:payload" per pushed item
 	broadcasts [][]string
 	rooms      []string // "keys+join-leave"
-	log        *[]string
 	id         string
 }
 

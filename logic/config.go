@@ -169,11 +169,11 @@ func (c *Config) validate() error {
 		first, _, _ := strings.Cut(strings.Trim(prefix, "/"), "/")
 		switch {
 		case h == nil:
-			errs = append(errs, fmt.Errorf("Mount[%q]: nil handler", prefix))
+			errs = append(errs, fmt.Errorf("Config.Mount[%q]: nil handler", prefix))
 		case len(prefix) < 3 || prefix[0] != '/' || prefix[len(prefix)-1] != '/' || strings.ContainsAny(prefix, "{} \t"):
-			errs = append(errs, fmt.Errorf("Mount[%q]: want a literal path prefix like /demo/", prefix))
+			errs = append(errs, fmt.Errorf("Config.Mount[%q]: want a literal path prefix like /demo/", prefix))
 		case first == "v1" || first == "healthz" || first == "metrics":
-			errs = append(errs, fmt.Errorf("Mount[%q]: overlaps the API", prefix))
+			errs = append(errs, fmt.Errorf("Config.Mount[%q]: overlaps the API", prefix))
 		}
 	}
 	if err := errors.Join(errs...); err != nil {

@@ -319,18 +319,6 @@ func (r *recorder) event(t *testing.T, kind EventKind, n int) Event {
 	return got
 }
 
-func (r *recorder) count(kind EventKind) int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	n := 0
-	for _, e := range r.events {
-		if e.Kind == kind {
-			n++
-		}
-	}
-	return n
-}
-
 // eventually polls cond until it holds or waitFor passes.
 func eventually(t *testing.T, cond func() bool, format string, args ...any) {
 	t.Helper()

@@ -47,10 +47,10 @@ func (c *Config) setDefaults() {
 func (c *Config) validate() error {
 	var errs []error
 	if c.Consumer == nil {
-		errs = append(errs, errors.New("Consumer is required"))
+		errs = append(errs, errors.New("Config.Consumer is required"))
 	}
 	if c.Channels < 0 {
-		errs = append(errs, fmt.Errorf("Channels %d: want > 0", c.Channels))
+		errs = append(errs, fmt.Errorf("Config.Channels %d: want > 0", c.Channels))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("%w: %w", ErrInvalidConfig, err)

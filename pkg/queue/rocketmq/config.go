@@ -109,24 +109,24 @@ func (c *Config) validate() error {
 		}
 	}
 	if c.Topic == "" {
-		errs = append(errs, errors.New("Topic is required"))
+		errs = append(errs, errors.New("Config.Topic is required"))
 	} else if strings.ContainsAny(c.Topic, " /%|") || len(c.Topic) > 127 {
-		errs = append(errs, fmt.Errorf("Topic %q: want at most 127 of [A-Za-z0-9_-]", c.Topic))
+		errs = append(errs, fmt.Errorf("Config.Topic %q: want at most 127 of [A-Za-z0-9_-]", c.Topic))
 	}
 	if c.Group == "" {
-		errs = append(errs, errors.New("Group is required"))
+		errs = append(errs, errors.New("Config.Group is required"))
 	}
 	if strings.Contains(c.Instance, "@") {
-		errs = append(errs, fmt.Errorf("Instance %q: must not contain '@' (the client's id separator)", c.Instance))
+		errs = append(errs, fmt.Errorf("Config.Instance %q: must not contain '@' (the client's id separator)", c.Instance))
 	}
 	if c.SendTimeout < 0 {
-		errs = append(errs, fmt.Errorf("SendTimeout %v: want > 0", c.SendTimeout))
+		errs = append(errs, fmt.Errorf("Config.SendTimeout %v: want > 0", c.SendTimeout))
 	}
 	if c.Retries < -1 || c.Retries > 16 {
-		errs = append(errs, fmt.Errorf("Retries %d: want -1..16", c.Retries))
+		errs = append(errs, fmt.Errorf("Config.Retries %d: want -1..16", c.Retries))
 	}
 	if c.Queues < 0 || c.Queues > 4 {
-		errs = append(errs, fmt.Errorf("Queues %d: want 1..4 (an auto-created topic has at most 4 queues with this client)", c.Queues))
+		errs = append(errs, fmt.Errorf("Config.Queues %d: want 1..4 (an auto-created topic has at most 4 queues with this client)", c.Queues))
 	}
 	if c.SendConcurrency < 0 {
 		errs = append(errs, fmt.Errorf("SendConcurrency %d: want > 0", c.SendConcurrency))
