@@ -50,10 +50,10 @@ test-norace:
 test-browser:
 	$(GO) test -count=1 -timeout 5m -v -run 'TestJSUnit|TestGoldenFrames|TestBrowserDemo' ./web
 
+# Starts the engines it needs unless MSYNC_CASSANDRA_HOSTS / MSYNC_ROCKETMQ_NAMESRV
+# name running ones, and stops them afterwards (scripts/test-integration.sh).
 test-integration:
-	@[ -n "$$MSYNC_CASSANDRA_HOSTS" ] || echo "MSYNC_CASSANDRA_HOSTS is not set: the Cassandra conformance and directory suites (pkg/store/cassandra *RealCassandra) are skipped"
-	@[ -n "$$MSYNC_ROCKETMQ_NAMESRV" ] || echo "MSYNC_ROCKETMQ_NAMESRV is not set: the RocketMQ conformance suite (pkg/queue/rocketmq TestConformanceRealBroker) is skipped"
-	$(GO) test -count=1 -tags integration -timeout 20m ./pkg/store/... ./pkg/queue/...
+	scripts/test-integration.sh
 
 # Real engines for the production path (scripts/engines.sh has the ports,
 # MSYNC_ENGINES_DIR and the other variables).
