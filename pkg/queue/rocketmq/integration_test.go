@@ -37,7 +37,7 @@ func TestConformanceRealBroker(t *testing.T) {
 			Topic:       "msync_conformance_" + id,
 			Group:       "msync_conformance_" + id,
 			Instance:    "conformance-" + id,
-			ConsumeFrom: "first", // messages sent before the first rebalance must not be skipped
+			ConsumeFrom: "first",          // messages sent before the first rebalance must not be skipped
 			SendTimeout: 10 * time.Second, // a cold broker on a loaded machine
 			MinBackoff:  10 * time.Millisecond,
 			MaxBackoff:  200 * time.Millisecond,
