@@ -14,7 +14,8 @@ help:
 	@echo "make test-browser      browser SDK: node --test (sdk/js) and the demo page in headless Chromium"
 	@echo "make build             build bin/msync"
 	@echo "make bench             Go micro-benchmarks and a short run of every load scenario"
-	@echo "make fuzz              fuzz the frame codec for 60s"
+	@echo "make fuzz              run every fuzz target for FUZZTIME (default 20s) each, one after another"
+	@echo "make soak              msync all killed -9 10 times under load, 500 devices, 100000 oplogs: lost/dup/out-of-order"
 	@echo "make test-integration  conformance suites against real Cassandra/RocketMQ (needs MSYNC_* env)"
 	@echo "make generate          regenerate protobuf code (needs protoc; output is committed)"
 	@echo "make clean             remove bin/ and ./data"
@@ -53,8 +54,24 @@ test-integration:
 	@[ -n "$$MSYNC_ROCKETMQ_NAMESRV" ] || echo "MSYNC_ROCKETMQ_NAMESRV is not set: the RocketMQ conformance suite (pkg/queue/rocketmq TestConformanceRealBroker) is skipped"
 	$(GO) test -count=1 -tags integration -timeout 20m ./pkg/store/... ./pkg/queue/...
 
+# Every parser an attacker reaches has a target (package:Target); each runs
+# for FUZZTIME with one worker (the machine is shared). Seeds are committed
+# (f.Add and testdata/fuzz/), so plain `go test` replays them too.
+FUZZTIME ?= 20s
+FUZZ_TARGETS := pkg/protocol:FuzzDecode pkg/protocol:FuzzBodies pkg/protocol:FuzzFrameRoundTrip pkg/protocol:FuzzErrorFrame \
+	pkg/auth:FuzzVerify pkg/auth:FuzzSignVerify pkg/config:FuzzParse pkg/biz:FuzzParseDuration pkg/biz:FuzzParseSpec \
+	pkg/oplog:FuzzParseChannel pkg/oplog:FuzzValidID pkg/oplog:FuzzVersions pkg/oplog:FuzzEvaluate \
+	pkg/store/pebble:FuzzPageDecoder pkg/store/pebble:FuzzParseExpiryKey
 fuzz:
-	$(GO) test -run='^$$' -fuzz=FuzzDecode -fuzztime=60s ./pkg/protocol
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		echo "fuzz $$t for $(FUZZTIME)"; \
+		$(GO) test -run='^$$' -fuzz="^$${t#*:}\$$" -fuzztime=$(FUZZTIME) -parallel 1 ./$${t%%:*}; \
+	done
+
+# The full soak (bench/soak.go); a short one runs in `make test` (TestSoakShort).
+.PHONY: soak
+soak: build
+	./$(BIN) bench soak -v
 
 # Short runs: figures for docs/benchmarks.md come from the full commands there.
 bench: build
