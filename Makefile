@@ -8,7 +8,7 @@ GOBIN    := $(shell $(GO) env GOPATH)/bin
 STATICCHECK_VERSION := v0.8.2
 STATICCHECK := bin/staticcheck-$(STATICCHECK_VERSION)
 
-.PHONY: help build run cluster test test-deps test-norace test-browser test-integration engines-up engines-down fuzz bench lint generate clean
+.PHONY: help build run cluster test test-deps test-norace test-browser test-integration engines-up engines-down fuzz soak bench lint generate clean
 
 help:
 	@echo "make run               build and start the all-in-one server (configs/msync.yaml, ./data)"
@@ -18,7 +18,8 @@ help:
 	@echo "make test-browser      browser SDK: node --test (sdk/js) and the demo page in headless Chromium"
 	@echo "make build             build bin/msync"
 	@echo "make bench             Go micro-benchmarks and a short run of every load scenario"
-	@echo "make fuzz              fuzz the frame codec for 60s"
+	@echo "make fuzz              run every fuzz target for FUZZTIME (default 20s) each, one after another"
+	@echo "make soak              msync all killed -9 10 times under load, 500 devices, 100000 oplogs: lost/dup/out-of-order"
 	@echo "make test-integration  conformance suites against real Cassandra/RocketMQ (starts them unless MSYNC_* env names running ones)"
 	@echo "make engines-up        start Cassandra 5.0 + RocketMQ 5.3 on 127.0.0.1 from Maven Central jars (./.engines; needs JDK 17, Maven)"
 	@echo "make engines-down      stop them"
@@ -82,8 +83,24 @@ $(STATICCHECK):
 	GOBIN=$(CURDIR)/bin $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
 	mv bin/staticcheck $@
 
+# Every parser an attacker reaches has a target (package:Target); each runs
+# for FUZZTIME with one worker (the machine is shared). Seeds are committed
+# (f.Add and testdata/fuzz/), so plain `go test` replays them too.
+FUZZTIME ?= 20s
+FUZZ_TARGETS := pkg/protocol:FuzzDecode pkg/protocol:FuzzBodies pkg/protocol:FuzzFrameRoundTrip pkg/protocol:FuzzErrorFrame \
+	pkg/auth:FuzzVerify pkg/auth:FuzzSignVerify pkg/config:FuzzParse pkg/biz:FuzzParseDuration pkg/biz:FuzzParseSpec \
+	pkg/oplog:FuzzParseChannel pkg/oplog:FuzzValidID pkg/oplog:FuzzVersions pkg/oplog:FuzzEvaluate \
+	pkg/store/pebble:FuzzPageDecoder pkg/store/pebble:FuzzParseExpiryKey
 fuzz:
-	$(GO) test -run='^$$' -fuzz=FuzzDecode -fuzztime=60s ./pkg/protocol
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		echo "fuzz $$t for $(FUZZTIME)"; \
+		$(GO) test -run='^$$' -fuzz="^$${t#*:}\$$" -fuzztime=$(FUZZTIME) -parallel 1 ./$${t%%:*}; \
+	done
+
+# The full soak (bench/soak.go); a short one runs in `make test` (TestSoakShort).
+.PHONY: help build run cluster test test-deps test-norace test-browser test-integration engines-up engines-down fuzz soak bench lint generate clean
+soak: build
+	./$(BIN) bench soak -v
 
 # Short runs: figures for docs/benchmarks.md come from the full commands there.
 bench: build

@@ -28,6 +28,8 @@ Scenarios:
             [--batch B] [--find-max]
   fanout    -n N --msgs K [--batch B --workers W]  each message to N devices: deliveries_per_s, p99
   reconnect -n N --backlog B                      reconnect storm: seconds_to_synced, lost, dups
+  soak      [--devices N --oplogs K --kills M]    kill -9 under load (default 500, 100000, 10; --max-time 10m):
+            lost, duplicated, out_of_order as the devices' handlers saw them
 
 --comets K (conns, heartbeat) starts a cluster instead of msync all: one
 'msync logic' (job embedded, Pebble) and K 'msync comet' processes, devices
@@ -70,6 +72,9 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		backlog = fs.Int("backlog", 100, "reconnect: oplogs per device published while offline")
 		iv      = fs.Duration("interval", 5*time.Second, "heartbeat: server heartbeat interval")
 		window  = fs.Duration("window", 0, "conns/heartbeat: CPU measurement window (conns 10s, heartbeat 3 intervals)")
+		oplogs  = fs.Int("oplogs", 100000, "soak: oplogs to publish")
+		kills   = fs.Int("kills", 10, "soak: kill -9 of the server during publishing")
+		maxTime = fs.Duration("max-time", 10*time.Minute, "soak: bound of the whole run")
 	)
 	fs.StringVar(&common.Target.Addr, "addr", "", "comet TCP address of a running server (with --api)")
 	fs.StringVar(&common.Target.API, "api", "", "logic HTTP address of a running server (with --addr)")
@@ -107,6 +112,20 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		res, err = bench.RunFanout(ctx, bench.FanoutConfig{Common: common, N: *n, Msgs: *msgs, Batch: *batch, Workers: *workers})
 	case "reconnect":
 		res, err = bench.RunReconnect(ctx, bench.ReconnectConfig{Common: common, N: *n, Backlog: *backlog, Batch: *batch, Workers: *workers})
+	case "soak": // --devices only when given: the soak's default is 500
+		sc := bench.SoakConfig{Oplogs: *oplogs, Kills: *kills, MaxTime: *maxTime, Log: common.Log}
+		fs.Visit(func(f *flag.Flag) {
+			if f.Name == "devices" {
+				sc.Devices = *devices
+			}
+		})
+		var r *bench.SoakResult
+		if r, err = bench.RunSoak(ctx, sc); err == nil && !r.OK() {
+			err = fmt.Errorf("bench: soak: %d lost, %d duplicated, %d out of order, %d altered (problems above)",
+				r.Lost, r.Duplicated, r.OutOfOrder, r.PayloadMismatch)
+			_ = printTable(stdout, r)
+		}
+		res = r
 	default:
 		fmt.Fprint(stderr, benchUsage)
 		return fmt.Errorf("bench: unknown scenario %q", scenario)

@@ -6,6 +6,7 @@ package biz
 import (
 	"errors"
 	"fmt"
+	"math"
 	"sort"
 	"strconv"
 	"strings"
@@ -165,7 +166,13 @@ func ParseDuration(s string) (time.Duration, error) {
 		if err != nil {
 			return 0, fmt.Errorf("duration %q: %w", s, err)
 		}
-		return time.Duration(n * float64(24*time.Hour)), nil
+		// Converting NaN, infinities or more than ~106751 days to an int64
+		// wraps around (to a huge negative duration on amd64): refuse them.
+		ns := n * float64(24*time.Hour)
+		if !(ns > math.MinInt64 && ns < math.MaxInt64) {
+			return 0, fmt.Errorf("duration %q: out of range", s)
+		}
+		return time.Duration(ns), nil
 	}
 	d, err := time.ParseDuration(s)
 	if err != nil {

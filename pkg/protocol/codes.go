@@ -2,6 +2,7 @@ package protocol
 
 import (
 	"fmt"
+	"strings"
 
 	"github.com/msync/msync/pkg/protocol/pb"
 )
@@ -57,13 +58,17 @@ func Errorf(code Code, format string, args ...any) *WireError {
 }
 
 // ErrorFrame encodes an ERROR frame; seq echoes the offending frame (0 if none).
+// Invalid UTF-8 in msg (messages may quote client input) is replaced: proto3
+// refuses to marshal it, which would silently drop the frame.
 func ErrorFrame(seq uint32, code Code, msg string) []byte {
-	b, _ := Encode(OpError, seq, &pb.Error{Code: uint32(code), Message: msg}) // cannot fail for this message
+	msg = strings.ToValidUTF8(msg, "\uFFFD")
+	b, _ := Encode(OpError, seq, &pb.Error{Code: uint32(code), Message: msg}) // cannot fail for valid UTF-8
 	return b
 }
 
 // KickFrame encodes a KICK frame.
 func KickFrame(code Code, reason string) []byte {
+	reason = strings.ToValidUTF8(reason, "\uFFFD") // as in ErrorFrame
 	b, _ := Encode(OpKick, 0, &pb.Kick{Code: uint32(code), Reason: reason})
 	return b
 }
