@@ -34,13 +34,14 @@ func (b *ackBatcher) init() {
 	b.kick = make(chan struct{}, 1)
 }
 
-func (b *ackBatcher) add(device, user, channel string, id uint64) {
+func (b *ackBatcher) add(device, user, channel string, id uint64, ticket []byte) {
 	b.mu.Lock()
 	k := ackKey{device, channel}
 	if it, ok := b.mu.pending[k]; ok {
 		it.Id = max(it.Id, id)
+		it.Ticket = ticket // a renewed ticket replaces an older one
 	} else {
-		b.mu.pending[k] = &pb.AckItem{Device: device, User: user, Channel: channel, Id: id}
+		b.mu.pending[k] = &pb.AckItem{Device: device, User: user, Channel: channel, Id: id, Ticket: ticket}
 	}
 	full := len(b.mu.pending) >= ackFlushItems
 	b.mu.Unlock()

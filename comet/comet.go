@@ -2,11 +2,12 @@ package comet
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -153,7 +154,11 @@ func (c *Comet) bucketFor(key string) *bucket {
 // open registers a new connection and returns its session; the transport
 // routes the connection's frames and close to it.
 func (c *Comet) open(conn Conn) *session {
-	key := strconv.FormatUint(conn.ID(), 10)
+	// Random, not the transport's sequential id: a key is all a Push or
+	// Kick names, so it must not be guessable (128 bits).
+	var kb [16]byte
+	_, _ = rand.Read(kb[:]) // never fails (crypto/rand)
+	key := hex.EncodeToString(kb[:])
 	s := newSession(c, conn, key)
 	c.live.Add(1)
 	b := c.bucketFor(key)
@@ -307,11 +312,16 @@ func (c *Comet) renew() {
 	refs := make([]*pb.SessionRef, 0, renewBatch)
 	send := func() {
 		ctx, cancel := c.callCtx()
-		_, err := c.cfg.Logic.Renew(ctx, &pb.RenewReq{Comet: c.cfg.ID, Sessions: refs, GrpcAddr: c.cfg.GRPCAddr})
+		reply, err := c.cfg.Logic.Renew(ctx, &pb.RenewReq{Comet: c.cfg.ID, Sessions: refs, GrpcAddr: c.cfg.GRPCAddr})
 		cancel()
 		if err != nil {
 			c.metrics.logicErrs.WithLabelValues("renew").Inc()
 			c.log.Warn("logic renew failed", "sessions", len(refs), "err", err)
+		}
+		for _, t := range reply.GetTickets() {
+			if s := c.lookup(t.Key); s != nil {
+				s.ticket.Store(&t.Ticket)
+			}
 		}
 		refs = make([]*pb.SessionRef, 0, renewBatch)
 	}
@@ -320,7 +330,11 @@ func (c *Comet) renew() {
 		if id == nil {
 			continue
 		}
-		refs = append(refs, &pb.SessionRef{Key: s.key, Device: id.device, User: id.user})
+		ref := &pb.SessionRef{Key: s.key, Device: id.device, User: id.user}
+		if t := s.ticket.Load(); t != nil {
+			ref.Ticket = *t
+		}
+		refs = append(refs, ref)
 		if len(refs) == renewBatch {
 			send()
 		}

@@ -215,11 +215,11 @@ func (fl *fakeLogic) Disconnect(_ context.Context, in *pb.DisconnectReq) (*pb.Em
 	return &pb.Empty{}, nil
 }
 
-func (fl *fakeLogic) Renew(_ context.Context, in *pb.RenewReq) (*pb.Empty, error) {
+func (fl *fakeLogic) Renew(_ context.Context, in *pb.RenewReq) (*pb.RenewReply, error) {
 	fl.mu.Lock()
 	defer fl.mu.Unlock()
 	fl.mu.renews = append(fl.mu.renews, proto.Clone(in).(*pb.RenewReq))
-	return &pb.Empty{}, nil
+	return &pb.RenewReply{}, nil
 }
 
 // Sync pages like logic does: ids after the cursor, filters evaluated for the

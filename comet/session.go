@@ -70,6 +70,14 @@ type identity struct {
 	channels *channelSet
 }
 
+// ticketBytes is the session's current ticket (nil before AUTH).
+func (s *session) ticketBytes() []byte {
+	if t := s.ticket.Load(); t != nil {
+		return *t
+	}
+	return nil
+}
+
 // phase is a session's lifecycle, owned by the drain task.
 type phase uint8
 
@@ -88,9 +96,12 @@ type session struct {
 	conn Conn
 	key  string
 
-	ident      atomic.Pointer[identity] // nil until AUTH succeeded
-	hbDeadline atomic.Int64             // liveness deadline in ns; 0 before AUTH
-	rooms      sessionRooms             // rooms.go: PUSH readiness and room membership
+	ident atomic.Pointer[identity] // nil until AUTH succeeded
+	// ticket is logic's signed proof of this session for Sync and Ack;
+	// set at AUTH, replaced by the renewer (comet.go) before it expires.
+	ticket     atomic.Pointer[[]byte]
+	hbDeadline atomic.Int64 // liveness deadline in ns; 0 before AUTH
+	rooms      sessionRooms // rooms.go: PUSH readiness and room membership
 
 	mu struct {
 		sync.Mutex
@@ -378,6 +389,7 @@ func (s *session) handleAuth(f protocol.Frame) {
 	}
 
 	s.user, s.device, s.platform, s.appVersion = reply.User, a.Device, a.Platform, a.AppVersion
+	s.ticket.Store(&reply.Ticket)
 	base := s.c.cfg.HeartbeatInterval
 	if reply.HeartbeatMs > 0 {
 		base = time.Duration(reply.HeartbeatMs) * time.Millisecond
@@ -432,7 +444,7 @@ func (s *session) handleAck(f protocol.Frame) {
 		}
 		if p.Id > ch.acked {
 			ch.acked = p.Id
-			s.c.acks.add(s.device, s.user, ch.name, p.Id)
+			s.c.acks.add(s.device, s.user, ch.name, p.Id, s.ticketBytes())
 		}
 		if ch.st == chAwaitAck && p.Id >= ch.inflight {
 			if reason := ch.pageAcked(); reason != "" {
@@ -659,7 +671,7 @@ func (s *session) syncNeeded() {
 	ctx, cancel := s.c.callCtx()
 	reply, err := s.c.cfg.Logic.Sync(ctx, &pb.SyncReq{
 		Device: s.device, User: s.user, Platform: s.platform, AppVersion: s.appVersion,
-		Cursors: cursors, Limit: s.c.cfg.PageLimit,
+		Cursors: cursors, Limit: s.c.cfg.PageLimit, Ticket: s.ticketBytes(),
 	})
 	cancel()
 	if err != nil {

@@ -27,7 +27,7 @@ func TestSharedSyncPoint(t *testing.T) {
 	for i := range 6 {
 		e.publish(fmt.Sprintf(`{"biz":"solo","user":"alice","payload":"m%d"}`, i))
 	}
-	if _, err := e.l.Ack(ctx, &pb.AckReq{Items: []*pb.AckItem{{Device: "d1", User: "alice", Channel: "solo/u/alice", Id: 4}}}); err != nil {
+	if _, err := e.l.Ack(ctx, e.ackTicketed(&pb.AckReq{Items: []*pb.AckItem{{Device: "d1", User: "alice", Channel: "solo/u/alice", Id: 4}}})); err != nil {
 		t.Fatal(err)
 	}
 	reply, err := e.l.Connect(ctx, connectReq(e, "alice", "d2", "c1", "k2", "solo", "chat"))
@@ -48,8 +48,8 @@ func TestSharedSyncPoint(t *testing.T) {
 	if reply, err = e.l.Connect(ctx, req); err != nil || reply.Channels[0].From != 1 {
 		t.Fatalf("client point kept: %v %v", reply.GetChannels(), err)
 	}
-	sr, err := e.l.Sync(ctx, &pb.SyncReq{Device: "d3", User: "alice", Platform: "ios",
-		Cursors: []*pb.Cursor{{Channel: "solo/u/alice", After: 1}}})
+	sr, err := e.l.Sync(ctx, e.ticketed(&pb.SyncReq{Device: "d3", User: "alice", Platform: "ios",
+		Cursors: []*pb.Cursor{{Channel: "solo/u/alice", After: 1}}}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -59,10 +59,10 @@ func TestSharedSyncPoint(t *testing.T) {
 	}
 	// Another user's devices and multi-device bizs are untouched.
 	e.publish(`{"biz":"chat","user":"alice","payload":"c"}`)
-	if _, err := e.l.Ack(ctx, &pb.AckReq{Items: []*pb.AckItem{{Device: "d1", User: "alice", Channel: "chat/u/alice", Id: 1}}}); err != nil {
+	if _, err := e.l.Ack(ctx, e.ackTicketed(&pb.AckReq{Items: []*pb.AckItem{{Device: "d1", User: "alice", Channel: "chat/u/alice", Id: 1}}})); err != nil {
 		t.Fatal(err)
 	}
-	sr, err = e.l.Sync(ctx, &pb.SyncReq{Device: "d2", User: "alice", Platform: "ios", Cursors: []*pb.Cursor{{Channel: "chat/u/alice"}}})
+	sr, err = e.l.Sync(ctx, e.ticketed(&pb.SyncReq{Device: "d2", User: "alice", Platform: "ios", Cursors: []*pb.Cursor{{Channel: "chat/u/alice"}}}))
 	if err != nil || fmt.Sprint(pageIDs(sr.Pages[0])) != "[1]" {
 		t.Fatalf("multi-device chat: %v %v", sr, err)
 	}
@@ -78,7 +78,7 @@ func TestConsistencyRefusesStaleSession(t *testing.T) {
 		t.Fatal(err)
 	}
 	sync := func(user, ch string) error {
-		_, err := e.l.Sync(ctx, &pb.SyncReq{Device: "tab", User: user, Platform: "ios", Cursors: []*pb.Cursor{{Channel: ch}}})
+		_, err := e.l.Sync(ctx, e.ticketed(&pb.SyncReq{Device: "tab", User: user, Platform: "ios", Cursors: []*pb.Cursor{{Channel: ch}}}))
 		return err
 	}
 	if err := sync("alice", "acct/u/alice"); err != nil {
@@ -105,8 +105,8 @@ func TestPageNextValidMs(t *testing.T) {
 	e.publish(`{"biz":"chat","user":"alice","payload":"b","valid_from":"` + from.UTC().Format(time.RFC3339Nano) + `"}`)
 	e.publish(`{"biz":"chat","user":"alice","payload":"c"}`)
 	sync := func() *pb.Page {
-		sr, err := e.l.Sync(context.Background(), &pb.SyncReq{Device: "d1", User: "alice", Platform: "ios",
-			Cursors: []*pb.Cursor{{Channel: "chat/u/alice"}}})
+		sr, err := e.l.Sync(context.Background(), e.ticketed(&pb.SyncReq{Device: "d1", User: "alice", Platform: "ios",
+			Cursors: []*pb.Cursor{{Channel: "chat/u/alice"}}}))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -1,6 +1,7 @@
 package logic
 
 import (
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -80,6 +81,15 @@ type Config struct {
 	Gatherer prometheus.Gatherer
 	// Now is the clock used for validity and filters. Nil means time.Now.
 	Now func() time.Time
+	// TicketKey signs the session tickets Connect hands out and Sync, Ack
+	// and Renew check (ticket.go). Every logic process of a cluster needs
+	// the same key (comets call them round robin); the cluster assembly
+	// derives it from the config's secret. Zero: a random key for this
+	// process only. At least 32 bytes otherwise.
+	TicketKey []byte
+	// TicketTTL is how long a ticket is valid; Renew replaces a ticket past
+	// half of it, so a live session never sees one expire. Zero means 24h.
+	TicketTTL time.Duration
 	// Mount serves extra handlers on the API's listener, keyed by a path
 	// prefix that starts and ends with "/" (e.g. "/demo/" for the
 	// development page of package web). A prefix may not be "/", hold
@@ -91,6 +101,13 @@ type Config struct {
 func (c *Config) setDefaults() {
 	if c.HTTPAddr == "" {
 		c.HTTPAddr = ":3111"
+	}
+	if len(c.TicketKey) == 0 {
+		c.TicketKey = make([]byte, 32)
+		_, _ = rand.Read(c.TicketKey) // never fails (crypto/rand)
+	}
+	if c.TicketTTL == 0 {
+		c.TicketTTL = 24 * time.Hour
 	}
 	if c.MaxPageBytes == 0 {
 		c.MaxPageBytes = 256 << 10
@@ -146,6 +163,9 @@ func (c *Config) validate() error {
 	}
 	if c.MaxPageBytes < 0 {
 		errs = append(errs, fmt.Errorf("MaxPageBytes %d: want > 0", c.MaxPageBytes))
+	}
+	if (len(c.TicketKey) > 0 && len(c.TicketKey) < 32) || c.TicketTTL < 0 {
+		errs = append(errs, fmt.Errorf("TicketKey (%d bytes) / TicketTTL %v: want >= 32 bytes and >= 0", len(c.TicketKey), c.TicketTTL))
 	}
 	if c.PageLimit < 0 {
 		errs = append(errs, fmt.Errorf("PageLimit %d: want > 0", c.PageLimit))

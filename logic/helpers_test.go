@@ -378,3 +378,22 @@ func body(v any) string {
 	}
 	return string(b)
 }
+
+// ticketed gives r the ticket a Connect of its device would have got for
+// its cursors' channels.
+func (e *env) ticketed(r *pb.SyncReq) *pb.SyncReq {
+	var chans []string
+	for _, c := range r.Cursors {
+		chans = append(chans, c.Channel)
+	}
+	r.Ticket = e.l.TestTicket("c1", "k-"+r.Device, r.User, r.Device, r.Platform, r.AppVersion, chans...)
+	return r
+}
+
+// ackTicketed gives each item a ticket covering its device and channel.
+func (e *env) ackTicketed(r *pb.AckReq) *pb.AckReq {
+	for _, it := range r.Items {
+		it.Ticket = e.l.TestTicket("c1", "k-"+it.Device, it.User, it.Device, "ios", "", it.Channel)
+	}
+	return r
+}

@@ -342,10 +342,10 @@ func TestDeviceSyncState(t *testing.T) {
 		e.publish(`{"biz":"chat","user":"alice","payload":"x"}`)
 	}
 	e.publish(`{"biz":"lock","device":"d1","payload":"x"}`)
-	if _, err := e.l.Ack(context.Background(), &pb.AckReq{Items: []*pb.AckItem{
+	if _, err := e.l.Ack(context.Background(), e.ackTicketed(&pb.AckReq{Items: []*pb.AckItem{
 		{Device: "d1", User: "alice", Channel: "chat/u/alice", Id: 1},
 		{Device: "d1", Channel: "lock/d/d1", Id: 1},
-	}}); err != nil {
+	}})); err != nil {
 		t.Fatal(err)
 	}
 	status, out := e.do("GET", "/v1/devices/d1/sync", "chat-key", "")
@@ -358,7 +358,7 @@ func TestDeviceSyncState(t *testing.T) {
 		t.Fatalf("channels = %s\nwant       %s", got, want)
 	}
 	// Device ids may contain '/': percent-encoded, they are one path segment.
-	if _, err := e.l.Ack(context.Background(), &pb.AckReq{Items: []*pb.AckItem{{Device: "a/b", Channel: "lock/d/a/b", Id: 1}}}); err != nil {
+	if _, err := e.l.Ack(context.Background(), e.ackTicketed(&pb.AckReq{Items: []*pb.AckItem{{Device: "a/b", Channel: "lock/d/a/b", Id: 1}}})); err != nil {
 		t.Fatal(err)
 	}
 	if status, out := e.do("GET", "/v1/devices/a%2Fb/sync", "all-key", ""); status != 200 || out["device"] != "a/b" ||

@@ -18,8 +18,11 @@ type metrics struct {
 	syncs         prometheus.Counter
 	syncOplogs    prometheus.Counter
 	acks          prometheus.Counter
-	expired       prometheus.Counter
-	httpRequests  *prometheus.CounterVec // by route, code
+	// ticketRefusals counts Sync calls and Ack items refused for their
+	// session ticket (missing, forged, expired, another comet's).
+	ticketRefusals prometheus.Counter
+	expired        prometheus.Counter
+	httpRequests   *prometheus.CounterVec // by route, code
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -48,13 +51,15 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "sync_oplogs_total", Help: "Oplogs returned in sync pages."}),
 		acks: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
 			Name: "acks_total", Help: "Ack items stored as sync points."}),
+		ticketRefusals: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
+			Name: "ticket_refusals_total", Help: "Sync calls and ack items refused for their session ticket (missing, forged, expired, another comet's)."}),
 		expired: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
 			Name: "expired_deleted_total", Help: "Expired oplogs deleted by the janitor."}),
 		httpRequests: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
 			Name: "http_requests_total", Help: "HTTP requests, by route and status code."}, []string{"route", "code"}),
 	}
 	for _, c := range []prometheus.Collector{m.published, m.duplicates, m.publishSecs, m.storeErrors, m.queueFailures, m.orderTimeouts,
-		m.connects, m.replaced, m.syncs, m.syncOplogs, m.acks, m.expired, m.httpRequests} {
+		m.connects, m.replaced, m.syncs, m.syncOplogs, m.acks, m.ticketRefusals, m.expired, m.httpRequests} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("logic: register metrics: %w", err)
 		}

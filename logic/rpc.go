@@ -5,7 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/msync/msync/pkg/api"
@@ -16,6 +19,7 @@ import (
 	"github.com/msync/msync/pkg/oplog"
 	"github.com/msync/msync/pkg/protocol"
 	"github.com/msync/msync/pkg/queue"
+	"github.com/msync/msync/pkg/rpc"
 	"github.com/msync/msync/pkg/store"
 )
 
@@ -47,6 +51,9 @@ func (l *Logic) connect(ctx context.Context, req *pb.ConnectReq) (*pb.ConnectRep
 	}
 	if err := validateSession(req); err != nil {
 		return nil, "bad_auth", api.Error(protocol.CodeBadAuth, "%v", err)
+	}
+	if err := l.peerIsComet(ctx, req.Comet); err != nil {
+		return nil, "forbidden", err
 	}
 	log := l.log.With("device", req.Device, "user", user, "comet", req.Comet, "key", req.Key)
 
@@ -108,6 +115,14 @@ func (l *Logic) connect(ctx context.Context, req *pb.ConnectReq) (*pb.ConnectRep
 		}
 	}
 
+	t := &pb.Ticket{Comet: req.Comet, Key: req.Key, User: user, Device: req.Device,
+		Platform: req.Platform, AppVersion: req.AppVersion, Channels: make([]string, len(reply.Channels))}
+	for i, ch := range reply.Channels {
+		t.Channels[i] = ch.Channel
+	}
+	if reply.Ticket, err = l.signTicket(t); err != nil {
+		return nil, "unavailable", api.Error(protocol.CodeUnavailable, "signing the session ticket: %v", err)
+	}
 	prev, err := l.cfg.Directory.Put(ctx, directory.Session{
 		User: user, Device: req.Device, Platform: req.Platform, AppVersion: req.AppVersion,
 		Comet: req.Comet, Key: req.Key, Since: l.cfg.Now(),
@@ -163,6 +178,9 @@ func validateSession(req *pb.ConnectReq) error {
 
 // Disconnect removes the session from the directory if it is still (comet, key).
 func (l *Logic) Disconnect(ctx context.Context, req *pb.DisconnectReq) (*pb.Empty, error) {
+	if err := l.peerIsComet(ctx, req.Comet); err != nil {
+		return nil, err
+	}
 	if err := l.cfg.Directory.Delete(ctx, req.Device, req.Comet, req.Key); err != nil {
 		l.log.Warn("disconnect: directory delete failed", "device", req.Device, "comet", req.Comet, "err", err)
 		return nil, api.Error(protocol.CodeUnavailable, "directory unavailable")
@@ -173,8 +191,20 @@ func (l *Logic) Disconnect(ctx context.Context, req *pb.DisconnectReq) (*pb.Empt
 // Renew extends the directory TTL of a comet's sessions. A request carrying
 // grpc_addr (cluster mode) also registers the comet in the directory's comet
 // registry for the same TTL, which is how job discovers comets.
-func (l *Logic) Renew(ctx context.Context, req *pb.RenewReq) (*pb.Empty, error) {
+//
+// Under mutual TLS the caller must be the comet it names, and may register
+// only an address its certificate is valid for. Tickets past half their
+// life are replaced in the reply.
+func (l *Logic) Renew(ctx context.Context, req *pb.RenewReq) (*pb.RenewReply, error) {
+	if err := l.peerIsComet(ctx, req.Comet); err != nil {
+		return nil, err
+	}
 	if req.GrpcAddr != "" {
+		host, _, err := net.SplitHostPort(req.GrpcAddr)
+		if err != nil || !rpc.PeerMayServe(ctx, host) {
+			l.log.Warn("renew: refusing a comet address its certificate does not name", "comet", req.Comet, "addr", req.GrpcAddr)
+			return nil, status.Errorf(codes.PermissionDenied, "logic: comet %q may not register %q: not a host of its certificate", req.Comet, req.GrpcAddr)
+		}
 		reg, ok := l.cfg.Directory.(directory.Comets)
 		if !ok {
 			return nil, api.Error(protocol.CodeUnavailable, "directory keeps no comet registry")
@@ -185,14 +215,65 @@ func (l *Logic) Renew(ctx context.Context, req *pb.RenewReq) (*pb.Empty, error) 
 		}
 	}
 	devices := make([]string, 0, len(req.Sessions))
+	reply := &pb.RenewReply{}
+	bad := 0
 	for _, s := range req.Sessions {
 		devices = append(devices, s.GetDevice())
+		if len(s.Ticket) == 0 {
+			continue
+		}
+		t, err := l.openTicket(ctx, s.Ticket)
+		if err != nil || t.Comet != req.Comet || t.Key != s.Key || t.Device != s.Device {
+			bad++
+			continue
+		}
+		if l.stale(t) {
+			fresh, err := l.signTicket(t)
+			if err == nil {
+				reply.Tickets = append(reply.Tickets, &pb.RenewedTicket{Key: s.Key, Ticket: fresh})
+			}
+		}
+	}
+	if bad > 0 {
+		l.log.Warn("renew: tickets not renewed (expired, forged or another session's)", "comet", req.Comet, "count", bad)
 	}
 	if err := l.cfg.Directory.Renew(ctx, req.Comet, devices); err != nil {
 		l.log.Warn("renew: directory renew failed", "comet", req.Comet, "sessions", len(devices), "err", err)
 		return nil, api.Error(protocol.CodeUnavailable, "directory unavailable")
 	}
-	return &pb.Empty{}, nil
+	return reply, nil
+}
+
+// peerIsComet refuses a call naming another comet than the verified
+// peer's certificate does (mutual TLS). Without TLS (loopback, or
+// in-process) there is no peer identity and the comet field is taken as is.
+func (l *Logic) peerIsComet(ctx context.Context, comet string) error {
+	id, ok := rpc.PeerIdentity(ctx)
+	if !ok || id.Comet == comet {
+		return nil
+	}
+	l.log.Warn("refusing a call for another comet", "peer_comet", id.Comet, "named_comet", comet)
+	return status.Errorf(codes.PermissionDenied, "logic: peer is comet %q, not %q", id.Comet, comet)
+}
+
+// sessionOf opens a Sync's ticket and returns the request with the
+// session's fields from it; bare fields that differ are refused.
+func (l *Logic) sessionOf(ctx context.Context, req *pb.SyncReq) (*pb.SyncReq, *pb.Ticket, error) {
+	t, err := l.openTicket(ctx, req.Ticket)
+	if err != nil {
+		l.m.ticketRefusals.Inc()
+		l.log.Warn("sync refused", "device", req.Device, "err", err)
+		// The client reconnects, and a fresh Connect gives a fresh ticket.
+		return nil, nil, api.Error(protocol.CodeUnavailable, "%v: reconnect", err)
+	}
+	for _, f := range [][2]string{{req.Device, t.Device}, {req.User, t.User}, {req.Platform, t.Platform}, {req.AppVersion, t.AppVersion}} {
+		if f[0] != "" && f[0] != f[1] {
+			l.m.ticketRefusals.Inc()
+			return nil, nil, api.Error(protocol.CodeOutOfOrder, "sync fields differ from the session ticket")
+		}
+	}
+	return &pb.SyncReq{Device: t.Device, User: t.User, Platform: t.Platform, AppVersion: t.AppVersion,
+		Cursors: req.Cursors, Limit: req.Limit}, t, nil
 }
 
 // Sync returns the next page of each requested channel of one session. A
@@ -203,6 +284,10 @@ func (l *Logic) Sync(ctx context.Context, req *pb.SyncReq) (*pb.SyncReply, error
 	if len(req.Cursors) > maxSyncCursors {
 		return nil, api.Error(protocol.CodeOutOfOrder, "%d cursors: at most %d", len(req.Cursors), maxSyncCursors)
 	}
+	req, t, err := l.sessionOf(ctx, req)
+	if err != nil {
+		return nil, err
+	}
 	limit := l.cfg.PageLimit
 	if req.Limit > 0 && int(req.Limit) < limit {
 		limit = int(req.Limit)
@@ -210,6 +295,9 @@ func (l *Logic) Sync(ctx context.Context, req *pb.SyncReq) (*pb.SyncReply, error
 	now := l.cfg.Now().UnixMilli()
 	reply := &pb.SyncReply{Pages: make([]*pb.Page, 0, len(req.Cursors))}
 	for _, c := range req.Cursors {
+		if !hasChannel(t, c.GetChannel()) {
+			return nil, api.Error(protocol.CodeOutOfOrder, "channel %q is not part of this session", c.GetChannel())
+		}
 		b, err := l.sessionChannel(req, c.GetChannel())
 		if err != nil {
 			return nil, err
@@ -310,11 +398,27 @@ func (l *Logic) rpcStoreError(op, channel string, err error) error {
 }
 
 // Ack stores the acknowledged ids as the devices' server-side sync points,
-// all items in one store call. Malformed items are dropped (logged), not
-// failing the others: they come from a comet, not a client.
+// all items in one store call. Malformed items, and items whose ticket does
+// not cover their device and channel, are dropped (logged), not failing the
+// others: they come from a comet, not a client.
 func (l *Logic) Ack(ctx context.Context, req *pb.AckReq) (*pb.Empty, error) {
 	points := make([]store.SyncPoint, 0, len(req.Items))
+	opened := make(map[string]*pb.Ticket) // one HMAC per session of the batch
+	refused := 0
+	var lastErr error
 	for _, it := range req.Items {
+		t, ok := opened[string(it.GetTicket())]
+		if !ok {
+			var err error
+			if t, err = l.openTicket(ctx, it.GetTicket()); err != nil {
+				lastErr = err
+			}
+			opened[string(it.GetTicket())] = t
+		}
+		if t == nil || t.Device != it.GetDevice() || (it.GetUser() != "" && it.GetUser() != t.User) || !hasChannel(t, it.GetChannel()) {
+			refused++
+			continue
+		}
 		if it.GetDevice() == "" || it.GetId() == 0 {
 			l.log.Warn("ack: dropping malformed item", "device", it.GetDevice(), "channel", it.GetChannel(), "id", it.GetId())
 			continue
@@ -327,6 +431,10 @@ func (l *Logic) Ack(ctx context.Context, req *pb.AckReq) (*pb.Empty, error) {
 		if sp, ok := l.sharedPoint(it.Channel, it.Id); ok {
 			points = append(points, sp)
 		}
+	}
+	if refused > 0 {
+		l.m.ticketRefusals.Add(float64(refused))
+		l.log.Warn("ack: dropping items the session ticket does not cover", "items", refused, "err", lastErr)
 	}
 	if len(points) == 0 {
 		return &pb.Empty{}, nil

@@ -65,10 +65,10 @@ func TestConnectChannelsAndFrom(t *testing.T) {
 	e := newEnv(t, func(c *logic.Config) { c.HeartbeatInterval = 25 * time.Second })
 	ctx := context.Background()
 	// The server's stored points: chat 2 and lock 5.
-	if _, err := e.l.Ack(ctx, &pb.AckReq{Items: []*pb.AckItem{
+	if _, err := e.l.Ack(ctx, e.ackTicketed(&pb.AckReq{Items: []*pb.AckItem{
 		{Device: "d1", User: "alice", Channel: "chat/u/alice", Id: 2},
 		{Device: "d1", Channel: "lock/d/d1", Id: 5},
-	}}); err != nil {
+	}})); err != nil {
 		t.Fatal(err)
 	}
 	req := connectReq(e, "alice", "d1", "c1", "k1", "chat", "lock", "news", "nope", "ephemeral", "chat")
@@ -173,8 +173,8 @@ func TestRenew(t *testing.T) {
 // page fetches one page for alice's ios 1.5.0 device d1.
 func (e *env) page(channel string, after uint64, limit uint32) *pb.Page {
 	e.t.Helper()
-	reply, err := e.l.Sync(context.Background(), &pb.SyncReq{Device: "d1", User: "alice", Platform: "ios", AppVersion: "1.5.0",
-		Cursors: []*pb.Cursor{{Channel: channel, After: after}}, Limit: limit})
+	reply, err := e.l.Sync(context.Background(), e.ticketed(&pb.SyncReq{Device: "d1", User: "alice", Platform: "ios", AppVersion: "1.5.0",
+		Cursors: []*pb.Cursor{{Channel: channel, After: after}}, Limit: limit}))
 	if err != nil {
 		e.t.Fatalf("Sync(%s, %d): %v", channel, after, err)
 	}
@@ -257,11 +257,11 @@ func TestSyncChannelOwnership(t *testing.T) {
 		for _, c := range chans {
 			cs = append(cs, &pb.Cursor{Channel: c})
 		}
-		_, err := e.l.Sync(ctx, &pb.SyncReq{Device: "d1", User: "alice", Platform: "ios", Cursors: cs})
+		_, err := e.l.Sync(ctx, e.ticketed(&pb.SyncReq{Device: "d1", User: "alice", Platform: "ios", Cursors: cs}))
 		return err
 	}
-	reply, err := e.l.Sync(ctx, &pb.SyncReq{Device: "d1", User: "alice", Platform: "ios",
-		Cursors: []*pb.Cursor{{Channel: "chat/u/alice"}, {Channel: "lock/d/d1"}, {Channel: "news/g"}}})
+	reply, err := e.l.Sync(ctx, e.ticketed(&pb.SyncReq{Device: "d1", User: "alice", Platform: "ios",
+		Cursors: []*pb.Cursor{{Channel: "chat/u/alice"}, {Channel: "lock/d/d1"}, {Channel: "news/g"}}}))
 	if err != nil || len(reply.Pages) != 3 || reply.Pages[1].Biz != "lock" || len(reply.Pages[1].Oplogs) != 1 || len(reply.Pages[2].Oplogs) != 1 {
 		t.Fatalf("own channels: %v, %v", reply, err)
 	}
@@ -288,17 +288,17 @@ func TestSyncChannelOwnership(t *testing.T) {
 func TestAck(t *testing.T) {
 	e := newEnv(t, nil)
 	ctx := context.Background()
-	if _, err := e.l.Ack(ctx, &pb.AckReq{Items: []*pb.AckItem{
+	if _, err := e.l.Ack(ctx, e.ackTicketed(&pb.AckReq{Items: []*pb.AckItem{
 		{Device: "d1", User: "alice", Channel: "chat/u/alice", Id: 4},
 		{Device: "d1", Channel: "lock/d/d1", Id: 2},
 		{Device: "", Channel: "chat/u/alice", Id: 9}, // dropped: no device
 		{Device: "d1", Channel: "garbage", Id: 9},    // dropped: bad channel
 		{Device: "d1", Channel: "news/g", Id: 0},     // dropped: no id
-	}}); err != nil {
+	}})); err != nil {
 		t.Fatal(err)
 	}
 	// Points never go back.
-	if _, err := e.l.Ack(ctx, &pb.AckReq{Items: []*pb.AckItem{{Device: "d1", Channel: "chat/u/alice", Id: 3}}}); err != nil {
+	if _, err := e.l.Ack(ctx, e.ackTicketed(&pb.AckReq{Items: []*pb.AckItem{{Device: "d1", Channel: "chat/u/alice", Id: 3}}})); err != nil {
 		t.Fatal(err)
 	}
 	pts, err := e.st.SyncPoints(ctx, "d1")
@@ -309,7 +309,7 @@ func TestAck(t *testing.T) {
 		t.Errorf("acks_total = %v", got)
 	}
 	e.st.fail.Store(true)
-	_, err = e.l.Ack(ctx, &pb.AckReq{Items: []*pb.AckItem{{Device: "d1", Channel: "chat/u/alice", Id: 5}}})
+	_, err = e.l.Ack(ctx, e.ackTicketed(&pb.AckReq{Items: []*pb.AckItem{{Device: "d1", Channel: "chat/u/alice", Id: 5}}}))
 	wantCode(t, err, protocol.CodeUnavailable)
 }
 

@@ -26,7 +26,7 @@ func (l localLogic) Connect(ctx context.Context, in *pb.ConnectReq, _ ...grpc.Ca
 func (l localLogic) Disconnect(ctx context.Context, in *pb.DisconnectReq, _ ...grpc.CallOption) (*pb.Empty, error) {
 	return l.s.Disconnect(ctx, in)
 }
-func (l localLogic) Renew(ctx context.Context, in *pb.RenewReq, _ ...grpc.CallOption) (*pb.Empty, error) {
+func (l localLogic) Renew(ctx context.Context, in *pb.RenewReq, _ ...grpc.CallOption) (*pb.RenewReply, error) {
 	return l.s.Renew(ctx, in)
 }
 func (l localLogic) Sync(ctx context.Context, in *pb.SyncReq, _ ...grpc.CallOption) (*pb.SyncReply, error) {

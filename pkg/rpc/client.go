@@ -3,12 +3,14 @@ package rpc
 import (
 	"context"
 	"fmt"
+	"net"
 	"strings"
 	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/resolver"
@@ -34,6 +36,18 @@ type DialConfig struct {
 	// attempt, so a restarted peer is reached again within about this long.
 	// Zero means 3s.
 	MaxBackoff time.Duration
+	// TLS dials with mutual TLS: our certificate is presented, the server's
+	// must chain to the CA, be valid for the dialed host and name
+	// ServerRole (and ServerComet, when set). Nil: plaintext (the server
+	// then only listens on loopback).
+	TLS *TLS
+	// ServerRole is the role the server's certificate must name (RoleLogic,
+	// RoleComet); required with TLS.
+	ServerRole string
+	// ServerComet, when set, is the comet id the server's certificate must
+	// name: job dials a registry entry only if the comet at that address
+	// holds the certificate of the registered id.
+	ServerComet string
 }
 
 func (c *DialConfig) setDefaults() error {
@@ -57,6 +71,8 @@ func (c *DialConfig) setDefaults() error {
 		return fmt.Errorf("%w: dial durations must not be negative", ErrInvalidConfig)
 	case c.MaxMsgBytes < 0:
 		return fmt.Errorf("%w: MaxMsgBytes %d: want > 0", ErrInvalidConfig, c.MaxMsgBytes)
+	case c.TLS != nil && c.ServerRole == "":
+		return fmt.Errorf("%w: ServerRole is required with TLS", ErrInvalidConfig)
 	}
 	return nil
 }
@@ -90,8 +106,12 @@ func Dial(addrs []string, cfg DialConfig) (*grpc.ClientConn, error) {
 	}
 	bo := backoff.DefaultConfig
 	bo.MaxDelay = cfg.MaxBackoff
+	creds := insecure.NewCredentials()
+	if cfg.TLS != nil {
+		creds = credentials.NewTLS(cfg.TLS.clientConfig(cfg.ServerRole, cfg.ServerComet))
+	}
 	opts := []grpc.DialOption{
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithTransportCredentials(creds),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: cfg.KeepaliveTime, Timeout: cfg.KeepaliveTimeout, PermitWithoutStream: true}),
 		grpc.WithConnectParams(grpc.ConnectParams{Backoff: bo, MinConnectTimeout: 5 * time.Second}),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(cfg.MaxMsgBytes), grpc.MaxCallSendMsgSize(cfg.MaxMsgBytes)),
@@ -103,7 +123,13 @@ func Dial(addrs []string, cfg DialConfig) (*grpc.ClientConn, error) {
 		r := manual.NewBuilderWithScheme(fmt.Sprintf("msync-rpc-%d", schemeSeq.Add(1)))
 		state := resolver.State{}
 		for _, a := range clean {
-			state.Addresses = append(state.Addresses, resolver.Address{Addr: a})
+			// ServerName: each address's certificate is checked against
+			// its own host, not the resolver's made-up authority.
+			host, _, err := net.SplitHostPort(a)
+			if err != nil {
+				host = a
+			}
+			state.Addresses = append(state.Addresses, resolver.Address{Addr: a, ServerName: host})
 		}
 		r.InitialState(state)
 		target = r.Scheme() + ":///msync"

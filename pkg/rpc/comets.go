@@ -84,6 +84,9 @@ func NewComets(cfg CometsConfig) (*Comets, error) {
 	if cfg.Refresh < 0 || cfg.MinRefresh < 0 {
 		return nil, fmt.Errorf("%w: Comets: refresh intervals must not be negative", ErrInvalidConfig)
 	}
+	if cfg.Dial.TLS != nil {
+		cfg.Dial.ServerRole = RoleComet // per comet, Refresh adds the id
+	}
 	if err := cfg.Dial.setDefaults(); err != nil {
 		return nil, err
 	}
@@ -293,7 +296,13 @@ func (c *Comets) Refresh(ctx context.Context) error {
 			next[in.ID] = r
 			continue
 		}
-		conn, err := Dial([]string{in.Addr}, c.cfg.Dial)
+		dc := c.cfg.Dial
+		if dc.TLS != nil {
+			// The registry entry is only as good as the certificate: the
+			// server at in.Addr must hold comet in.ID's.
+			dc.ServerRole, dc.ServerComet = RoleComet, in.ID
+		}
+		conn, err := Dial([]string{in.Addr}, dc)
 		if err != nil {
 			c.log.Warn("comet discovery: dial failed", "comet", in.ID, "addr", in.Addr, "err", err)
 			continue

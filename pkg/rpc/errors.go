@@ -9,4 +9,7 @@ var (
 	ErrClosed = errors.New("rpc: closed")
 	// ErrStarted is returned by a second Start.
 	ErrStarted = errors.New("rpc: already started")
+	// ErrInsecureListen is returned by Listen for a non-loopback address
+	// without TLS.
+	ErrInsecureListen = errors.New("rpc: insecure listen address")
 )

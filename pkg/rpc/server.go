@@ -12,6 +12,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/status"
 )
@@ -22,10 +23,23 @@ import (
 // while keeping a bad peer from making us allocate without limit.
 const DefaultMaxMsgBytes = 16 << 20
 
+// maxConcurrentStreams bounds the calls one peer connection may have in
+// flight, so a single peer cannot park unbounded handler goroutines.
+const maxConcurrentStreams = 1024
+
 // ServerConfig configures a Server. Zero values take the defaults noted.
 type ServerConfig struct {
-	// Addr is the listen address, e.g. ":3112" or "127.0.0.1:0". Required.
+	// Addr is the listen address, e.g. "127.0.0.1:3112". Required. Without
+	// TLS only a loopback address is accepted (Listen refuses the rest).
 	Addr string
+	// Setting names Addr in the config file ("logic.grpc_addr"), for the
+	// error that refuses a non-loopback address without TLS.
+	Setting string
+	// TLS turns on mutual TLS: peers must present a certificate signed by
+	// its CA, and each call is allowed only to the role the method's entry
+	// in the role table names (comets call Logic, job calls Comet). Nil:
+	// plaintext, loopback only, every local process trusted.
+	TLS *TLS
 	// MaxMsgBytes bounds received and sent messages. Zero means
 	// DefaultMaxMsgBytes.
 	MaxMsgBytes int
@@ -53,6 +67,9 @@ func (c *ServerConfig) setDefaults() error {
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
+	if c.Setting == "" {
+		c.Setting = "the gRPC listen address"
+	}
 	var errs []error
 	if c.Addr == "" {
 		errs = append(errs, errors.New("Addr is required"))
@@ -72,10 +89,11 @@ func (c *ServerConfig) setDefaults() error {
 // Server is a gRPC server: NewServer, Register services, Listen (optional:
 // to learn the address before Start), Start, Shutdown.
 type Server struct {
-	cfg  ServerConfig
-	log  *slog.Logger
-	srv  *grpc.Server
-	done chan struct{} // closed when Serve returned
+	cfg     ServerConfig
+	log     *slog.Logger
+	srv     *grpc.Server
+	refused *rateLog      // refused peers: one line a second at most
+	done    chan struct{} // closed when Serve returned
 
 	mu struct {
 		sync.Mutex
@@ -92,14 +110,21 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, done: make(chan struct{})}
-	s.srv = grpc.NewServer(
+	s := &Server{cfg: cfg, log: cfg.Logger, done: make(chan struct{}),
+		refused: &rateLog{log: cfg.Logger, interval: time.Second}}
+	interceptors := []grpc.UnaryServerInterceptor{s.recoverAndMap}
+	opts := []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(cfg.MaxMsgBytes),
 		grpc.MaxSendMsgSize(cfg.MaxMsgBytes),
+		grpc.MaxConcurrentStreams(maxConcurrentStreams),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: cfg.KeepaliveTime, Timeout: cfg.KeepaliveTimeout}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
-		grpc.ChainUnaryInterceptor(s.recoverAndMap),
-	)
+	}
+	if cfg.TLS != nil {
+		opts = append(opts, grpc.Creds(loggedCreds{TransportCredentials: credentials.NewTLS(cfg.TLS.serverConfig()), refused: s.refused}))
+		interceptors = append(interceptors, s.authorize)
+	}
+	s.srv = grpc.NewServer(append(opts, grpc.ChainUnaryInterceptor(interceptors...))...)
 	return s, nil
 }
 
@@ -116,6 +141,11 @@ func (s *Server) Listen() error {
 		return ErrClosed
 	case s.mu.ln != nil:
 		return nil
+	}
+	if s.cfg.TLS == nil && !IsLoopback(s.cfg.Addr) {
+		return fmt.Errorf("%w: %s %q: refusing to serve gRPC beyond loopback without TLS: "+
+			"set rpc_tls (ca_file, cert_file, key_file; `msync certs` writes development ones) or bind 127.0.0.1",
+			ErrInsecureListen, s.cfg.Setting, s.cfg.Addr)
 	}
 	ln, err := net.Listen("tcp", s.cfg.Addr)
 	if err != nil {

@@ -338,11 +338,15 @@ func (x *Rejected) GetReason() string {
 }
 
 type ConnectReply struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	User          string                 `protobuf:"bytes,1,opt,name=user,proto3" json:"user,omitempty"`
-	HeartbeatMs   uint32                 `protobuf:"varint,2,opt,name=heartbeat_ms,json=heartbeatMs,proto3" json:"heartbeat_ms,omitempty"`
-	Channels      []*ChannelStart        `protobuf:"bytes,3,rep,name=channels,proto3" json:"channels,omitempty"`
-	Rejected      []*Rejected            `protobuf:"bytes,4,rep,name=rejected,proto3" json:"rejected,omitempty"`
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	User        string                 `protobuf:"bytes,1,opt,name=user,proto3" json:"user,omitempty"`
+	HeartbeatMs uint32                 `protobuf:"varint,2,opt,name=heartbeat_ms,json=heartbeatMs,proto3" json:"heartbeat_ms,omitempty"`
+	Channels    []*ChannelStart        `protobuf:"bytes,3,rep,name=channels,proto3" json:"channels,omitempty"`
+	Rejected    []*Rejected            `protobuf:"bytes,4,rep,name=rejected,proto3" json:"rejected,omitempty"`
+	// ticket is the session's proof for Sync and Ack: a Ticket, encoded,
+	// followed by an HMAC-SHA256 under a key only logic holds. Opaque to the
+	// comet, which hands it back unchanged.
+	Ticket        []byte `protobuf:"bytes,5,opt,name=ticket,proto3" json:"ticket,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -405,6 +409,115 @@ func (x *ConnectReply) GetRejected() []*Rejected {
 	return nil
 }
 
+func (x *ConnectReply) GetTicket() []byte {
+	if x != nil {
+		return x.Ticket
+	}
+	return nil
+}
+
+// Ticket is what logic signs at Connect. Sync and Ack read the session's
+// user, device and channels from it, never from bare request fields.
+type Ticket struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Comet         string                 `protobuf:"bytes,1,opt,name=comet,proto3" json:"comet,omitempty"`
+	Key           string                 `protobuf:"bytes,2,opt,name=key,proto3" json:"key,omitempty"`
+	User          string                 `protobuf:"bytes,3,opt,name=user,proto3" json:"user,omitempty"`
+	Device        string                 `protobuf:"bytes,4,opt,name=device,proto3" json:"device,omitempty"`
+	Platform      string                 `protobuf:"bytes,5,opt,name=platform,proto3" json:"platform,omitempty"`
+	AppVersion    string                 `protobuf:"bytes,6,opt,name=app_version,json=appVersion,proto3" json:"app_version,omitempty"`
+	Channels      []string               `protobuf:"bytes,7,rep,name=channels,proto3" json:"channels,omitempty"`
+	ExpiresMs     int64                  `protobuf:"varint,8,opt,name=expires_ms,json=expiresMs,proto3" json:"expires_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Ticket) Reset() {
+	*x = Ticket{}
+	mi := &file_pkg_api_pb_api_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Ticket) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Ticket) ProtoMessage() {}
+
+func (x *Ticket) ProtoReflect() protoreflect.Message {
+	mi := &file_pkg_api_pb_api_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Ticket.ProtoReflect.Descriptor instead.
+func (*Ticket) Descriptor() ([]byte, []int) {
+	return file_pkg_api_pb_api_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *Ticket) GetComet() string {
+	if x != nil {
+		return x.Comet
+	}
+	return ""
+}
+
+func (x *Ticket) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *Ticket) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
+func (x *Ticket) GetDevice() string {
+	if x != nil {
+		return x.Device
+	}
+	return ""
+}
+
+func (x *Ticket) GetPlatform() string {
+	if x != nil {
+		return x.Platform
+	}
+	return ""
+}
+
+func (x *Ticket) GetAppVersion() string {
+	if x != nil {
+		return x.AppVersion
+	}
+	return ""
+}
+
+func (x *Ticket) GetChannels() []string {
+	if x != nil {
+		return x.Channels
+	}
+	return nil
+}
+
+func (x *Ticket) GetExpiresMs() int64 {
+	if x != nil {
+		return x.ExpiresMs
+	}
+	return 0
+}
+
 type DisconnectReq struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Comet         string                 `protobuf:"bytes,1,opt,name=comet,proto3" json:"comet,omitempty"`
@@ -417,7 +530,7 @@ type DisconnectReq struct {
 
 func (x *DisconnectReq) Reset() {
 	*x = DisconnectReq{}
-	mi := &file_pkg_api_pb_api_proto_msgTypes[6]
+	mi := &file_pkg_api_pb_api_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -429,7 +542,7 @@ func (x *DisconnectReq) String() string {
 func (*DisconnectReq) ProtoMessage() {}
 
 func (x *DisconnectReq) ProtoReflect() protoreflect.Message {
-	mi := &file_pkg_api_pb_api_proto_msgTypes[6]
+	mi := &file_pkg_api_pb_api_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -442,7 +555,7 @@ func (x *DisconnectReq) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DisconnectReq.ProtoReflect.Descriptor instead.
 func (*DisconnectReq) Descriptor() ([]byte, []int) {
-	return file_pkg_api_pb_api_proto_rawDescGZIP(), []int{6}
+	return file_pkg_api_pb_api_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *DisconnectReq) GetComet() string {
@@ -474,17 +587,20 @@ func (x *DisconnectReq) GetUser() string {
 }
 
 type SessionRef struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Key           string                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
-	Device        string                 `protobuf:"bytes,2,opt,name=device,proto3" json:"device,omitempty"`
-	User          string                 `protobuf:"bytes,3,opt,name=user,proto3" json:"user,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Key    string                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	Device string                 `protobuf:"bytes,2,opt,name=device,proto3" json:"device,omitempty"`
+	User   string                 `protobuf:"bytes,3,opt,name=user,proto3" json:"user,omitempty"`
+	// ticket: the session's current ticket; logic answers a fresh one in
+	// RenewReply once it is past half its life.
+	Ticket        []byte `protobuf:"bytes,4,opt,name=ticket,proto3" json:"ticket,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SessionRef) Reset() {
 	*x = SessionRef{}
-	mi := &file_pkg_api_pb_api_proto_msgTypes[7]
+	mi := &file_pkg_api_pb_api_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -496,7 +612,7 @@ func (x *SessionRef) String() string {
 func (*SessionRef) ProtoMessage() {}
 
 func (x *SessionRef) ProtoReflect() protoreflect.Message {
-	mi := &file_pkg_api_pb_api_proto_msgTypes[7]
+	mi := &file_pkg_api_pb_api_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -509,7 +625,7 @@ func (x *SessionRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionRef.ProtoReflect.Descriptor instead.
 func (*SessionRef) Descriptor() ([]byte, []int) {
-	return file_pkg_api_pb_api_proto_rawDescGZIP(), []int{7}
+	return file_pkg_api_pb_api_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *SessionRef) GetKey() string {
@@ -533,6 +649,13 @@ func (x *SessionRef) GetUser() string {
 	return ""
 }
 
+func (x *SessionRef) GetTicket() []byte {
+	if x != nil {
+		return x.Ticket
+	}
+	return nil
+}
+
 // RenewReq keeps a comet's sessions alive in the directory (batched).
 type RenewReq struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
@@ -548,7 +671,7 @@ type RenewReq struct {
 
 func (x *RenewReq) Reset() {
 	*x = RenewReq{}
-	mi := &file_pkg_api_pb_api_proto_msgTypes[8]
+	mi := &file_pkg_api_pb_api_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -560,7 +683,7 @@ func (x *RenewReq) String() string {
 func (*RenewReq) ProtoMessage() {}
 
 func (x *RenewReq) ProtoReflect() protoreflect.Message {
-	mi := &file_pkg_api_pb_api_proto_msgTypes[8]
+	mi := &file_pkg_api_pb_api_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -573,7 +696,7 @@ func (x *RenewReq) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewReq.ProtoReflect.Descriptor instead.
 func (*RenewReq) Descriptor() ([]byte, []int) {
-	return file_pkg_api_pb_api_proto_rawDescGZIP(), []int{8}
+	return file_pkg_api_pb_api_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *RenewReq) GetComet() string {
@@ -597,6 +720,104 @@ func (x *RenewReq) GetGrpcAddr() string {
 	return ""
 }
 
+type RenewedTicket struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Key           string                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	Ticket        []byte                 `protobuf:"bytes,2,opt,name=ticket,proto3" json:"ticket,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RenewedTicket) Reset() {
+	*x = RenewedTicket{}
+	mi := &file_pkg_api_pb_api_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RenewedTicket) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RenewedTicket) ProtoMessage() {}
+
+func (x *RenewedTicket) ProtoReflect() protoreflect.Message {
+	mi := &file_pkg_api_pb_api_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RenewedTicket.ProtoReflect.Descriptor instead.
+func (*RenewedTicket) Descriptor() ([]byte, []int) {
+	return file_pkg_api_pb_api_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *RenewedTicket) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *RenewedTicket) GetTicket() []byte {
+	if x != nil {
+		return x.Ticket
+	}
+	return nil
+}
+
+type RenewReply struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// tickets: fresh tickets for the sessions whose ticket is past half its
+	// life (connection key -> ticket).
+	Tickets       []*RenewedTicket `protobuf:"bytes,1,rep,name=tickets,proto3" json:"tickets,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RenewReply) Reset() {
+	*x = RenewReply{}
+	mi := &file_pkg_api_pb_api_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RenewReply) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RenewReply) ProtoMessage() {}
+
+func (x *RenewReply) ProtoReflect() protoreflect.Message {
+	mi := &file_pkg_api_pb_api_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RenewReply.ProtoReflect.Descriptor instead.
+func (*RenewReply) Descriptor() ([]byte, []int) {
+	return file_pkg_api_pb_api_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *RenewReply) GetTickets() []*RenewedTicket {
+	if x != nil {
+		return x.Tickets
+	}
+	return nil
+}
+
 type Cursor struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	Channel string                 `protobuf:"bytes,1,opt,name=channel,proto3" json:"channel,omitempty"`
@@ -608,7 +829,7 @@ type Cursor struct {
 
 func (x *Cursor) Reset() {
 	*x = Cursor{}
-	mi := &file_pkg_api_pb_api_proto_msgTypes[9]
+	mi := &file_pkg_api_pb_api_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -620,7 +841,7 @@ func (x *Cursor) String() string {
 func (*Cursor) ProtoMessage() {}
 
 func (x *Cursor) ProtoReflect() protoreflect.Message {
-	mi := &file_pkg_api_pb_api_proto_msgTypes[9]
+	mi := &file_pkg_api_pb_api_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -633,7 +854,7 @@ func (x *Cursor) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Cursor.ProtoReflect.Descriptor instead.
 func (*Cursor) Descriptor() ([]byte, []int) {
-	return file_pkg_api_pb_api_proto_rawDescGZIP(), []int{9}
+	return file_pkg_api_pb_api_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Cursor) GetChannel() string {
@@ -650,23 +871,27 @@ func (x *Cursor) GetAfter() uint64 {
 	return 0
 }
 
-// SyncReq asks for the next page of several channels of one device.
+// SyncReq asks for the next page of several channels of one session.
 type SyncReq struct {
-	state      protoimpl.MessageState `protogen:"open.v1"`
-	Device     string                 `protobuf:"bytes,1,opt,name=device,proto3" json:"device,omitempty"`
-	User       string                 `protobuf:"bytes,2,opt,name=user,proto3" json:"user,omitempty"`
-	Platform   string                 `protobuf:"bytes,3,opt,name=platform,proto3" json:"platform,omitempty"`
-	AppVersion string                 `protobuf:"bytes,4,opt,name=app_version,json=appVersion,proto3" json:"app_version,omitempty"`
-	Cursors    []*Cursor              `protobuf:"bytes,5,rep,name=cursors,proto3" json:"cursors,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// device, user, platform and app_version are logged only: logic takes
+	// them from the ticket and refuses a request whose fields differ.
+	Device     string    `protobuf:"bytes,1,opt,name=device,proto3" json:"device,omitempty"`
+	User       string    `protobuf:"bytes,2,opt,name=user,proto3" json:"user,omitempty"`
+	Platform   string    `protobuf:"bytes,3,opt,name=platform,proto3" json:"platform,omitempty"`
+	AppVersion string    `protobuf:"bytes,4,opt,name=app_version,json=appVersion,proto3" json:"app_version,omitempty"`
+	Cursors    []*Cursor `protobuf:"bytes,5,rep,name=cursors,proto3" json:"cursors,omitempty"`
 	// limit per channel page (0 = server default).
-	Limit         uint32 `protobuf:"varint,6,opt,name=limit,proto3" json:"limit,omitempty"`
+	Limit uint32 `protobuf:"varint,6,opt,name=limit,proto3" json:"limit,omitempty"`
+	// ticket from ConnectReply (or a RenewReply); required.
+	Ticket        []byte `protobuf:"bytes,7,opt,name=ticket,proto3" json:"ticket,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SyncReq) Reset() {
 	*x = SyncReq{}
-	mi := &file_pkg_api_pb_api_proto_msgTypes[10]
+	mi := &file_pkg_api_pb_api_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -678,7 +903,7 @@ func (x *SyncReq) String() string {
 func (*SyncReq) ProtoMessage() {}
 
 func (x *SyncReq) ProtoReflect() protoreflect.Message {
-	mi := &file_pkg_api_pb_api_proto_msgTypes[10]
+	mi := &file_pkg_api_pb_api_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -691,7 +916,7 @@ func (x *SyncReq) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncReq.ProtoReflect.Descriptor instead.
 func (*SyncReq) Descriptor() ([]byte, []int) {
-	return file_pkg_api_pb_api_proto_rawDescGZIP(), []int{10}
+	return file_pkg_api_pb_api_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *SyncReq) GetDevice() string {
@@ -736,6 +961,13 @@ func (x *SyncReq) GetLimit() uint32 {
 	return 0
 }
 
+func (x *SyncReq) GetTicket() []byte {
+	if x != nil {
+		return x.Ticket
+	}
+	return nil
+}
+
 type Page struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	Channel string                 `protobuf:"bytes,1,opt,name=channel,proto3" json:"channel,omitempty"`
@@ -757,7 +989,7 @@ type Page struct {
 
 func (x *Page) Reset() {
 	*x = Page{}
-	mi := &file_pkg_api_pb_api_proto_msgTypes[11]
+	mi := &file_pkg_api_pb_api_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -769,7 +1001,7 @@ func (x *Page) String() string {
 func (*Page) ProtoMessage() {}
 
 func (x *Page) ProtoReflect() protoreflect.Message {
-	mi := &file_pkg_api_pb_api_proto_msgTypes[11]
+	mi := &file_pkg_api_pb_api_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -782,7 +1014,7 @@ func (x *Page) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Page.ProtoReflect.Descriptor instead.
 func (*Page) Descriptor() ([]byte, []int) {
-	return file_pkg_api_pb_api_proto_rawDescGZIP(), []int{11}
+	return file_pkg_api_pb_api_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Page) GetChannel() string {
@@ -850,7 +1082,7 @@ type SyncReply struct {
 
 func (x *SyncReply) Reset() {
 	*x = SyncReply{}
-	mi := &file_pkg_api_pb_api_proto_msgTypes[12]
+	mi := &file_pkg_api_pb_api_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -862,7 +1094,7 @@ func (x *SyncReply) String() string {
 func (*SyncReply) ProtoMessage() {}
 
 func (x *SyncReply) ProtoReflect() protoreflect.Message {
-	mi := &file_pkg_api_pb_api_proto_msgTypes[12]
+	mi := &file_pkg_api_pb_api_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -875,7 +1107,7 @@ func (x *SyncReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncReply.ProtoReflect.Descriptor instead.
 func (*SyncReply) Descriptor() ([]byte, []int) {
-	return file_pkg_api_pb_api_proto_rawDescGZIP(), []int{12}
+	return file_pkg_api_pb_api_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *SyncReply) GetPages() []*Page {
@@ -886,18 +1118,21 @@ func (x *SyncReply) GetPages() []*Page {
 }
 
 type AckItem struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Device        string                 `protobuf:"bytes,1,opt,name=device,proto3" json:"device,omitempty"`
-	User          string                 `protobuf:"bytes,2,opt,name=user,proto3" json:"user,omitempty"`
-	Channel       string                 `protobuf:"bytes,3,opt,name=channel,proto3" json:"channel,omitempty"`
-	Id            uint64                 `protobuf:"varint,4,opt,name=id,proto3" json:"id,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// device and user must match the ticket's; the channel must be one of it.
+	Device  string `protobuf:"bytes,1,opt,name=device,proto3" json:"device,omitempty"`
+	User    string `protobuf:"bytes,2,opt,name=user,proto3" json:"user,omitempty"`
+	Channel string `protobuf:"bytes,3,opt,name=channel,proto3" json:"channel,omitempty"`
+	Id      uint64 `protobuf:"varint,4,opt,name=id,proto3" json:"id,omitempty"`
+	// ticket of the acking session; required.
+	Ticket        []byte `protobuf:"bytes,5,opt,name=ticket,proto3" json:"ticket,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *AckItem) Reset() {
 	*x = AckItem{}
-	mi := &file_pkg_api_pb_api_proto_msgTypes[13]
+	mi := &file_pkg_api_pb_api_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -909,7 +1144,7 @@ func (x *AckItem) String() string {
 func (*AckItem) ProtoMessage() {}
 
 func (x *AckItem) ProtoReflect() protoreflect.Message {
-	mi := &file_pkg_api_pb_api_proto_msgTypes[13]
+	mi := &file_pkg_api_pb_api_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -922,7 +1157,7 @@ func (x *AckItem) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AckItem.ProtoReflect.Descriptor instead.
 func (*AckItem) Descriptor() ([]byte, []int) {
-	return file_pkg_api_pb_api_proto_rawDescGZIP(), []int{13}
+	return file_pkg_api_pb_api_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *AckItem) GetDevice() string {
@@ -953,6 +1188,13 @@ func (x *AckItem) GetId() uint64 {
 	return 0
 }
 
+func (x *AckItem) GetTicket() []byte {
+	if x != nil {
+		return x.Ticket
+	}
+	return nil
+}
+
 type AckReq struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Items         []*AckItem             `protobuf:"bytes,1,rep,name=items,proto3" json:"items,omitempty"`
@@ -962,7 +1204,7 @@ type AckReq struct {
 
 func (x *AckReq) Reset() {
 	*x = AckReq{}
-	mi := &file_pkg_api_pb_api_proto_msgTypes[14]
+	mi := &file_pkg_api_pb_api_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -974,7 +1216,7 @@ func (x *AckReq) String() string {
 func (*AckReq) ProtoMessage() {}
 
 func (x *AckReq) ProtoReflect() protoreflect.Message {
-	mi := &file_pkg_api_pb_api_proto_msgTypes[14]
+	mi := &file_pkg_api_pb_api_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -987,7 +1229,7 @@ func (x *AckReq) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AckReq.ProtoReflect.Descriptor instead.
 func (*AckReq) Descriptor() ([]byte, []int) {
-	return file_pkg_api_pb_api_proto_rawDescGZIP(), []int{14}
+	return file_pkg_api_pb_api_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *AckReq) GetItems() []*AckItem {
@@ -1010,7 +1252,7 @@ type PushItem struct {
 
 func (x *PushItem) Reset() {
 	*x = PushItem{}
-	mi := &file_pkg_api_pb_api_proto_msgTypes[15]
+	mi := &file_pkg_api_pb_api_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1022,7 +1264,7 @@ func (x *PushItem) String() string {
 func (*PushItem) ProtoMessage() {}
 
 func (x *PushItem) ProtoReflect() protoreflect.Message {
-	mi := &file_pkg_api_pb_api_proto_msgTypes[15]
+	mi := &file_pkg_api_pb_api_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1035,7 +1277,7 @@ func (x *PushItem) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PushItem.ProtoReflect.Descriptor instead.
 func (*PushItem) Descriptor() ([]byte, []int) {
-	return file_pkg_api_pb_api_proto_rawDescGZIP(), []int{15}
+	return file_pkg_api_pb_api_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *PushItem) GetKeys() []string {
@@ -1076,7 +1318,7 @@ type PushMsg struct {
 
 func (x *PushMsg) Reset() {
 	*x = PushMsg{}
-	mi := &file_pkg_api_pb_api_proto_msgTypes[16]
+	mi := &file_pkg_api_pb_api_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1088,7 +1330,7 @@ func (x *PushMsg) String() string {
 func (*PushMsg) ProtoMessage() {}
 
 func (x *PushMsg) ProtoReflect() protoreflect.Message {
-	mi := &file_pkg_api_pb_api_proto_msgTypes[16]
+	mi := &file_pkg_api_pb_api_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1101,7 +1343,7 @@ func (x *PushMsg) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PushMsg.ProtoReflect.Descriptor instead.
 func (*PushMsg) Descriptor() ([]byte, []int) {
-	return file_pkg_api_pb_api_proto_rawDescGZIP(), []int{16}
+	return file_pkg_api_pb_api_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *PushMsg) GetRoom() string {
@@ -1157,7 +1399,7 @@ type BroadcastReq struct {
 
 func (x *BroadcastReq) Reset() {
 	*x = BroadcastReq{}
-	mi := &file_pkg_api_pb_api_proto_msgTypes[17]
+	mi := &file_pkg_api_pb_api_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1169,7 +1411,7 @@ func (x *BroadcastReq) String() string {
 func (*BroadcastReq) ProtoMessage() {}
 
 func (x *BroadcastReq) ProtoReflect() protoreflect.Message {
-	mi := &file_pkg_api_pb_api_proto_msgTypes[17]
+	mi := &file_pkg_api_pb_api_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1182,7 +1424,7 @@ func (x *BroadcastReq) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BroadcastReq.ProtoReflect.Descriptor instead.
 func (*BroadcastReq) Descriptor() ([]byte, []int) {
-	return file_pkg_api_pb_api_proto_rawDescGZIP(), []int{17}
+	return file_pkg_api_pb_api_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *BroadcastReq) GetOplog() *oplog.Oplog {
@@ -1225,7 +1467,7 @@ type RoomsReq struct {
 
 func (x *RoomsReq) Reset() {
 	*x = RoomsReq{}
-	mi := &file_pkg_api_pb_api_proto_msgTypes[18]
+	mi := &file_pkg_api_pb_api_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1237,7 +1479,7 @@ func (x *RoomsReq) String() string {
 func (*RoomsReq) ProtoMessage() {}
 
 func (x *RoomsReq) ProtoReflect() protoreflect.Message {
-	mi := &file_pkg_api_pb_api_proto_msgTypes[18]
+	mi := &file_pkg_api_pb_api_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1250,7 +1492,7 @@ func (x *RoomsReq) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RoomsReq.ProtoReflect.Descriptor instead.
 func (*RoomsReq) Descriptor() ([]byte, []int) {
-	return file_pkg_api_pb_api_proto_rawDescGZIP(), []int{18}
+	return file_pkg_api_pb_api_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *RoomsReq) GetKeys() []string {
@@ -1283,7 +1525,7 @@ type PushReq struct {
 
 func (x *PushReq) Reset() {
 	*x = PushReq{}
-	mi := &file_pkg_api_pb_api_proto_msgTypes[19]
+	mi := &file_pkg_api_pb_api_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1295,7 +1537,7 @@ func (x *PushReq) String() string {
 func (*PushReq) ProtoMessage() {}
 
 func (x *PushReq) ProtoReflect() protoreflect.Message {
-	mi := &file_pkg_api_pb_api_proto_msgTypes[19]
+	mi := &file_pkg_api_pb_api_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1308,7 +1550,7 @@ func (x *PushReq) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PushReq.ProtoReflect.Descriptor instead.
 func (*PushReq) Descriptor() ([]byte, []int) {
-	return file_pkg_api_pb_api_proto_rawDescGZIP(), []int{19}
+	return file_pkg_api_pb_api_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *PushReq) GetItems() []*PushItem {
@@ -1328,7 +1570,7 @@ type PushReply struct {
 
 func (x *PushReply) Reset() {
 	*x = PushReply{}
-	mi := &file_pkg_api_pb_api_proto_msgTypes[20]
+	mi := &file_pkg_api_pb_api_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1340,7 +1582,7 @@ func (x *PushReply) String() string {
 func (*PushReply) ProtoMessage() {}
 
 func (x *PushReply) ProtoReflect() protoreflect.Message {
-	mi := &file_pkg_api_pb_api_proto_msgTypes[20]
+	mi := &file_pkg_api_pb_api_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1353,7 +1595,7 @@ func (x *PushReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PushReply.ProtoReflect.Descriptor instead.
 func (*PushReply) Descriptor() ([]byte, []int) {
-	return file_pkg_api_pb_api_proto_rawDescGZIP(), []int{20}
+	return file_pkg_api_pb_api_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *PushReply) GetDelivered() uint32 {
@@ -1374,7 +1616,7 @@ type KickReq struct {
 
 func (x *KickReq) Reset() {
 	*x = KickReq{}
-	mi := &file_pkg_api_pb_api_proto_msgTypes[21]
+	mi := &file_pkg_api_pb_api_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1386,7 +1628,7 @@ func (x *KickReq) String() string {
 func (*KickReq) ProtoMessage() {}
 
 func (x *KickReq) ProtoReflect() protoreflect.Message {
-	mi := &file_pkg_api_pb_api_proto_msgTypes[21]
+	mi := &file_pkg_api_pb_api_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1399,7 +1641,7 @@ func (x *KickReq) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KickReq.ProtoReflect.Descriptor instead.
 func (*KickReq) Descriptor() ([]byte, []int) {
-	return file_pkg_api_pb_api_proto_rawDescGZIP(), []int{21}
+	return file_pkg_api_pb_api_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *KickReq) GetKeys() []string {
@@ -1440,7 +1682,7 @@ type QueueMsg struct {
 
 func (x *QueueMsg) Reset() {
 	*x = QueueMsg{}
-	mi := &file_pkg_api_pb_api_proto_msgTypes[22]
+	mi := &file_pkg_api_pb_api_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1452,7 +1694,7 @@ func (x *QueueMsg) String() string {
 func (*QueueMsg) ProtoMessage() {}
 
 func (x *QueueMsg) ProtoReflect() protoreflect.Message {
-	mi := &file_pkg_api_pb_api_proto_msgTypes[22]
+	mi := &file_pkg_api_pb_api_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1465,7 +1707,7 @@ func (x *QueueMsg) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueueMsg.ProtoReflect.Descriptor instead.
 func (*QueueMsg) Descriptor() ([]byte, []int) {
-	return file_pkg_api_pb_api_proto_rawDescGZIP(), []int{22}
+	return file_pkg_api_pb_api_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *QueueMsg) GetBody() isQueueMsg_Body {
@@ -1554,7 +1796,7 @@ type PushTarget struct {
 
 func (x *PushTarget) Reset() {
 	*x = PushTarget{}
-	mi := &file_pkg_api_pb_api_proto_msgTypes[23]
+	mi := &file_pkg_api_pb_api_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1566,7 +1808,7 @@ func (x *PushTarget) String() string {
 func (*PushTarget) ProtoMessage() {}
 
 func (x *PushTarget) ProtoReflect() protoreflect.Message {
-	mi := &file_pkg_api_pb_api_proto_msgTypes[23]
+	mi := &file_pkg_api_pb_api_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1579,7 +1821,7 @@ func (x *PushTarget) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PushTarget.ProtoReflect.Descriptor instead.
 func (*PushTarget) Descriptor() ([]byte, []int) {
-	return file_pkg_api_pb_api_proto_rawDescGZIP(), []int{23}
+	return file_pkg_api_pb_api_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *PushTarget) GetUser() string {
@@ -1629,7 +1871,7 @@ type RoomsMsg struct {
 
 func (x *RoomsMsg) Reset() {
 	*x = RoomsMsg{}
-	mi := &file_pkg_api_pb_api_proto_msgTypes[24]
+	mi := &file_pkg_api_pb_api_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1641,7 +1883,7 @@ func (x *RoomsMsg) String() string {
 func (*RoomsMsg) ProtoMessage() {}
 
 func (x *RoomsMsg) ProtoReflect() protoreflect.Message {
-	mi := &file_pkg_api_pb_api_proto_msgTypes[24]
+	mi := &file_pkg_api_pb_api_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1654,7 +1896,7 @@ func (x *RoomsMsg) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RoomsMsg.ProtoReflect.Descriptor instead.
 func (*RoomsMsg) Descriptor() ([]byte, []int) {
-	return file_pkg_api_pb_api_proto_rawDescGZIP(), []int{24}
+	return file_pkg_api_pb_api_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *RoomsMsg) GetDevice() string {
@@ -1690,7 +1932,7 @@ type KickMsg struct {
 
 func (x *KickMsg) Reset() {
 	*x = KickMsg{}
-	mi := &file_pkg_api_pb_api_proto_msgTypes[25]
+	mi := &file_pkg_api_pb_api_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1702,7 +1944,7 @@ func (x *KickMsg) String() string {
 func (*KickMsg) ProtoMessage() {}
 
 func (x *KickMsg) ProtoReflect() protoreflect.Message {
-	mi := &file_pkg_api_pb_api_proto_msgTypes[25]
+	mi := &file_pkg_api_pb_api_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1715,7 +1957,7 @@ func (x *KickMsg) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KickMsg.ProtoReflect.Descriptor instead.
 func (*KickMsg) Descriptor() ([]byte, []int) {
-	return file_pkg_api_pb_api_proto_rawDescGZIP(), []int{25}
+	return file_pkg_api_pb_api_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *KickMsg) GetComet() string {
@@ -1774,29 +2016,48 @@ const file_pkg_api_pb_api_proto_rawDesc = "" +
 	"\x04from\x18\x03 \x01(\x04R\x04from\"4\n" +
 	"\bRejected\x12\x10\n" +
 	"\x03biz\x18\x01 \x01(\tR\x03biz\x12\x16\n" +
-	"\x06reason\x18\x02 \x01(\tR\x06reason\"\xb1\x01\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"\xc9\x01\n" +
 	"\fConnectReply\x12\x12\n" +
 	"\x04user\x18\x01 \x01(\tR\x04user\x12!\n" +
 	"\fheartbeat_ms\x18\x02 \x01(\rR\vheartbeatMs\x126\n" +
 	"\bchannels\x18\x03 \x03(\v2\x1a.msync.api.v1.ChannelStartR\bchannels\x122\n" +
-	"\brejected\x18\x04 \x03(\v2\x16.msync.api.v1.RejectedR\brejected\"c\n" +
+	"\brejected\x18\x04 \x03(\v2\x16.msync.api.v1.RejectedR\brejected\x12\x16\n" +
+	"\x06ticket\x18\x05 \x01(\fR\x06ticket\"\xd4\x01\n" +
+	"\x06Ticket\x12\x14\n" +
+	"\x05comet\x18\x01 \x01(\tR\x05comet\x12\x10\n" +
+	"\x03key\x18\x02 \x01(\tR\x03key\x12\x12\n" +
+	"\x04user\x18\x03 \x01(\tR\x04user\x12\x16\n" +
+	"\x06device\x18\x04 \x01(\tR\x06device\x12\x1a\n" +
+	"\bplatform\x18\x05 \x01(\tR\bplatform\x12\x1f\n" +
+	"\vapp_version\x18\x06 \x01(\tR\n" +
+	"appVersion\x12\x1a\n" +
+	"\bchannels\x18\a \x03(\tR\bchannels\x12\x1d\n" +
+	"\n" +
+	"expires_ms\x18\b \x01(\x03R\texpiresMs\"c\n" +
 	"\rDisconnectReq\x12\x14\n" +
 	"\x05comet\x18\x01 \x01(\tR\x05comet\x12\x10\n" +
 	"\x03key\x18\x02 \x01(\tR\x03key\x12\x16\n" +
 	"\x06device\x18\x03 \x01(\tR\x06device\x12\x12\n" +
-	"\x04user\x18\x04 \x01(\tR\x04user\"J\n" +
+	"\x04user\x18\x04 \x01(\tR\x04user\"b\n" +
 	"\n" +
 	"SessionRef\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x16\n" +
 	"\x06device\x18\x02 \x01(\tR\x06device\x12\x12\n" +
-	"\x04user\x18\x03 \x01(\tR\x04user\"s\n" +
+	"\x04user\x18\x03 \x01(\tR\x04user\x12\x16\n" +
+	"\x06ticket\x18\x04 \x01(\fR\x06ticket\"s\n" +
 	"\bRenewReq\x12\x14\n" +
 	"\x05comet\x18\x01 \x01(\tR\x05comet\x124\n" +
 	"\bsessions\x18\x02 \x03(\v2\x18.msync.api.v1.SessionRefR\bsessions\x12\x1b\n" +
-	"\tgrpc_addr\x18\x03 \x01(\tR\bgrpcAddr\"8\n" +
+	"\tgrpc_addr\x18\x03 \x01(\tR\bgrpcAddr\"9\n" +
+	"\rRenewedTicket\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x16\n" +
+	"\x06ticket\x18\x02 \x01(\fR\x06ticket\"C\n" +
+	"\n" +
+	"RenewReply\x125\n" +
+	"\atickets\x18\x01 \x03(\v2\x1b.msync.api.v1.RenewedTicketR\atickets\"8\n" +
 	"\x06Cursor\x12\x18\n" +
 	"\achannel\x18\x01 \x01(\tR\achannel\x12\x14\n" +
-	"\x05after\x18\x02 \x01(\x04R\x05after\"\xb8\x01\n" +
+	"\x05after\x18\x02 \x01(\x04R\x05after\"\xd0\x01\n" +
 	"\aSyncReq\x12\x16\n" +
 	"\x06device\x18\x01 \x01(\tR\x06device\x12\x12\n" +
 	"\x04user\x18\x02 \x01(\tR\x04user\x12\x1a\n" +
@@ -1804,7 +2065,8 @@ const file_pkg_api_pb_api_proto_rawDesc = "" +
 	"\vapp_version\x18\x04 \x01(\tR\n" +
 	"appVersion\x12.\n" +
 	"\acursors\x18\x05 \x03(\v2\x14.msync.api.v1.CursorR\acursors\x12\x14\n" +
-	"\x05limit\x18\x06 \x01(\rR\x05limit\"\xe0\x01\n" +
+	"\x05limit\x18\x06 \x01(\rR\x05limit\x12\x16\n" +
+	"\x06ticket\x18\a \x01(\fR\x06ticket\"\xe0\x01\n" +
 	"\x04Page\x12\x18\n" +
 	"\achannel\x18\x01 \x01(\tR\achannel\x12\x10\n" +
 	"\x03biz\x18\x02 \x01(\tR\x03biz\x12\x14\n" +
@@ -1815,12 +2077,13 @@ const file_pkg_api_pb_api_proto_rawDesc = "" +
 	"\askipped\x18\a \x01(\x04R\askipped\x12\"\n" +
 	"\rnext_valid_ms\x18\b \x01(\x03R\vnextValidMs\"5\n" +
 	"\tSyncReply\x12(\n" +
-	"\x05pages\x18\x01 \x03(\v2\x12.msync.api.v1.PageR\x05pages\"_\n" +
+	"\x05pages\x18\x01 \x03(\v2\x12.msync.api.v1.PageR\x05pages\"w\n" +
 	"\aAckItem\x12\x16\n" +
 	"\x06device\x18\x01 \x01(\tR\x06device\x12\x12\n" +
 	"\x04user\x18\x02 \x01(\tR\x04user\x12\x18\n" +
 	"\achannel\x18\x03 \x01(\tR\achannel\x12\x0e\n" +
-	"\x02id\x18\x04 \x01(\x04R\x02id\"5\n" +
+	"\x02id\x18\x04 \x01(\x04R\x02id\x12\x16\n" +
+	"\x06ticket\x18\x05 \x01(\fR\x06ticket\"5\n" +
 	"\x06AckReq\x12+\n" +
 	"\x05items\x18\x01 \x03(\v2\x15.msync.api.v1.AckItemR\x05items\"v\n" +
 	"\bPushItem\x12\x12\n" +
@@ -1871,12 +2134,12 @@ const file_pkg_api_pb_api_proto_rawDesc = "" +
 	"\x05comet\x18\x01 \x01(\tR\x05comet\x12\x10\n" +
 	"\x03key\x18\x02 \x01(\tR\x03key\x12\x12\n" +
 	"\x04code\x18\x03 \x01(\rR\x04code\x12\x16\n" +
-	"\x06reason\x18\x04 \x01(\tR\x06reason2\xa8\x02\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason2\xad\x02\n" +
 	"\x05Logic\x12?\n" +
 	"\aConnect\x12\x18.msync.api.v1.ConnectReq\x1a\x1a.msync.api.v1.ConnectReply\x12>\n" +
 	"\n" +
-	"Disconnect\x12\x1b.msync.api.v1.DisconnectReq\x1a\x13.msync.api.v1.Empty\x124\n" +
-	"\x05Renew\x12\x16.msync.api.v1.RenewReq\x1a\x13.msync.api.v1.Empty\x126\n" +
+	"Disconnect\x12\x1b.msync.api.v1.DisconnectReq\x1a\x13.msync.api.v1.Empty\x129\n" +
+	"\x05Renew\x12\x16.msync.api.v1.RenewReq\x1a\x18.msync.api.v1.RenewReply\x126\n" +
 	"\x04Sync\x12\x15.msync.api.v1.SyncReq\x1a\x17.msync.api.v1.SyncReply\x120\n" +
 	"\x03Ack\x12\x14.msync.api.v1.AckReq\x1a\x13.msync.api.v1.Empty2\xeb\x01\n" +
 	"\x05Comet\x126\n" +
@@ -1897,7 +2160,7 @@ func file_pkg_api_pb_api_proto_rawDescGZIP() []byte {
 	return file_pkg_api_pb_api_proto_rawDescData
 }
 
-var file_pkg_api_pb_api_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
+var file_pkg_api_pb_api_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
 var file_pkg_api_pb_api_proto_goTypes = []any{
 	(*Empty)(nil),         // 0: msync.api.v1.Empty
 	(*ConnectReq)(nil),    // 1: msync.api.v1.ConnectReq
@@ -1905,72 +2168,76 @@ var file_pkg_api_pb_api_proto_goTypes = []any{
 	(*ChannelStart)(nil),  // 3: msync.api.v1.ChannelStart
 	(*Rejected)(nil),      // 4: msync.api.v1.Rejected
 	(*ConnectReply)(nil),  // 5: msync.api.v1.ConnectReply
-	(*DisconnectReq)(nil), // 6: msync.api.v1.DisconnectReq
-	(*SessionRef)(nil),    // 7: msync.api.v1.SessionRef
-	(*RenewReq)(nil),      // 8: msync.api.v1.RenewReq
-	(*Cursor)(nil),        // 9: msync.api.v1.Cursor
-	(*SyncReq)(nil),       // 10: msync.api.v1.SyncReq
-	(*Page)(nil),          // 11: msync.api.v1.Page
-	(*SyncReply)(nil),     // 12: msync.api.v1.SyncReply
-	(*AckItem)(nil),       // 13: msync.api.v1.AckItem
-	(*AckReq)(nil),        // 14: msync.api.v1.AckReq
-	(*PushItem)(nil),      // 15: msync.api.v1.PushItem
-	(*PushMsg)(nil),       // 16: msync.api.v1.PushMsg
-	(*BroadcastReq)(nil),  // 17: msync.api.v1.BroadcastReq
-	(*RoomsReq)(nil),      // 18: msync.api.v1.RoomsReq
-	(*PushReq)(nil),       // 19: msync.api.v1.PushReq
-	(*PushReply)(nil),     // 20: msync.api.v1.PushReply
-	(*KickReq)(nil),       // 21: msync.api.v1.KickReq
-	(*QueueMsg)(nil),      // 22: msync.api.v1.QueueMsg
-	(*PushTarget)(nil),    // 23: msync.api.v1.PushTarget
-	(*RoomsMsg)(nil),      // 24: msync.api.v1.RoomsMsg
-	(*KickMsg)(nil),       // 25: msync.api.v1.KickMsg
-	(*oplog.Oplog)(nil),   // 26: msync.oplog.v1.Oplog
+	(*Ticket)(nil),        // 6: msync.api.v1.Ticket
+	(*DisconnectReq)(nil), // 7: msync.api.v1.DisconnectReq
+	(*SessionRef)(nil),    // 8: msync.api.v1.SessionRef
+	(*RenewReq)(nil),      // 9: msync.api.v1.RenewReq
+	(*RenewedTicket)(nil), // 10: msync.api.v1.RenewedTicket
+	(*RenewReply)(nil),    // 11: msync.api.v1.RenewReply
+	(*Cursor)(nil),        // 12: msync.api.v1.Cursor
+	(*SyncReq)(nil),       // 13: msync.api.v1.SyncReq
+	(*Page)(nil),          // 14: msync.api.v1.Page
+	(*SyncReply)(nil),     // 15: msync.api.v1.SyncReply
+	(*AckItem)(nil),       // 16: msync.api.v1.AckItem
+	(*AckReq)(nil),        // 17: msync.api.v1.AckReq
+	(*PushItem)(nil),      // 18: msync.api.v1.PushItem
+	(*PushMsg)(nil),       // 19: msync.api.v1.PushMsg
+	(*BroadcastReq)(nil),  // 20: msync.api.v1.BroadcastReq
+	(*RoomsReq)(nil),      // 21: msync.api.v1.RoomsReq
+	(*PushReq)(nil),       // 22: msync.api.v1.PushReq
+	(*PushReply)(nil),     // 23: msync.api.v1.PushReply
+	(*KickReq)(nil),       // 24: msync.api.v1.KickReq
+	(*QueueMsg)(nil),      // 25: msync.api.v1.QueueMsg
+	(*PushTarget)(nil),    // 26: msync.api.v1.PushTarget
+	(*RoomsMsg)(nil),      // 27: msync.api.v1.RoomsMsg
+	(*KickMsg)(nil),       // 28: msync.api.v1.KickMsg
+	(*oplog.Oplog)(nil),   // 29: msync.oplog.v1.Oplog
 }
 var file_pkg_api_pb_api_proto_depIdxs = []int32{
 	2,  // 0: msync.api.v1.ConnectReq.points:type_name -> msync.api.v1.Point
 	3,  // 1: msync.api.v1.ConnectReply.channels:type_name -> msync.api.v1.ChannelStart
 	4,  // 2: msync.api.v1.ConnectReply.rejected:type_name -> msync.api.v1.Rejected
-	7,  // 3: msync.api.v1.RenewReq.sessions:type_name -> msync.api.v1.SessionRef
-	9,  // 4: msync.api.v1.SyncReq.cursors:type_name -> msync.api.v1.Cursor
-	26, // 5: msync.api.v1.Page.oplogs:type_name -> msync.oplog.v1.Oplog
-	11, // 6: msync.api.v1.SyncReply.pages:type_name -> msync.api.v1.Page
-	13, // 7: msync.api.v1.AckReq.items:type_name -> msync.api.v1.AckItem
-	26, // 8: msync.api.v1.PushItem.oplog:type_name -> msync.oplog.v1.Oplog
-	16, // 9: msync.api.v1.PushItem.push:type_name -> msync.api.v1.PushMsg
-	26, // 10: msync.api.v1.BroadcastReq.oplog:type_name -> msync.oplog.v1.Oplog
-	16, // 11: msync.api.v1.BroadcastReq.push:type_name -> msync.api.v1.PushMsg
-	16, // 12: msync.api.v1.BroadcastReq.pushes:type_name -> msync.api.v1.PushMsg
-	26, // 13: msync.api.v1.BroadcastReq.oplogs:type_name -> msync.oplog.v1.Oplog
-	15, // 14: msync.api.v1.PushReq.items:type_name -> msync.api.v1.PushItem
-	26, // 15: msync.api.v1.QueueMsg.oplog:type_name -> msync.oplog.v1.Oplog
-	25, // 16: msync.api.v1.QueueMsg.kick:type_name -> msync.api.v1.KickMsg
-	23, // 17: msync.api.v1.QueueMsg.push:type_name -> msync.api.v1.PushTarget
-	24, // 18: msync.api.v1.QueueMsg.rooms:type_name -> msync.api.v1.RoomsMsg
-	16, // 19: msync.api.v1.PushTarget.msg:type_name -> msync.api.v1.PushMsg
-	1,  // 20: msync.api.v1.Logic.Connect:input_type -> msync.api.v1.ConnectReq
-	6,  // 21: msync.api.v1.Logic.Disconnect:input_type -> msync.api.v1.DisconnectReq
-	8,  // 22: msync.api.v1.Logic.Renew:input_type -> msync.api.v1.RenewReq
-	10, // 23: msync.api.v1.Logic.Sync:input_type -> msync.api.v1.SyncReq
-	14, // 24: msync.api.v1.Logic.Ack:input_type -> msync.api.v1.AckReq
-	19, // 25: msync.api.v1.Comet.Push:input_type -> msync.api.v1.PushReq
-	17, // 26: msync.api.v1.Comet.Broadcast:input_type -> msync.api.v1.BroadcastReq
-	18, // 27: msync.api.v1.Comet.Rooms:input_type -> msync.api.v1.RoomsReq
-	21, // 28: msync.api.v1.Comet.Kick:input_type -> msync.api.v1.KickReq
-	5,  // 29: msync.api.v1.Logic.Connect:output_type -> msync.api.v1.ConnectReply
-	0,  // 30: msync.api.v1.Logic.Disconnect:output_type -> msync.api.v1.Empty
-	0,  // 31: msync.api.v1.Logic.Renew:output_type -> msync.api.v1.Empty
-	12, // 32: msync.api.v1.Logic.Sync:output_type -> msync.api.v1.SyncReply
-	0,  // 33: msync.api.v1.Logic.Ack:output_type -> msync.api.v1.Empty
-	20, // 34: msync.api.v1.Comet.Push:output_type -> msync.api.v1.PushReply
-	20, // 35: msync.api.v1.Comet.Broadcast:output_type -> msync.api.v1.PushReply
-	0,  // 36: msync.api.v1.Comet.Rooms:output_type -> msync.api.v1.Empty
-	0,  // 37: msync.api.v1.Comet.Kick:output_type -> msync.api.v1.Empty
-	29, // [29:38] is the sub-list for method output_type
-	20, // [20:29] is the sub-list for method input_type
-	20, // [20:20] is the sub-list for extension type_name
-	20, // [20:20] is the sub-list for extension extendee
-	0,  // [0:20] is the sub-list for field type_name
+	8,  // 3: msync.api.v1.RenewReq.sessions:type_name -> msync.api.v1.SessionRef
+	10, // 4: msync.api.v1.RenewReply.tickets:type_name -> msync.api.v1.RenewedTicket
+	12, // 5: msync.api.v1.SyncReq.cursors:type_name -> msync.api.v1.Cursor
+	29, // 6: msync.api.v1.Page.oplogs:type_name -> msync.oplog.v1.Oplog
+	14, // 7: msync.api.v1.SyncReply.pages:type_name -> msync.api.v1.Page
+	16, // 8: msync.api.v1.AckReq.items:type_name -> msync.api.v1.AckItem
+	29, // 9: msync.api.v1.PushItem.oplog:type_name -> msync.oplog.v1.Oplog
+	19, // 10: msync.api.v1.PushItem.push:type_name -> msync.api.v1.PushMsg
+	29, // 11: msync.api.v1.BroadcastReq.oplog:type_name -> msync.oplog.v1.Oplog
+	19, // 12: msync.api.v1.BroadcastReq.push:type_name -> msync.api.v1.PushMsg
+	19, // 13: msync.api.v1.BroadcastReq.pushes:type_name -> msync.api.v1.PushMsg
+	29, // 14: msync.api.v1.BroadcastReq.oplogs:type_name -> msync.oplog.v1.Oplog
+	18, // 15: msync.api.v1.PushReq.items:type_name -> msync.api.v1.PushItem
+	29, // 16: msync.api.v1.QueueMsg.oplog:type_name -> msync.oplog.v1.Oplog
+	28, // 17: msync.api.v1.QueueMsg.kick:type_name -> msync.api.v1.KickMsg
+	26, // 18: msync.api.v1.QueueMsg.push:type_name -> msync.api.v1.PushTarget
+	27, // 19: msync.api.v1.QueueMsg.rooms:type_name -> msync.api.v1.RoomsMsg
+	19, // 20: msync.api.v1.PushTarget.msg:type_name -> msync.api.v1.PushMsg
+	1,  // 21: msync.api.v1.Logic.Connect:input_type -> msync.api.v1.ConnectReq
+	7,  // 22: msync.api.v1.Logic.Disconnect:input_type -> msync.api.v1.DisconnectReq
+	9,  // 23: msync.api.v1.Logic.Renew:input_type -> msync.api.v1.RenewReq
+	13, // 24: msync.api.v1.Logic.Sync:input_type -> msync.api.v1.SyncReq
+	17, // 25: msync.api.v1.Logic.Ack:input_type -> msync.api.v1.AckReq
+	22, // 26: msync.api.v1.Comet.Push:input_type -> msync.api.v1.PushReq
+	20, // 27: msync.api.v1.Comet.Broadcast:input_type -> msync.api.v1.BroadcastReq
+	21, // 28: msync.api.v1.Comet.Rooms:input_type -> msync.api.v1.RoomsReq
+	24, // 29: msync.api.v1.Comet.Kick:input_type -> msync.api.v1.KickReq
+	5,  // 30: msync.api.v1.Logic.Connect:output_type -> msync.api.v1.ConnectReply
+	0,  // 31: msync.api.v1.Logic.Disconnect:output_type -> msync.api.v1.Empty
+	11, // 32: msync.api.v1.Logic.Renew:output_type -> msync.api.v1.RenewReply
+	15, // 33: msync.api.v1.Logic.Sync:output_type -> msync.api.v1.SyncReply
+	0,  // 34: msync.api.v1.Logic.Ack:output_type -> msync.api.v1.Empty
+	23, // 35: msync.api.v1.Comet.Push:output_type -> msync.api.v1.PushReply
+	23, // 36: msync.api.v1.Comet.Broadcast:output_type -> msync.api.v1.PushReply
+	0,  // 37: msync.api.v1.Comet.Rooms:output_type -> msync.api.v1.Empty
+	0,  // 38: msync.api.v1.Comet.Kick:output_type -> msync.api.v1.Empty
+	30, // [30:39] is the sub-list for method output_type
+	21, // [21:30] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_pkg_api_pb_api_proto_init() }
@@ -1978,7 +2245,7 @@ func file_pkg_api_pb_api_proto_init() {
 	if File_pkg_api_pb_api_proto != nil {
 		return
 	}
-	file_pkg_api_pb_api_proto_msgTypes[22].OneofWrappers = []any{
+	file_pkg_api_pb_api_proto_msgTypes[25].OneofWrappers = []any{
 		(*QueueMsg_Oplog)(nil),
 		(*QueueMsg_Kick)(nil),
 		(*QueueMsg_Push)(nil),
@@ -1990,7 +2257,7 @@ func file_pkg_api_pb_api_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_pkg_api_pb_api_proto_rawDesc), len(file_pkg_api_pb_api_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   26,
+			NumMessages:   29,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -37,7 +37,7 @@ const (
 type LogicClient interface {
 	Connect(ctx context.Context, in *ConnectReq, opts ...grpc.CallOption) (*ConnectReply, error)
 	Disconnect(ctx context.Context, in *DisconnectReq, opts ...grpc.CallOption) (*Empty, error)
-	Renew(ctx context.Context, in *RenewReq, opts ...grpc.CallOption) (*Empty, error)
+	Renew(ctx context.Context, in *RenewReq, opts ...grpc.CallOption) (*RenewReply, error)
 	Sync(ctx context.Context, in *SyncReq, opts ...grpc.CallOption) (*SyncReply, error)
 	Ack(ctx context.Context, in *AckReq, opts ...grpc.CallOption) (*Empty, error)
 }
@@ -70,9 +70,9 @@ func (c *logicClient) Disconnect(ctx context.Context, in *DisconnectReq, opts ..
 	return out, nil
 }
 
-func (c *logicClient) Renew(ctx context.Context, in *RenewReq, opts ...grpc.CallOption) (*Empty, error) {
+func (c *logicClient) Renew(ctx context.Context, in *RenewReq, opts ...grpc.CallOption) (*RenewReply, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	out := new(Empty)
+	out := new(RenewReply)
 	err := c.cc.Invoke(ctx, Logic_Renew_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
@@ -106,7 +106,7 @@ func (c *logicClient) Ack(ctx context.Context, in *AckReq, opts ...grpc.CallOpti
 type LogicServer interface {
 	Connect(context.Context, *ConnectReq) (*ConnectReply, error)
 	Disconnect(context.Context, *DisconnectReq) (*Empty, error)
-	Renew(context.Context, *RenewReq) (*Empty, error)
+	Renew(context.Context, *RenewReq) (*RenewReply, error)
 	Sync(context.Context, *SyncReq) (*SyncReply, error)
 	Ack(context.Context, *AckReq) (*Empty, error)
 	mustEmbedUnimplementedLogicServer()
@@ -125,7 +125,7 @@ func (UnimplementedLogicServer) Connect(context.Context, *ConnectReq) (*ConnectR
 func (UnimplementedLogicServer) Disconnect(context.Context, *DisconnectReq) (*Empty, error) {
 	return nil, status.Error(codes.Unimplemented, "method Disconnect not implemented")
 }
-func (UnimplementedLogicServer) Renew(context.Context, *RenewReq) (*Empty, error) {
+func (UnimplementedLogicServer) Renew(context.Context, *RenewReq) (*RenewReply, error) {
 	return nil, status.Error(codes.Unimplemented, "method Renew not implemented")
 }
 func (UnimplementedLogicServer) Sync(context.Context, *SyncReq) (*SyncReply, error) {
