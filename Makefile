@@ -98,7 +98,6 @@ fuzz:
 	done
 
 # The full soak (bench/soak.go); a short one runs in `make test` (TestSoakShort).
-.PHONY: help build run cluster test test-deps test-norace test-browser test-integration engines-up engines-down fuzz soak bench lint generate clean
 soak: build
 	./$(BIN) bench soak -v
 
