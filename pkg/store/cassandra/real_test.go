@@ -178,5 +178,3 @@ func TestTwoWritersDenseRealCassandra(t *testing.T) {
 	}
 	t.Logf("%d oplogs on %d channels from 2 stores x %d writers: dense, none reused", total, channels, writersPerStore)
 }
-
-
