@@ -27,7 +27,6 @@ const (
 	CodeUnknownBiz       = "unknown_biz"
 	CodeMethodNotAllowed = "method_not_allowed"
 	CodePayloadTooLarge  = "payload_too_large"
-	CodeNotSupported     = "not_supported"
 	CodeUnavailable      = "unavailable"
 	CodeInternal         = "internal"
 )
