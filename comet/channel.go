@@ -60,6 +60,8 @@ type channel struct {
 	acked uint64
 	// inflight is the upto of the backlog page awaiting ACK (chAwaitAck).
 	inflight uint64
+	// pageBytes is the estimated size of that page (syncNeeded's pacing).
+	pageBytes int
 	// more: the inflight page said the backlog continues.
 	more bool
 	// pendingMax is the highest live id seen while the channel could not take
@@ -76,6 +78,13 @@ type channel struct {
 	// nil when none.
 	wake   *time.Timer
 	wakeAt int64
+
+	// reqTat is the channel's SYNC_REQ rate bucket (limits.go); reqPoint
+	// the lowest point of SYNC_REQs held back by it (reqDeferred), served
+	// by the wake timer.
+	reqTat      int64
+	reqPoint    uint64
+	reqDeferred bool
 
 	// held are live pushes that arrived past sent+1, waiting for the ids
 	// before them (reorder.go); nil when none, so an in-order channel pays

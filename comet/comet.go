@@ -13,8 +13,10 @@ import (
 	"time"
 
 	"github.com/panjf2000/ants/v2"
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/msync/msync/gateway"
 	"github.com/msync/msync/pkg/api/pb"
 	"github.com/msync/msync/pkg/oplog"
 	"github.com/msync/msync/pkg/protocol"
@@ -44,6 +46,17 @@ type Comet struct {
 	acks    ackBatcher
 	global  globalIndex      // global channel -> sessions (global.go)
 	now     func() time.Time // tests move the clock for validity windows
+
+	// Traffic control (limits.go) and pacing: a session holds back live
+	// pages past paceLive bytes queued on its connection and backlog pages
+	// past paceBacklog (session.go, syncNeeded), below the transport's
+	// write queue limit, so a burst a device is reading is paced, not cut.
+	rates       rates
+	epoch       time.Time // mono's zero
+	authLimit   authLimiter
+	limited     limitCounters
+	paceLive    int
+	paceBacklog int
 
 	// baseCtx parents every logic call; it is cancelled at the end of
 	// Shutdown, or early when Shutdown's ctx expires, to abort stuck calls.
@@ -102,6 +115,23 @@ func New(cfg Config) (*Comet, error) {
 		quit:        make(chan struct{}),
 		starvedKick: make(chan struct{}, 1),
 		drained:     make(chan struct{}, 1),
+		rates:       newRates(cfg.Limits),
+		epoch:       time.Now(),
+	}
+	wq := cfg.Gateway.WriteQueueBytes
+	if wq <= 0 {
+		wq = gateway.DefaultWriteQueueBytes
+	}
+	c.paceLive, c.paceBacklog = wq/2, wq/4
+	for _, col := range []prometheus.Collector{
+		newLimitsCollector(&c.limited, cfg.ID),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "msync_comet_connections",
+			Help:        "Device connections open on this comet (authenticated or not).",
+			ConstLabels: prometheus.Labels{"comet": cfg.ID}}, func() float64 { return float64(c.live.Load()) }),
+	} {
+		if err := cfg.Registerer.Register(col); err != nil {
+			return nil, fmt.Errorf("comet: metrics: %w", err)
+		}
 	}
 	for i := range c.buckets {
 		c.buckets[i].mu.sessions = make(map[string]*session)
@@ -284,6 +314,10 @@ func (c *Comet) runRescheduler() {
 		}
 	}
 }
+
+// mono is the rate limits' clock: monotonic ns since New, so a wall clock
+// step neither empties nor refills a bucket.
+func (c *Comet) mono() int64 { return int64(time.Since(c.epoch)) }
 
 func (c *Comet) callCtx() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(c.baseCtx, c.cfg.CallTimeout)

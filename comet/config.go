@@ -58,6 +58,9 @@ type Config struct {
 	ReorderWindow time.Duration
 	// Workers bounds the session task pool (ants); zero 4096.
 	Workers int
+	// Limits is the traffic control of device connections (limits.go);
+	// the connection caps are Gateway.MaxConns and Gateway.MaxConnsPerIP.
+	Limits Limits
 	// Logger receives the comet's logs; nil discards them.
 	Logger *slog.Logger
 	// Registerer registers the comet's metrics; nil uses a private registry.
@@ -123,6 +126,7 @@ func (cfg Config) withDefaults() (Config, error) {
 	if cfg.Workers == 0 {
 		cfg.Workers = defaultWorkers
 	}
+	cfg.Limits = cfg.Limits.withDefaults()
 	if cfg.ReorderWindow == 0 {
 		cfg.ReorderWindow = defaultReorderWindow
 	}
@@ -147,6 +151,8 @@ func (cfg Config) withDefaults() (Config, error) {
 	case cfg.HeartbeatMin < time.Millisecond || cfg.HeartbeatMin > cfg.HeartbeatInterval || cfg.HeartbeatInterval > cfg.HeartbeatMax:
 		return cfg, fmt.Errorf("%w: want 1ms <= HeartbeatMin %s <= HeartbeatInterval %s <= HeartbeatMax %s",
 			ErrBadConfig, cfg.HeartbeatMin, cfg.HeartbeatInterval, cfg.HeartbeatMax)
+	case cfg.Limits.FrameBurst < 0, cfg.Limits.ByteBurst < 0, cfg.Limits.AuthBurstPerIP < 0, cfg.Limits.SyncReqBurst < 0:
+		return cfg, fmt.Errorf("%w: Limits bursts must not be negative", ErrBadConfig)
 	case cfg.MaxRooms < 0:
 		return cfg, fmt.Errorf("%w: MaxRooms %d: want > 0", ErrBadConfig, cfg.MaxRooms)
 	}

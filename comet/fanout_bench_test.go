@@ -38,6 +38,8 @@ func (c *countConn) Close(_ []byte, reason error) {
 }
 func (c *countConn) SetDeadline(time.Duration, protocol.Code) {}
 func (c *countConn) SetAckDeadline(time.Duration)             {}
+func (c *countConn) Queued() int                              { return 0 }
+func (c *countConn) NotifyDrained()                           {}
 
 // BenchmarkBroadcastFanout is one Broadcast of oplogs=%d global oplogs to
 // 2,000 sessions, until every session wrote its SYNC frame; ns/session-round

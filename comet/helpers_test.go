@@ -371,6 +371,19 @@ func (f *fakeConn) SetDeadline(d time.Duration, code protocol.Code) {
 	f.mu.Unlock()
 }
 
+// Queued is 0: the fake hands every frame to out at once.
+func (f *fakeConn) Queued() int { return 0 }
+
+// NotifyDrained calls back at once, as the gateway does for an empty queue.
+func (f *fakeConn) NotifyDrained() {
+	f.mu.Lock()
+	s, closed := f.mu.sess, f.mu.closed
+	f.mu.Unlock()
+	if s != nil && !closed {
+		s.onDrained()
+	}
+}
+
 func (f *fakeConn) SetAckDeadline(d time.Duration) {
 	f.mu.Lock()
 	f.mu.ackDeadline = d
@@ -433,6 +446,9 @@ func newEnv(t testing.TB, mod func(*Config, *fakeLogic)) *testEnv {
 		Workers:           64,
 		Logger:            testLogger(t),
 		Registerer:        reg,
+		// Tests ping-pong heartbeats as fast as the machine allows
+		// (barrier); the tests of the frame limits set their own.
+		Limits: Limits{FrameRate: -1},
 	}
 	if mod != nil {
 		mod(&cfg, fl)

@@ -25,6 +25,8 @@ const (
 	resyncPending  = "pending"  // pushes arrived while syncing, after the last page
 	resyncOverflow = "overflow" // the session's queue overflowed with live pushes
 	resyncSyncReq  = "sync_req" // the client asked
+	resyncPaced    = "paced"    // a live burst over half the write queue: the rest syncs from the store
+	resyncRewind   = "rewind"   // the client's point was above the channel's max id
 )
 
 // metrics are the comet's Prometheus collectors. Per-op children are resolved

@@ -19,10 +19,12 @@ import (
 )
 
 const (
-	// maxQueuedFrames bounds client frames waiting for the drain task. A
-	// well-behaved client has a handful in flight (AUTH, a heartbeat, one ACK
-	// per channel); more than this while logic is slow is a flood.
-	maxQueuedFrames = 256
+	// maxQueuedFrames bounds client frames waiting for the drain task
+	// (protocol.MaxInFlightFrames, documented). A well-behaved client has a
+	// handful in flight (AUTH, a heartbeat, one ACK per channel); past the
+	// limit the session handles the frames before it and then closes with
+	// ERROR 1010, so an earlier fault's code is the one the client sees.
+	maxQueuedFrames = protocol.MaxInFlightFrames
 	// maxQueuedPushes bounds live pushes waiting for the drain task. Beyond it
 	// pushes are not queued but folded into a per-channel resync mark, so a
 	// stalled session costs at most this many oplogs of memory and loses none.
@@ -47,6 +49,8 @@ const (
 	evClose
 	evWake    // a valid_from timer of a channel fired (wake.go)
 	evReorder // a channel's reorder window ended (reorder.go)
+	evDrained // the connection's write queue drained (Conn.NotifyDrained)
+	evLimit   // a frame limit was passed (limits.go); channel holds the limit name
 )
 
 // event is one input of a session, handled in arrival order.
@@ -55,7 +59,8 @@ type event struct {
 	frame protocol.Frame // evFrame; the body is owned by the session
 	op    *liveOp        // evPush; shared read-only between sessions
 	err   error          // evClose
-	// channel is the channel whose valid_from timer fired (evWake).
+	// channel is the channel whose valid_from timer fired (evWake), or
+	// the limit passed (evLimit, whose frame.Seq is the offending frame's).
 	channel string
 }
 
@@ -111,6 +116,9 @@ type session struct {
 		overflow  map[string]uint64 // channel -> highest live id not queued
 		scheduled bool              // a drain task is submitted or running
 		closed    bool              // evClose queued: accept nothing more
+		refusing  bool              // evLimit queued: drop further frames
+		frameTat  int64             // frame rate bucket (limits.go)
+		byteTat   int64             // byte rate bucket
 	}
 
 	// Drain-task state.
@@ -124,8 +132,21 @@ type session struct {
 	chans      channelSet // filled by handleAuth, then read-only (shared with identity)
 	liveRound  []*channel // channels with a live page in this round
 	roundMs    int64      // unix ms for validity checks in this round; 0 = not read yet
-	ackArmed   bool
-	spare      []event
+	// roundQueued is the connection's Queued() when this round first
+	// delivered live (-1: not read yet), roundBytes the live payload bytes
+	// of the round so far: past Comet.paceLive the rest of a burst goes
+	// through the paced store sync instead of the write queue.
+	roundQueued int
+	roundBytes  int
+	// syncCap limits the channels one Logic.Sync fetches after pages had to
+	// be dropped for lack of write-queue room (0: no limit), so a slow
+	// reader's multi-channel backlog is not re-read from the store per page.
+	syncCap  int
+	ackArmed bool
+	// ackProgress: a backlog page was acked this round; the ack deadline
+	// of the pages still in flight restarts (the device is reading).
+	ackProgress bool
+	spare       []event
 }
 
 func newSession(c *Comet, conn Conn, key string) *session {
@@ -136,27 +157,40 @@ func newSession(c *Comet, conn Conn, key string) *session {
 
 // ---- called by the transport and the push API (any goroutine) ----
 
-// onFrame queues a client frame. It never blocks: a client that has more than
-// maxQueuedFrames frames waiting is closed.
+// onFrame queues a client frame. It never blocks: a frame past
+// maxQueuedFrames waiting, or past the connection's frame or byte rate,
+// queues an evLimit instead, behind the frames already queued, and the
+// frames after it are dropped.
 func (s *session) onFrame(f protocol.Frame) {
 	if d := s.hbDeadline.Load(); d > 0 {
 		// Any frame proves liveness, not only HEARTBEAT.
 		s.conn.SetDeadline(time.Duration(d), protocol.CodeHeartbeatTimeout)
 	}
+	now := s.c.mono()
+	r := &s.c.rates
 	s.mu.Lock()
-	if s.mu.closed {
+	if s.mu.closed || s.mu.refusing {
 		s.mu.Unlock()
 		return
 	}
-	if s.mu.frames >= maxQueuedFrames {
-		s.mu.Unlock()
-		s.c.metrics.errorCode(protocol.CodeUnavailable)
-		s.c.metrics.framesOut[opSlot(protocol.OpError)].Inc()
-		s.conn.Close(protocol.ErrorFrame(f.Seq, protocol.CodeUnavailable, "too many frames in flight"), ErrOverload)
-		return
+	var limit string
+	var n *atomic.Uint64
+	switch {
+	case s.mu.frames >= maxQueuedFrames:
+		limit, n = limitInFlight, &s.c.limited.inFlight
+	case !r.frames.allow(&s.mu.frameTat, now, 1):
+		limit, n = limitFrameRate, &s.c.limited.frameRate
+	case !r.bytes.allow(&s.mu.byteTat, now, int64(protocol.HeaderSize+len(f.Body))):
+		limit, n = limitByteRate, &s.c.limited.byteRate
 	}
-	s.mu.frames++
-	s.mu.events = append(s.mu.events, event{kind: evFrame, frame: f})
+	if limit != "" {
+		n.Add(1)
+		s.mu.refusing = true
+		s.mu.events = append(s.mu.events, event{kind: evLimit, channel: limit, frame: protocol.Frame{Seq: f.Seq}})
+	} else {
+		s.mu.frames++
+		s.mu.events = append(s.mu.events, event{kind: evFrame, frame: f})
+	}
 	submit := s.scheduleLocked()
 	s.mu.Unlock()
 	if submit {
@@ -222,6 +256,22 @@ func (s *session) push(ch string, ops ...*liveOp) uint32 {
 	return uint32(len(ops))
 }
 
+// onDrained queues a drain-task round after the connection's write queue
+// emptied (Conn.NotifyDrained): held-back backlog pages go out then.
+func (s *session) onDrained() {
+	s.mu.Lock()
+	if s.mu.closed {
+		s.mu.Unlock()
+		return
+	}
+	s.mu.events = append(s.mu.events, event{kind: evDrained})
+	submit := s.scheduleLocked()
+	s.mu.Unlock()
+	if submit {
+		s.c.submit(s)
+	}
+}
+
 // kick sends KICK{code, reason} and closes.
 func (s *session) kick(code protocol.Code, reason string) {
 	s.c.metrics.kicks.Inc()
@@ -270,7 +320,7 @@ func (s *session) drain() {
 		s.mu.frames, s.mu.pushes = 0, 0
 		s.mu.Unlock()
 
-		s.roundMs = 0
+		s.roundMs, s.roundQueued, s.roundBytes = 0, -1, 0
 		for i := range evs {
 			s.handle(&evs[i])
 			evs[i] = event{} // drop references for the GC
@@ -311,6 +361,12 @@ func (s *session) handle(ev *event) {
 		if s.phase == phaseAuthed {
 			s.handleReorder(ev.channel) // reorder.go
 		}
+	case evLimit:
+		code, msg := limitError(ev.channel)
+		s.fail(ev.frame.Seq, code, msg, ErrOverload)
+	case evDrained:
+		// Nothing to do here: the round ends with syncNeeded, which sends
+		// what waited for room in the write queue.
 	}
 }
 
@@ -360,6 +416,11 @@ func (s *session) handleAuth(f protocol.Frame) {
 		s.fail(f.Seq, protocol.CodeBadFrame, err.Error(), ErrProtocol)
 		return
 	}
+	if !s.c.authLimit.allow(s.c.rates.auth, s.conn.RemoteAddr(), s.c.mono()) {
+		s.c.limited.authIP.Add(1)
+		s.fail(f.Seq, protocol.CodeAuthRateLimited, "too many AUTH attempts from this address", ErrRejected)
+		return
+	}
 	req := &pb.ConnectReq{
 		Comet: s.c.cfg.ID, Key: s.key, Token: a.Token, Device: a.Device, Platform: a.Platform,
 		AppVersion: a.AppVersion, Bizs: a.Bizs, RemoteAddr: s.conn.RemoteAddr(),
@@ -376,7 +437,11 @@ func (s *session) handleAuth(f protocol.Frame) {
 	if err != nil {
 		s.c.metrics.logicErrs.WithLabelValues("connect").Inc()
 		code, msg := api.CodeOf(err)
-		s.log.Info("auth rejected", "device", a.Device, "code", code, "err", err)
+		// Debug, not info: a client can fail AUTH as often as it connects
+		// (msync_comet_errors_total counts them by code).
+		if s.log.Enabled(context.Background(), slog.LevelDebug) {
+			s.log.Debug("auth rejected", "device", a.Device, "code", code, "err", err)
+		}
 		s.fail(f.Seq, code, msg, ErrRejected)
 		if code == protocol.CodeUnavailable {
 			// A timed-out Connect may still have registered the session in
@@ -447,6 +512,7 @@ func (s *session) handleAck(f protocol.Frame) {
 			s.c.acks.add(s.device, s.user, ch.name, p.Id, s.ticketBytes())
 		}
 		if ch.st == chAwaitAck && p.Id >= ch.inflight {
+			s.ackProgress = true
 			if reason := ch.pageAcked(); reason != "" {
 				s.c.metrics.resyncs.WithLabelValues(reason).Inc()
 			}
@@ -470,9 +536,31 @@ func (s *session) handleSyncReq(f protocol.Frame) {
 			s.fail(f.Seq, protocol.CodeOutOfOrder, fmt.Sprintf("SYNC_REQ %d of %q beyond %d sent", p.Id, p.Channel, ch.toldMax), ErrProtocol)
 			return
 		}
-		ch.resetTo(p.Id)
-		s.c.metrics.resyncs.WithLabelValues(resyncSyncReq).Inc()
+		s.syncReq(ch, p.Id, false)
 	}
+}
+
+// syncReq restarts ch from id, or, past the channel's SYNC_REQ rate
+// (Limits.SyncReqRate), remembers the lowest point asked for and restarts
+// from it when the bucket allows (a wake timer, wake.go): each SYNC_REQ
+// costs a store read and a page, so a flood must not multiply them.
+func (s *session) syncReq(ch *channel, id uint64, retry bool) {
+	if ch.reqDeferred {
+		id = min(id, ch.reqPoint)
+	}
+	now := s.c.mono()
+	if !s.c.rates.syncReq.allow(&ch.reqTat, now, 1) {
+		ch.reqDeferred, ch.reqPoint = true, id
+		if !retry {
+			s.c.limited.syncReq.Add(1)
+		}
+		wait := time.Duration(s.c.rates.syncReq.readyAt(ch.reqTat) - now)
+		s.scheduleWake(ch, s.c.now().Add(wait).UnixMilli()+1)
+		return
+	}
+	ch.reqDeferred = false
+	ch.resetTo(id)
+	s.c.metrics.resyncs.WithLabelValues(resyncSyncReq).Inc()
 }
 
 // handlePush applies one live oplog to its channel (semantics.md "Live").
@@ -525,6 +613,16 @@ func (s *session) applyLive(ch *channel, lop *liveOp) bool {
 	}
 	switch oplog.Evaluate(op, s.platform, s.appVersion, s.roundMs) {
 	case oplog.Deliver:
+		if s.overLive(len(op.Payload)) {
+			// The connection's queue is half full: this burst is more than
+			// the device reads. The rest goes through the store sync,
+			// paced on the queue (syncNeeded), instead of overflowing it.
+			ch.raisePending(op.Id)
+			ch.st = chNeedSync
+			m.pushResync.Inc()
+			m.resyncs.WithLabelValues(resyncPaced).Inc()
+			return false
+		}
 		s.appendLive(ch, lop)
 		m.pushDelivered.Inc()
 	case oplog.Skip:
@@ -549,6 +647,18 @@ func (s *session) applyLive(ch *channel, lop *liveOp) bool {
 		return false
 	}
 	return true
+}
+
+// overLive adds n live bytes to the round and reports whether they would
+// take the connection's queue past Comet.paceLive. The first bytes of a
+// round on an empty queue always go, however large.
+func (s *session) overLive(n int) bool {
+	if s.roundQueued < 0 {
+		s.roundQueued = s.conn.Queued() // once per round, not per oplog
+	}
+	before := s.roundQueued + s.roundBytes
+	s.roundBytes += n
+	return before > 0 && before+n > s.c.paceLive
 }
 
 func (s *session) appendLive(ch *channel, lop *liveOp) {
@@ -657,8 +767,17 @@ func (s *session) releaseLive(ch *channel) {
 func (s *session) syncNeeded() {
 	var cursors []*pb.Cursor
 	var fetching []*channel
+	waiting := false // channels left for a later call (syncCap)
+	unacked := 0     // bytes of backlog pages written and not acked yet
 	for _, ch := range s.chans.order {
+		if ch.st == chAwaitAck {
+			unacked += ch.pageBytes
+		}
 		if ch.st == chNeedSync {
+			if s.syncCap > 0 && len(fetching) >= s.syncCap {
+				waiting = true
+				continue
+			}
 			ch.st = chFetching
 			s.foldHeld(ch) // reorder.go: the page reads held ids from the store
 			cursors = append(cursors, &pb.Cursor{Channel: ch.name, After: ch.sent})
@@ -668,6 +787,24 @@ func (s *session) syncNeeded() {
 	if len(cursors) == 0 {
 		return
 	}
+	// Pace backlog pages on what the device has not taken yet: the bytes
+	// queued on the connection and those of pages written but not acked
+	// (socket buffers hold megabytes the queue does not see). A device on
+	// a slow link takes the backlog as fast as it reads, instead of being
+	// closed as a slow consumer with all of it queued at once, and each
+	// page is acked within about paceBacklog bytes of reading.
+	queued := s.conn.Queued()
+	if queued+unacked >= s.c.paceBacklog {
+		for _, ch := range fetching {
+			ch.st = chNeedSync
+		}
+		if unacked == 0 {
+			s.conn.NotifyDrained() // else the ACK of a page resumes it
+		}
+		return
+	}
+	budget := s.c.paceBacklog - queued - unacked
+	dropped := 0
 	ctx, cancel := s.c.callCtx()
 	reply, err := s.c.cfg.Logic.Sync(ctx, &pb.SyncReq{
 		Device: s.device, User: s.user, Platform: s.platform, AppVersion: s.appVersion,
@@ -694,9 +831,28 @@ func (s *session) syncNeeded() {
 		if p.NextValidMs > 0 {
 			s.scheduleWake(ch, p.NextValidMs)
 		}
+		n := pageBytes(p)
+		if (len(pages) > 0 || unacked > 0) && n > budget {
+			// No room: fetched again once the queue drains or an ACK comes.
+			ch.st = chNeedSync
+			dropped++
+			continue
+		}
 		if page := s.applyPage(ch, p); page != nil {
 			pages = append(pages, page)
+			ch.pageBytes = n
+			budget -= n
 		}
+	}
+	if dropped > 0 {
+		s.syncCap = max(1, len(pages))
+	} else if s.syncCap > 0 {
+		if s.syncCap *= 2; s.syncCap >= len(s.chans.order) {
+			s.syncCap = 0
+		}
+	}
+	if (dropped > 0 || waiting) && unacked == 0 && len(pages) == 0 {
+		s.conn.NotifyDrained() // nothing in flight whose ACK would resume it
 	}
 	for _, ch := range fetching {
 		if ch.st == chFetching {
@@ -713,11 +869,23 @@ func (s *session) syncNeeded() {
 	}
 }
 
+// pageBytes estimates the wire size of logic's page p.
+func pageBytes(p *pb.Page) int {
+	n := 64
+	for _, op := range p.Oplogs {
+		n += len(op.Payload) + 32
+	}
+	return n
+}
+
 // applyPage turns logic's page into a wire page and moves the channel to
 // awaitAck; it returns nil when the page makes no progress.
 func (s *session) applyPage(ch *channel, p *pb.Page) *wirepb.ChannelPage {
 	if p.After != ch.sent && s.log.Enabled(context.Background(), slog.LevelWarn) {
 		s.log.Warn("sync reply: page after differs from cursor", "channel", ch.name, "after", p.After, "cursor", ch.sent)
+	}
+	if p.MaxId < ch.sent && len(p.Oplogs) == 0 {
+		return s.rewind(ch, p.MaxId)
 	}
 	upto := max(p.Upto, ch.sent)
 	var oplogs []*wirepb.Oplog
@@ -739,14 +907,33 @@ func (s *session) applyPage(ch *channel, p *pb.Page) *wirepb.ChannelPage {
 	return page
 }
 
+// rewind answers a channel whose point is above everything the store holds
+// (the device kept a point across a store reset, or made one up): it would
+// otherwise drop every new oplog as a duplicate. The page (after = the
+// point, upto = maxID < after) tells the client to adopt maxID; the ids above
+// it will be assigned to new oplogs (docs/protocol.md §8, "Rewind").
+func (s *session) rewind(ch *channel, maxID uint64) *wirepb.ChannelPage {
+	s.log.Info("sync point ahead of the channel: rewinding", "channel", ch.name, "point", ch.sent, "max_id", maxID)
+	s.c.metrics.resyncs.WithLabelValues(resyncRewind).Inc()
+	page := &wirepb.ChannelPage{Channel: ch.name, Biz: ch.biz, After: ch.told, Upto: maxID}
+	ch.sent, ch.told = maxID, maxID
+	ch.inflight, ch.more, ch.st = maxID, false, chAwaitAck
+	return page
+}
+
 // updateAckDeadline clears the ack deadline once no backlog page awaits its
 // ACK (it is armed when one is written).
 func (s *session) updateAckDeadline() {
 	if !s.ackArmed {
 		return
 	}
+	progress := s.ackProgress
+	s.ackProgress = false
 	for _, ch := range s.chans.order {
 		if ch.st == chAwaitAck {
+			if progress {
+				s.conn.SetAckDeadline(s.c.cfg.AckTimeout)
+			}
 			return
 		}
 	}

@@ -34,6 +34,7 @@ func (e *testEnv) push(cl *client, ops ...*oplog.Oplog) uint32 {
 
 func TestAuthOK(t *testing.T) {
 	e := newEnv(t, nil)
+	e.logic.addN(lockDev1, 7) // the point 7 below is the channel's end
 	cl := e.dial()
 	r := cl.auth("good-alice", "dev1", "ios", "5.1.0", []string{"chat", "lock", "nope"},
 		&wirepb.ChannelPoint{Channel: lockDev1, Id: 7})
@@ -462,7 +463,14 @@ func TestClientFloodCloses(t *testing.T) {
 	for range maxQueuedFrames + 1 {
 		cl.sendMsg(protocol.OpHeartbeat, &wirepb.Heartbeat{})
 	}
-	cl.expectError(protocol.CodeUnavailable)
+	// The frames before the limit are handled in order (AUTH first, once
+	// logic answers), then the limit's own code closes the session.
+	e.logic.release()
+	cl.expect(protocol.OpAuthReply, nil)
+	for range maxQueuedFrames {
+		cl.expect(protocol.OpHeartbeatReply, nil)
+	}
+	cl.expectError(protocol.CodeTooManyInFlight)
 	if !errors.Is(cl.conn.closeReason(), ErrOverload) {
 		t.Fatalf("reason %v", cl.conn.closeReason())
 	}

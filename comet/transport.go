@@ -29,6 +29,12 @@ type Conn interface {
 	// SetDeadline (re)arms the liveness deadline now+d; on expiry the
 	// transport writes ERROR(code) and closes.
 	SetDeadline(d time.Duration, code protocol.Code)
+	// Queued is how many written bytes the transport holds that the peer
+	// has not taken yet; sessions pace their output on it.
+	Queued() int
+	// NotifyDrained asks for one session.onDrained call once Queued is
+	// zero (at once if it is); nothing happens for a closing connection.
+	NotifyDrained()
 	// SetAckDeadline arms (d > 0) or clears (d == 0) the backlog ack deadline;
 	// on expiry the transport writes ERROR 1003 and closes.
 	SetAckDeadline(d time.Duration)

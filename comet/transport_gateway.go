@@ -9,9 +9,10 @@ import (
 
 // The netpoll gateway is the default transport.
 var (
-	_ Conn            = (*gateway.Conn)(nil)
-	_ gateway.Handler = gatewayHandler{}
-	_ transport       = (*gateway.Server)(nil)
+	_ Conn                 = (*gateway.Conn)(nil)
+	_ gateway.Handler      = gatewayHandler{}
+	_ gateway.DrainHandler = gatewayHandler{}
+	_ transport            = (*gateway.Server)(nil)
 )
 
 // gatewayHandler routes gateway callbacks to sessions. The gateway calls
@@ -24,6 +25,13 @@ func (h gatewayHandler) OnOpen(gc *gateway.Conn) { gc.SetValue(h.c.open(gc)) }
 func (h gatewayHandler) OnFrame(gc *gateway.Conn, f protocol.Frame) {
 	if s, ok := gc.Value().(*session); ok {
 		s.onFrame(f)
+	}
+}
+
+// OnDrained resumes a session that held back output (Conn.NotifyDrained).
+func (h gatewayHandler) OnDrained(gc *gateway.Conn) {
+	if s, ok := gc.Value().(*session); ok {
+		s.onDrained()
 	}
 }
 
@@ -53,6 +61,7 @@ func (c *Comet) Start() error {
 	}
 	c.life.started = true
 	c.life.transport = srv
+	c.limited.gw.Store(srv)
 	c.log.Info("comet listening", "addr", srv.Addr().String())
 	return nil
 }

@@ -53,6 +53,15 @@ func (s *session) handleWake(name string) {
 		return
 	}
 	ch.wake, ch.wakeAt = nil, 0
+	if ch.reqDeferred {
+		// A SYNC_REQ held back by its rate limit: serve it if the bucket
+		// allows by now (it re-arms the timer otherwise). Its sync also
+		// re-arms any valid_from timer this one replaced.
+		s.syncReq(ch, ch.reqPoint, true)
+		if !ch.reqDeferred {
+			return
+		}
+	}
 	s.c.metrics.resyncs.WithLabelValues(resyncValidFrom).Inc()
 	if ch.syncing() {
 		// A sync is under way; make the channel sync once more after its

@@ -238,6 +238,9 @@ type device struct {
 	// skipped sums ChannelPage.skipped (backlog latest:N) per channel, of
 	// pages that moved the point.
 	skipped map[string]uint64
+	// rewinds counts rewind pages (upto < after: the point was ahead of
+	// the channel) per channel.
+	rewinds map[string]int
 }
 
 func dial(t testing.TB, n *node) *device {
@@ -257,7 +260,7 @@ func dialAddr(t testing.TB, addr string) *device {
 }
 
 func newDevice(t testing.TB, c net.Conn) *device {
-	d := &device{t: t, conn: c, done: make(chan struct{}), points: map[string]uint64{}, skipped: map[string]uint64{}}
+	d := &device{t: t, conn: c, done: make(chan struct{}), points: map[string]uint64{}, skipped: map[string]uint64{}, rewinds: map[string]int{}}
 	t.Cleanup(d.close)
 	return d
 }
@@ -311,6 +314,13 @@ func (d *device) handle(f protocol.Frame) {
 		var acks []*pb.ChannelPoint
 		for _, p := range s.Pages {
 			point := d.points[p.Channel]
+			if p.Upto < p.After && p.After == point {
+				// Rewind: the server has nothing above upto; adopt it.
+				d.rewinds[p.Channel]++
+				d.points[p.Channel] = p.Upto
+				acks = append(acks, &pb.ChannelPoint{Channel: p.Channel, Id: p.Upto})
+				continue
+			}
 			if p.After > point {
 				d.gaps++
 				acks = nil

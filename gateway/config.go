@@ -51,6 +51,17 @@ type Config struct {
 	BufferSize int
 	// Logger receives the server's logs. Nil discards them.
 	Logger *slog.Logger
+	// MaxConns caps the connections open at once (every listener, before
+	// and after AUTH); a connection past it is answered ERROR
+	// protocol.CodeTooManyConns (plain TCP; WebSocket and TLS connections
+	// are closed without a frame) and closed. Keep it below the process's
+	// open-files limit. Zero means 100000; negative means no cap.
+	MaxConns int
+	// MaxConnsPerIP caps the connections open at once from one source
+	// address; past it: ERROR protocol.CodeTooManyConnsPerIP, as above.
+	// Zero means no cap: behind a carrier NAT or a load balancer many
+	// devices share an address, so set it where the addresses are real.
+	MaxConnsPerIP int
 
 	// WSAddr, when set, also serves WebSocket on netpoll there: each binary
 	// message carries one frame (rules in ws.go and docs/transports.md).
@@ -71,6 +82,9 @@ type Config struct {
 	TLSAddr, TLSWSAddr string
 }
 
+// DefaultWriteQueueBytes is Config.WriteQueueBytes when zero.
+const DefaultWriteQueueBytes = defaultWriteQueueBytes
+
 const (
 	defaultAddr            = ":3101"
 	defaultWriteQueueBytes = 1 << 20
@@ -80,6 +94,7 @@ const (
 	defaultTick            = 250 * time.Millisecond
 	defaultWorkers         = 10000
 	defaultBufferSize      = 256
+	defaultMaxConns        = 100000
 )
 
 // withDefaults returns a copy of c with zero fields defaulted.
@@ -110,6 +125,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.BufferSize == 0 {
 		c.BufferSize = defaultBufferSize
+	}
+	if c.MaxConns == 0 {
+		c.MaxConns = defaultMaxConns
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -152,6 +170,9 @@ func (c Config) validate() error {
 	}
 	if c.BufferSize < 0 {
 		bad("BufferSize %d is negative", c.BufferSize)
+	}
+	if c.MaxConnsPerIP < 0 {
+		bad("MaxConnsPerIP %d is negative", c.MaxConnsPerIP)
 	}
 	for name, addr := range map[string]string{"WSAddr": c.WSAddr, "TLSAddr": c.TLSAddr, "TLSWSAddr": c.TLSWSAddr} {
 		if addr == "" {

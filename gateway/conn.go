@@ -43,8 +43,10 @@ type Conn struct {
 		sync.Mutex
 		q         [][]byte  // frames queued, oldest first
 		queued    int       // bytes in q
+		writing   int       // bytes the drain took from q and is writing to the socket
 		scheduled bool      // a drain owns the connection (running or parked on the backlog)
 		closing   bool      // no more Writes; the drain flushes final and closes
+		notify    bool      // NotifyDrained: call OnDrained when the queue is empty
 		rare      *connRare // nil until a close starts or a WebSocket ping arrives
 	}
 }
@@ -107,13 +109,35 @@ func (c *Conn) Value() any {
 	return nil
 }
 
-// Queued returns the bytes queued and not yet handed to the socket. A
-// handler can use it to back off (e.g. send a sync hint instead of more
-// pushes) before Write would close the connection as a slow consumer.
+// Queued returns the bytes queued and not yet written to the socket,
+// including those the write drain is writing right now (blocked on a slow
+// peer). A handler paces itself on it (e.g. holds back a backlog page)
+// before Write would close the connection as a slow consumer; only the
+// bytes still in the queue count against Config.WriteQueueBytes.
 func (c *Conn) Queued() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.mu.queued
+	return c.mu.queued + c.mu.writing
+}
+
+// NotifyDrained asks for one OnDrained call (when the Handler implements
+// DrainHandler) once everything queued has been written to the socket. If
+// nothing is queued or being written it is called at once, from this
+// goroutine. A handler that held back output because Queued was high calls
+// it to learn when to resume. Closing connections get no call.
+func (c *Conn) NotifyDrained() {
+	c.mu.Lock()
+	if c.mu.closing {
+		c.mu.Unlock()
+		return
+	}
+	if c.mu.scheduled {
+		c.mu.notify = true
+		c.mu.Unlock()
+		return
+	}
+	c.mu.Unlock()
+	c.srv.notifyDrained(c)
 }
 
 // Write enqueues one encoded frame and returns at once; ownership of frame
@@ -297,9 +321,16 @@ func (c *Conn) drain() {
 			// Idle: keep no queue slice (the next burst allocates one).
 			c.mu.q = nil
 			c.mu.scheduled = false
+			c.mu.writing = 0
+			notify := c.mu.notify
+			c.mu.notify = false
 			c.mu.Unlock()
+			if notify {
+				s.notifyDrained(c)
+			}
 			return
 		}
+		c.mu.writing = queued
 		c.mu.Unlock()
 
 		if closing && len(final) > 0 {
@@ -485,6 +516,13 @@ func (c *Conn) closed() {
 	}
 	s.handler.OnClose(c, reason)
 	s.connGone()
+}
+
+// notifyDrained tells the handler that c's queue is empty (NotifyDrained).
+func (s *Server) notifyDrained(c *Conn) {
+	if h, ok := s.handler.(DrainHandler); ok && !c.closing.Load() {
+		h.OnDrained(c)
+	}
 }
 
 // connGone counts a registered connection out and wakes Shutdown on the last.

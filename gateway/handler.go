@@ -40,3 +40,10 @@ type Handler interface {
 	// fail with ErrClosed from then on.
 	OnClose(c *Conn, err error)
 }
+
+// DrainHandler is implemented by a Handler that wants Conn.NotifyDrained
+// calls: OnDrained runs on the connection's write drain (or the caller of
+// NotifyDrained) and, like the other callbacks, must not block.
+type DrainHandler interface {
+	OnDrained(c *Conn)
+}

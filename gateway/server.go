@@ -38,6 +38,7 @@ type Server struct {
 
 	nextID  atomic.Uint64
 	open    atomic.Int64
+	perIP   ipCounts      // open connections per source address (MaxConnsPerIP > 0)
 	drained chan struct{} // signalled when open drops to 0
 	conns   [connShards]connShard
 	stats   counters
@@ -79,6 +80,8 @@ type Stats struct {
 	Accepted           uint64 // connections opened (OnOpen called)
 	Closed             uint64 // connections closed (OnClose called)
 	Rejected           uint64 // connections refused because Shutdown had begun
+	RefusedConns       uint64 // connections refused at MaxConns
+	RefusedConnsPerIP  uint64 // connections refused at MaxConnsPerIP
 	FramesIn           uint64 // whole inbound frames read
 	BytesIn            uint64 // bytes of those frames
 	FramesOut          uint64 // frames written to sockets, final frames included
@@ -93,6 +96,7 @@ type Stats struct {
 
 type counters struct {
 	accepted, closed, rejected             atomic.Uint64
+	refusedConns, refusedPerIP             atomic.Uint64
 	framesIn, bytesIn, framesOut, bytesOut atomic.Uint64
 	flushes                                atomic.Uint64
 	slowConsumer, deadline, badFrames      atomic.Uint64
@@ -337,6 +341,8 @@ func (s *Server) Stats() Stats {
 		Accepted:           st.accepted.Load(),
 		Closed:             st.closed.Load(),
 		Rejected:           st.rejected.Load(),
+		RefusedConns:       st.refusedConns.Load(),
+		RefusedConnsPerIP:  st.refusedPerIP.Load(),
 		FramesIn:           st.framesIn.Load(),
 		BytesIn:            st.bytesIn.Load(),
 		FramesOut:          st.framesOut.Load(),
@@ -377,8 +383,12 @@ func (s *Server) onConnectWS(ctx context.Context, nc netpoll.Connection) context
 func (s *Server) openNetpoll(ctx context.Context, nc netpoll.Connection, kind connKind) context.Context {
 	c := s.newConn(nc, kind)
 	c.ctx = connCtx{c: c}
-	if !s.register(c) {
-		s.stats.rejected.Add(1)
+	if code := s.register(c); code != 0 {
+		if code != protocol.CodeServerShutdown && kind == kindTCP {
+			// A plain TCP peer can read why; nothing is queued yet, so
+			// write the frame straight to the socket before closing.
+			_, _ = nc.Write(protocol.ErrorFrame(0, code, refusal(code)))
+		}
 		_ = nc.Close()
 		return ctx
 	}
@@ -401,18 +411,32 @@ func (s *Server) newConn(sock socket, kind connKind) *Conn {
 	return c
 }
 
-// register adds c unless Shutdown began. Checking the flag under the shard
-// lock that Shutdown's sweep also takes means no connection slips past it.
-func (s *Server) register(c *Conn) bool {
+// register adds c unless Shutdown began or a connection cap is reached; it
+// returns 0, or the code the refusal is reported with (CodeServerShutdown
+// for Shutdown). Checking the flag under the shard lock that Shutdown's
+// sweep also takes means no connection slips past it.
+func (s *Server) register(c *Conn) protocol.Code {
+	if s.cfg.MaxConns > 0 && s.open.Load() >= int64(s.cfg.MaxConns) {
+		s.stats.refusedConns.Add(1)
+		return protocol.CodeTooManyConns
+	}
+	if s.cfg.MaxConnsPerIP > 0 && !s.perIP.add(c.sock.RemoteAddr(), s.cfg.MaxConnsPerIP) {
+		s.stats.refusedPerIP.Add(1)
+		return protocol.CodeTooManyConnsPerIP
+	}
 	sh := &s.conns[c.id%connShards]
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	if s.shutdown.Load() {
-		return false
+		if s.cfg.MaxConnsPerIP > 0 {
+			s.perIP.remove(c.sock.RemoteAddr())
+		}
+		s.stats.rejected.Add(1)
+		return protocol.CodeServerShutdown
 	}
 	sh.m[c.id] = c
 	s.open.Add(1)
-	return true
+	return 0
 }
 
 func (s *Server) unregister(c *Conn) {
@@ -420,6 +444,9 @@ func (s *Server) unregister(c *Conn) {
 	sh.mu.Lock()
 	delete(sh.m, c.id)
 	sh.mu.Unlock()
+	if s.cfg.MaxConnsPerIP > 0 {
+		s.perIP.remove(c.sock.RemoteAddr())
+	}
 }
 
 // forEachConn calls f for every registered connection, outside the locks.

@@ -114,9 +114,8 @@ func (s *Server) runStd(raw net.Conn, kind connKind) {
 	defer s.wg.Done()
 	tc := tls.Server(raw, s.cfg.TLS)
 	c := s.newConn(&stdSocket{raw: raw, tc: tc, writeTimeout: s.cfg.WriteTimeout}, kind)
-	if !s.register(c) {
-		s.stats.rejected.Add(1)
-		_ = raw.Close()
+	if s.register(c) != 0 {
+		_ = raw.Close() // before the handshake: no frame the peer could read
 		return
 	}
 	defer func() {

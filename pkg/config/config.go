@@ -69,6 +69,9 @@ type Comet struct {
 	// an explicit "" disables it.
 	WSAddr string   `yaml:"ws_addr"`
 	TLS    CometTLS `yaml:"tls"` // TLS listeners; off unless tcp_addr or ws_addr is set
+	// Limits is the traffic control of device connections; each over-limit
+	// answer has its own wire code (docs/protocol.md §6 and §13).
+	Limits CometLimits `yaml:"limits"`
 	// Cluster mode (msync comet): where this comet serves its gRPC push API,
 	// the address registered for job to dial (zero: grpc_addr, with an
 	// unspecified host replaced by this machine's first non-loopback IP),
@@ -78,6 +81,21 @@ type Comet struct {
 	GRPCAdvertise string   `yaml:"grpc_advertise"` // zero: derived from grpc_addr
 	LogicAddrs    []string `yaml:"logic_addrs"`    // required by msync comet
 	RenewInterval Duration `yaml:"renew_interval"` // zero 60s; keep well under the directory TTL (3m)
+}
+
+// CometLimits caps device connections and rates (token buckets: rate per
+// second sustained, burst at once). A negative rate turns that limit off.
+type CometLimits struct {
+	MaxConns       int     `yaml:"max_conns"`         // open connections; zero 100000, negative: no cap (ERROR 1009)
+	MaxConnsPerIP  int     `yaml:"max_conns_per_ip"`  // open connections per source address; zero: no cap (ERROR 1008)
+	FrameRate      float64 `yaml:"frame_rate"`        // frames/s per connection; zero 1000 (ERROR 1011)
+	FrameBurst     int     `yaml:"frame_burst"`       // zero 2000
+	ByteRate       float64 `yaml:"byte_rate"`         // inbound bytes/s per connection; zero 1 MiB (ERROR 1011)
+	ByteBurst      int     `yaml:"byte_burst"`        // zero 2 MiB
+	AuthRatePerIP  float64 `yaml:"auth_rate_per_ip"`  // AUTH attempts/s per source address; zero: no limit (ERROR 1012)
+	AuthBurstPerIP int     `yaml:"auth_burst_per_ip"` // zero 10
+	SyncReqRate    float64 `yaml:"sync_req_rate"`     // SYNC_REQs served/s per channel of a session; zero 1 (more wait)
+	SyncReqBurst   int     `yaml:"sync_req_burst"`    // zero 3
 }
 
 // DefaultWSAddr is comet.ws_addr when the key is absent.
@@ -269,7 +287,9 @@ func (f *File) Validate() error {
 		errs = append(errs, fmt.Errorf("queue.backend %q: want memory or rocketmq", f.Queue.Backend))
 	}
 	for name, v := range map[string]int{"comet.page_limit": f.Comet.PageLimit, "comet.write_queue_bytes": f.Comet.WriteQueueBytes,
-		"comet.buckets": f.Comet.Buckets, "comet.max_rooms": f.Comet.MaxRooms, "logic.max_push_payload": f.Logic.MaxPushPayload, "logic.max_batch": f.Logic.MaxBatch, "job.workers": f.Job.Workers} {
+		"comet.buckets": f.Comet.Buckets, "comet.max_rooms": f.Comet.MaxRooms, "comet.limits.max_conns_per_ip": f.Comet.Limits.MaxConnsPerIP,
+		"comet.limits.frame_burst": f.Comet.Limits.FrameBurst, "comet.limits.byte_burst": f.Comet.Limits.ByteBurst,
+		"comet.limits.auth_burst_per_ip": f.Comet.Limits.AuthBurstPerIP, "comet.limits.sync_req_burst": f.Comet.Limits.SyncReqBurst, "logic.max_push_payload": f.Logic.MaxPushPayload, "logic.max_batch": f.Logic.MaxBatch, "job.workers": f.Job.Workers} {
 		if v < 0 {
 			errs = append(errs, fmt.Errorf("%s: must not be negative", name))
 		}

@@ -25,6 +25,12 @@ const (
 	CodeAuthTimeout      Code = 1005 // no AUTH within the auth timeout
 	CodeReplaced         Code = 1006 // another session of the same device connected
 	CodeKicked           Code = 1007 // the business kicked this device; reconnect allowed
+	// Traffic limits: reconnect with backoff (they say which limit was hit).
+	CodeTooManyConnsPerIP Code = 1008 // the source address has too many connections
+	CodeTooManyConns      Code = 1009 // the comet is at its connection cap
+	CodeTooManyInFlight   Code = 1010 // more than MaxInFlightFrames frames waiting to be handled
+	CodeRateLimited       Code = 1011 // frames or bytes per second over the connection's limit
+	CodeAuthRateLimited   Code = 1012 // too many AUTH attempts from the source address
 
 	CodeTokenExpired Code = 2001 // token expired: fetch a new one
 	CodeTokenInvalid Code = 2002 // token does not verify: fetch a new one
@@ -37,6 +43,11 @@ const (
 	CodeOutOfOrder    Code = 4005 // op not valid in this state (second AUTH, ack beyond sent)
 	CodeForbidden     Code = 4006 // kicked for good: do not reconnect
 )
+
+// MaxInFlightFrames is how many frames a client may have sent and not yet
+// had handled (pipelined without waiting for replies); past it the server
+// answers ERROR CodeTooManyInFlight after handling those before it.
+const MaxInFlightFrames = 256
 
 // Reconnect reports whether a client should reconnect after this code.
 func (c Code) Reconnect() bool { return c < 4000 }
