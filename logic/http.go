@@ -29,7 +29,10 @@ const (
 	CodePayloadTooLarge  = "payload_too_large"
 	CodeNotSupported     = "not_supported"
 	CodeUnavailable      = "unavailable"
-	CodeInternal         = "internal"
+	// CodeOutcomeUnknown (504): the store did not confirm a write in time;
+	// it may be stored. Retry with the same dedup_key.
+	CodeOutcomeUnknown = "outcome_unknown"
+	CodeInternal       = "internal"
 )
 
 // apiError is an error a business caller sees, with its HTTP status.
@@ -62,6 +65,7 @@ func (l *Logic) routes() http.Handler {
 	route("POST /v1/sync/batch", "sync_batch", l.handleBatch)
 	route("GET /v1/devices/{device}/sync", "device_sync", l.handleDeviceSync)
 	route("GET /v1/bizs", "bizs", l.handleBizs)
+	route("POST /v1/users/{user}/revoke_tokens", "revoke_tokens", l.handleRevokeTokens)
 	route("GET /healthz", "healthz", l.handleHealthz)
 	mux.Handle("GET /metrics", l.instrument("metrics",
 		promhttp.HandlerFor(l.gather, promhttp.HandlerOpts{ErrorLog: slogPrinter{l}}).ServeHTTP))
@@ -70,7 +74,7 @@ func (l *Logic) routes() http.Handler {
 	// instead of the mux's plain-text one.
 	methods := map[string]string{
 		"/v1/sync": "POST", "/v1/sync/batch": "POST", "/v1/devices/{device}/sync": "GET",
-		"/v1/bizs": "GET", "/healthz": "GET", "/metrics": "GET",
+		"/v1/bizs": "GET", "/healthz": "GET", "/metrics": "GET", "/v1/users/{user}/revoke_tokens": "POST",
 	}
 	for path, allow := range l.realtimeRoutes(route) { // push.go
 		methods[path] = allow

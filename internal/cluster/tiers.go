@@ -263,6 +263,7 @@ func LogicConfig(f *config.File, bizs *biz.Registry, tokens *auth.Tokens, log *s
 		Bizs:           bizs,
 		Tokens:         tokens,
 		APIKeys:        auth.NewAPIKeys(f.APIKeys),
+		DeviceBinding:  f.Auth.DeviceBinding,
 		MaxBatch:       f.Logic.MaxBatch,
 		MaxPushPayload: f.Logic.MaxPushPayload,
 		Logger:         log.With("tier", "logic"),
@@ -297,7 +298,7 @@ func StartLogic(cfg TierConfig) (n *LogicNode, err error) {
 	if err != nil {
 		return nil, err
 	}
-	tokens, err := auth.NewTokens(f.Secret)
+	tokens, err := f.Tokens()
 	if err != nil {
 		return nil, err
 	}

@@ -25,8 +25,10 @@ const (
 	CodeReplaced         Code = 1006 // another session of the same device connected
 	CodeKicked           Code = 1007 // the business kicked this device; reconnect allowed
 
-	CodeTokenExpired Code = 2001 // token expired: fetch a new one
-	CodeTokenInvalid Code = 2002 // token does not verify: fetch a new one
+	CodeTokenExpired     Code = 2001 // token expired: fetch a new one
+	CodeTokenInvalid     Code = 2002 // token does not verify: fetch a new one
+	CodeDeviceNotAllowed Code = 2003 // the device id belongs to another user: a token naming the device is needed
+	CodeTokenRevoked     Code = 2004 // the user's tokens issued before a cut-off were revoked: fetch a new one
 
 	CodeBadFrame      Code = 4000 // malformed header or body
 	CodeFrameTooLarge Code = 4001 // frame over the server's limit
