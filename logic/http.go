@@ -312,7 +312,8 @@ type channelState struct {
 }
 
 func (l *Logic) handleDeviceSync(w http.ResponseWriter, r *http.Request) {
-	if _, aerr := l.apiKey(r); aerr != nil {
+	key, aerr := l.apiKey(r)
+	if aerr != nil {
 		writeError(w, aerr)
 		return
 	}
@@ -330,7 +331,11 @@ func (l *Logic) handleDeviceSync(w http.ResponseWriter, r *http.Request) {
 	}
 	chans := make([]string, 0, len(points))
 	for ch := range points {
-		chans = append(chans, ch)
+		// Only the channels of bizs the key may use: a key limited to one
+		// biz learns nothing of the others.
+		if name, _, _, err := oplog.ParseChannel(ch); err == nil && l.cfg.APIKeys.Check(key, name) == nil {
+			chans = append(chans, ch)
+		}
 	}
 	sort.Strings(chans)
 	out := make([]channelState, 0, len(chans))
