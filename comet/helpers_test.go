@@ -431,6 +431,7 @@ func newEnv(t testing.TB, mod func(*Config, *fakeLogic)) *testEnv {
 		HeartbeatInterval: 10 * time.Second,
 		PageLimit:         200,
 		Workers:           64,
+		ClientRooms:       []string{"*"},
 		Logger:            testLogger(t),
 		Registerer:        reg,
 	}

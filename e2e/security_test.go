@@ -123,3 +123,14 @@ func TestRevokedTokensAreRefused(t *testing.T) {
 	})
 	d.expect(protocol.OpAuthReply, 5*time.Second)
 }
+
+// Security review #6: with the default config no room is open to ROOM_JOIN
+// (ERROR 4007), so a client cannot listen to a business's room pushes.
+func TestClientRoomJoinRefusedByDefault(t *testing.T) {
+	t.Parallel()
+	n := startNode(t, "")
+	mal := dial(t, n)
+	mal.auth(n.token(t, "mallory"), "mal-phone", "demo")
+	mal.sendMsg(protocol.OpRoomJoin, &pb.Room{Room: "board-private"})
+	mal.expectError(protocol.CodeRoomForbidden, 5*time.Second)
+}

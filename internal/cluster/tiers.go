@@ -248,6 +248,7 @@ func CometConfig(f *config.File, log *slog.Logger) (comet.Config, error) {
 		HeartbeatMin:      time.Duration(f.Comet.HeartbeatMin),
 		HeartbeatMax:      time.Duration(f.Comet.HeartbeatMax),
 		MaxRooms:          f.Comet.MaxRooms,
+		ClientRooms:       f.Comet.ClientRooms,
 		PageLimit:         uint32(f.Comet.PageLimit),
 		AckTimeout:        time.Duration(f.Comet.AckTimeout),
 		Logger:            log.With("tier", "comet"),

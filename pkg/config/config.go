@@ -84,6 +84,7 @@ type Comet struct {
 	HeartbeatMin    Duration `yaml:"heartbeat_min"`     // least interval a client may ask for (protocol §10); zero: heartbeat
 	HeartbeatMax    Duration `yaml:"heartbeat_max"`     // most interval a client may ask for; zero: heartbeat
 	MaxRooms        int      `yaml:"max_rooms"`         // rooms per session; zero 64
+	ClientRooms     []string `yaml:"client_rooms"`      // room prefixes clients may ROOM_JOIN ("*" all; such rooms are public); zero: none
 	AckTimeout      Duration `yaml:"ack_timeout"`       // unacked backlog page; zero 30s
 	AuthTimeout     Duration `yaml:"auth_timeout"`      // AUTH must arrive within; zero 10s
 	PageLimit       int      `yaml:"page_limit"`        // oplogs per page; zero 200

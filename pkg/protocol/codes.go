@@ -37,6 +37,7 @@ const (
 	CodeBadAuth       Code = 4004 // AUTH fields invalid (device id, version ...)
 	CodeOutOfOrder    Code = 4005 // op not valid in this state (second AUTH, ack beyond sent)
 	CodeForbidden     Code = 4006 // kicked for good: do not reconnect
+	CodeRoomForbidden Code = 4007 // ROOM_JOIN of a room clients may not join (comet.client_rooms)
 )
 
 // Reconnect reports whether a client should reconnect after this code.
