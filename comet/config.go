@@ -36,6 +36,12 @@ type Config struct {
 	// MaxRooms is how many rooms one session may be in; zero
 	// protocol.DefaultMaxRooms (64).
 	MaxRooms int
+	// ClientRooms lists the room name prefixes a client may join itself
+	// (ROOM_JOIN); "*" allows every room. A room a client can join is public:
+	// anyone with any token may listen. Zero (nil): clients join no room
+	// themselves, only the business puts sessions in rooms (POST /v1/rooms),
+	// and ROOM_JOIN is answered with ERROR 4007.
+	ClientRooms []string
 	// PageLimit is the number of oplogs per channel page; zero 200.
 	PageLimit uint32
 	// AckTimeout bounds how long a backlog page may stay unacked before

@@ -444,6 +444,7 @@ func newEnv(t testing.TB, mod func(*Config, *fakeLogic)) *testEnv {
 		HeartbeatInterval: 10 * time.Second,
 		PageLimit:         200,
 		Workers:           64,
+		ClientRooms:       []string{"*"},
 		Logger:            testLogger(t),
 		Registerer:        reg,
 		// Tests ping-pong heartbeats as fast as the machine allows

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -262,8 +263,19 @@ func (c *Comet) Rooms(_ context.Context, req *pb.RoomsReq) (*pb.Empty, error) {
 
 // ---- client ops (drain task) ----
 
+// clientMayJoin reports whether Config.ClientRooms opens room to ROOM_JOIN.
+func (c *Comet) clientMayJoin(room string) bool {
+	for _, p := range c.cfg.ClientRooms {
+		if p == "*" || strings.HasPrefix(room, p) {
+			return true
+		}
+	}
+	return false
+}
+
 // handleRoom serves ROOM_JOIN and ROOM_LEAVE: bad room name -> ERROR 4000,
-// over MaxRooms -> ERROR 4005, else ROOM_REPLY{room} with the same seq.
+// a room not open to clients -> ERROR 4007, over MaxRooms -> ERROR 4005,
+// else ROOM_REPLY{room} with the same seq.
 func (s *session) handleRoom(f protocol.Frame) {
 	var r wirepb.Room
 	if err := protocol.Unmarshal(f, &r); err != nil {
@@ -275,6 +287,10 @@ func (s *session) handleRoom(f protocol.Frame) {
 		return
 	}
 	if f.Op == protocol.OpRoomJoin {
+		if !s.c.clientMayJoin(r.Room) {
+			s.fail(f.Seq, protocol.CodeRoomForbidden, fmt.Sprintf("room %q is not open to clients: the business adds sessions to it", r.Room), ErrProtocol)
+			return
+		}
 		if err := s.c.rooms.join(s, []string{r.Room}, s.c.cfg.MaxRooms); err != nil {
 			s.fail(f.Seq, protocol.CodeOutOfOrder, err.Error(), ErrProtocol)
 			return

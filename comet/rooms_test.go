@@ -235,3 +235,23 @@ func TestHeartbeatBoundsConfig(t *testing.T) {
 		t.Fatalf("defaults: %v %v %v %v", err, c.HeartbeatMin, c.HeartbeatMax, c.MaxRooms)
 	}
 }
+
+// Security review #6: a room is not open to ROOM_JOIN unless ClientRooms
+// lists its prefix, so a client cannot listen to the business's private
+// room pushes; the business still puts sessions in any room.
+func TestClientRoomsRestrictJoin(t *testing.T) {
+	e := newEnv(t, func(c *Config, _ *fakeLogic) { c.ClientRooms = []string{"public-"} })
+	mal, ok := e.dial(), e.dial()
+	ok.auth("good-alice", "a1", "ios", "1.0.0", nil)
+	ok.room(protocol.OpRoomJoin, "public-lobby")
+	mal.auth("good-mallory", "m1", "ios", "1.0.0", nil)
+	mal.sendMsg(protocol.OpRoomJoin, &wirepb.Room{Room: "board-private"})
+	mal.expectError(protocol.CodeRoomForbidden)
+	if n := broadcast(t, e.c, "board-private", "Q3 numbers"); n != 0 {
+		t.Fatalf("private room broadcast delivered %d, want 0", n)
+	}
+	if n := broadcast(t, e.c, "public-lobby", "hi"); n != 1 {
+		t.Fatalf("public room broadcast delivered %d, want 1", n)
+	}
+	ok.expectPush("public-lobby", "hi")
+}

@@ -471,9 +471,14 @@ func TestBizConsistencySwitchedUser(t *testing.T) {
 		t.Fatalf("stale session got %v", got)
 	}
 
-	// kim really logs in on the tablet: her channel only, none of jo's.
+	// kim really logs in on the tablet: her channel only, none of jo's. The
+	// tablet is jo's (its first user), so kim's token must name it: the
+	// business hands the device over by minting her login token for it.
 	tablet := shared.reconnect(n)
-	r := tablet.authAs(n.token(t, "kim"), "tablet", "ios", "1.0.0", "account")
+	tablet.sendMsg(protocol.OpAuth, &pb.Auth{Token: n.token(t, "kim"), Device: "tablet", Platform: "ios", Bizs: []string{"account"}})
+	tablet.expectError(protocol.CodeDeviceNotAllowed, 5*time.Second)
+	tablet = tablet.reconnect(n)
+	r := tablet.authAs(n.deviceToken(t, "kim", "tablet"), "tablet", "ios", "1.0.0", "account")
 	if len(r.Channels) != 1 || r.Channels[0].Channel != "account/u/kim" {
 		t.Fatalf("kim's channels %v", r.Channels)
 	}
@@ -486,7 +491,7 @@ func TestBizConsistencySwitchedUser(t *testing.T) {
 	// jo logs back in on the tablet: she is the current user again and gets
 	// what she missed, in order.
 	tablet = tablet.reconnect(n)
-	tablet.authAs(n.token(t, "jo"), "tablet", "ios", "1.0.0", "account")
+	tablet.authAs(n.deviceToken(t, "jo", "tablet"), "tablet", "ios", "1.0.0", "account")
 	tablet.settle(ch, 3, 2, 3)
 }
 

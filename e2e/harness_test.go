@@ -100,7 +100,14 @@ func (n *node) stop(t testing.TB) {
 
 func (n *node) token(t testing.TB, user string) string {
 	t.Helper()
-	tok, err := n.tokens.Sign(user, time.Hour)
+	return n.deviceToken(t, user)
+}
+
+// deviceToken signs a token for user whose dev claim names devices: what a
+// business mints at login to hand a device over to another user.
+func (n *node) deviceToken(t testing.TB, user string, devices ...string) string {
+	t.Helper()
+	tok, err := n.tokens.Sign(user, time.Hour, devices...)
 	if err != nil {
 		t.Fatal(err)
 	}

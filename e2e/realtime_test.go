@@ -30,6 +30,7 @@ comet:
   heartbeat_min: 1s
   heartbeat_max: 10s
   max_rooms: 3
+  client_rooms: ["*"]
   auth_timeout: 1s
   ack_timeout: 3s
 logic:

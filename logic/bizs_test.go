@@ -84,7 +84,13 @@ func TestConsistencyRefusesStaleSession(t *testing.T) {
 	if err := sync("alice", "acct/u/alice"); err != nil {
 		t.Fatalf("current user: %v", err)
 	}
-	if _, err := e.l.Connect(ctx, connectReq(e, "bob", "tab", "c2", "k2", "acct")); err != nil {
+	// bob logs in on alice's tablet: the business hands it over with a
+	// token naming the device (principals.go).
+	handover := connectReq(e, "bob", "tab", "c2", "k2", "acct")
+	_, err := e.l.Connect(ctx, handover)
+	wantCode(t, err, protocol.CodeDeviceNotAllowed)
+	handover.Token = e.deviceToken("bob", "tab")
+	if _, err := e.l.Connect(ctx, handover); err != nil {
 		t.Fatal(err)
 	}
 	wantCode(t, sync("alice", "acct/u/alice"), protocol.CodeReplaced)

@@ -36,6 +36,18 @@ type Config struct {
 	Tokens *auth.Tokens
 	// APIKeys checks business API keys. Required.
 	APIKeys *auth.APIKeys
+	// DeviceBinding says how a session's device id is bound to its user
+	// (principals.go): DeviceBindingOwner or DeviceBindingToken. Zero means
+	// DeviceBindingOwner.
+	DeviceBinding string
+	// Owners records device owners for DeviceBindingOwner. Nil means the
+	// Store if it implements DeviceOwners; with neither, owners are not
+	// recorded (a warning is logged) and only dev claims bind devices.
+	Owners DeviceOwners
+	// Revocations keeps per-user token cut-offs (POST
+	// /v1/users/{user}/revoke_tokens). Nil means the Store if it implements
+	// TokenRevocations; with neither, revocation answers 501.
+	Revocations TokenRevocations
 
 	// HeartbeatInterval is returned to comets in ConnectReply. Zero means 0,
 	// i.e. "use the comet's default".
@@ -65,6 +77,11 @@ type Config struct {
 	// normally last until the other calls of the same group commit are
 	// scheduled. Zero means 50ms; negative never waits.
 	OrderWait time.Duration
+	// RepairDelay is how long after a lost live push (queue send failed
+	// after the append, or an append of unknown outcome) logic re-pushes
+	// the channel's newest oplog so online devices catch up (repair.go).
+	// Zero means 2s; negative disables the re-push.
+	RepairDelay time.Duration
 	// JanitorInterval is how often expired oplogs are deleted
 	// (Store.DeleteExpired). Zero means 1m; negative disables the janitor.
 	JanitorInterval time.Duration
@@ -130,6 +147,9 @@ func (c *Config) setDefaults() {
 	if c.OrderWait == 0 {
 		c.OrderWait = 50 * time.Millisecond
 	}
+	if c.RepairDelay == 0 {
+		c.RepairDelay = 2 * time.Second
+	}
 	if c.JanitorInterval == 0 {
 		c.JanitorInterval = time.Minute
 	}
@@ -141,6 +161,15 @@ func (c *Config) setDefaults() {
 	}
 	if c.Now == nil {
 		c.Now = time.Now
+	}
+	if c.DeviceBinding == "" {
+		c.DeviceBinding = DeviceBindingOwner
+	}
+	if o, ok := c.Store.(DeviceOwners); ok && c.Owners == nil {
+		c.Owners = o
+	}
+	if r, ok := c.Store.(TokenRevocations); ok && c.Revocations == nil {
+		c.Revocations = r
 	}
 }
 
@@ -181,6 +210,9 @@ func (c *Config) validate() error {
 	}
 	if c.AppendTimeout < 0 || c.QueueTimeout < 0 {
 		errs = append(errs, fmt.Errorf("AppendTimeout %v, QueueTimeout %v: want > 0", c.AppendTimeout, c.QueueTimeout))
+	}
+	if c.DeviceBinding != DeviceBindingOwner && c.DeviceBinding != DeviceBindingToken {
+		errs = append(errs, fmt.Errorf("DeviceBinding %q: want %q or %q", c.DeviceBinding, DeviceBindingOwner, DeviceBindingToken))
 	}
 	if c.JanitorBatch < 0 {
 		errs = append(errs, fmt.Errorf("JanitorBatch %d: want > 0", c.JanitorBatch))

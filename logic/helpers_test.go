@@ -41,8 +41,13 @@ func (c *clock) Advance(d time.Duration) { c.ns.Add(int64(d)) }
 // flakyStore wraps a real store; tests switch failures on.
 type flakyStore struct {
 	store.Store
-	fail        atomic.Bool // every call returns store.ErrUnavailable
-	hang        atomic.Bool // Append blocks until its ctx ends
+	fail atomic.Bool // every call returns store.ErrUnavailable
+	hang atomic.Bool // Append blocks until its ctx ends
+	// lateBy > 0: Append's write lands that long after the call, like a
+	// slow fsync; a caller whose ctx ends first gets ErrOutcomeUnknown, as
+	// from the Pebble store, while the write still completes.
+	lateBy      atomic.Int64
+	late        sync.WaitGroup
 	appends     atomic.Int64
 	deleteCalls atomic.Int64
 }
@@ -55,6 +60,20 @@ func (s *flakyStore) Append(ctx context.Context, ops []*oplog.Oplog) ([]store.Ap
 	if s.hang.Load() {
 		<-ctx.Done()
 		return nil, fmt.Errorf("%w: %w", store.ErrUnavailable, ctx.Err())
+	}
+	if d := time.Duration(s.lateBy.Load()); d > 0 {
+		done := make(chan appendResult, 1)
+		s.late.Go(func() {
+			time.Sleep(d)
+			res, err := s.Store.Append(context.Background(), ops)
+			done <- appendResult{res, err}
+		})
+		select {
+		case r := <-done:
+			return r.res, r.err
+		case <-ctx.Done():
+			return nil, &lateAppend{done: done, cause: ctx.Err()}
+		}
 	}
 	return s.Store.Append(ctx, ops)
 }
@@ -90,6 +109,28 @@ func (s *flakyStore) SyncPoints(ctx context.Context, device string) (map[string]
 func (s *flakyStore) DeleteExpired(ctx context.Context, before time.Time, limit int) (int, error) {
 	s.deleteCalls.Add(1)
 	return s.Store.DeleteExpired(ctx, before, limit)
+}
+
+// lateAppend is flakyStore's store.LateAppend, as the Pebble store's.
+type lateAppend struct {
+	done  <-chan appendResult
+	cause error
+}
+
+type appendResult struct {
+	res []store.AppendResult
+	err error
+}
+
+func (e *lateAppend) Error() string   { return "store: outcome unknown: " + e.cause.Error() }
+func (e *lateAppend) Unwrap() []error { return []error{store.ErrOutcomeUnknown, e.cause} }
+func (e *lateAppend) Wait(ctx context.Context) ([]store.AppendResult, error) {
+	select {
+	case r := <-e.done:
+		return r.res, r.err
+	case <-ctx.Done():
+		return nil, fmt.Errorf("%w: %w", store.ErrOutcomeUnknown, ctx.Err())
+	}
 }
 
 // flakyQueue wraps a producer; tests switch failures on.
@@ -189,6 +230,8 @@ func newEnv(t *testing.T, mod func(*logic.Config)) *env {
 	}
 	cfg := logic.Config{
 		HTTPAddr:          "127.0.0.1:0",
+		Owners:            ps, // flakyStore hides the Pebble store's extra methods
+		Revocations:       ps,
 		Store:             e.st,
 		Queue:             e.q,
 		Directory:         e.dir,
@@ -227,6 +270,7 @@ func newEnv(t *testing.T, mod func(*logic.Config)) *env {
 		if err := e.dir.Shutdown(ctx); err != nil {
 			t.Errorf("directory Shutdown: %v", err)
 		}
+		e.st.late.Wait()
 		if err := ps.Close(); err != nil {
 			t.Errorf("store Close: %v", err)
 		}
@@ -352,7 +396,13 @@ func value(m *dto.Metric) float64 {
 
 func (e *env) token(user string) string {
 	e.t.Helper()
-	tok, err := e.tokens.Sign(user, time.Hour)
+	return e.deviceToken(user)
+}
+
+// deviceToken signs a token whose dev claim names devices.
+func (e *env) deviceToken(user string, devices ...string) string {
+	e.t.Helper()
+	tok, err := e.tokens.Sign(user, time.Hour, devices...)
 	if err != nil {
 		e.t.Fatal(err)
 	}

@@ -28,7 +28,10 @@ const (
 	CodeMethodNotAllowed = "method_not_allowed"
 	CodePayloadTooLarge  = "payload_too_large"
 	CodeUnavailable      = "unavailable"
-	CodeInternal         = "internal"
+	// CodeOutcomeUnknown (504): the store did not confirm a write in time;
+	// it may be stored. Retry with the same dedup_key.
+	CodeOutcomeUnknown = "outcome_unknown"
+	CodeInternal       = "internal"
 )
 
 // apiError is an error a business caller sees, with its HTTP status.
@@ -61,6 +64,7 @@ func (l *Logic) routes() http.Handler {
 	route("POST /v1/sync/batch", "sync_batch", l.handleBatch)
 	route("GET /v1/devices/{device}/sync", "device_sync", l.handleDeviceSync)
 	route("GET /v1/bizs", "bizs", l.handleBizs)
+	route("POST /v1/users/{user}/revoke_tokens", "revoke_tokens", l.handleRevokeTokens)
 	route("GET /healthz", "healthz", l.handleHealthz)
 	mux.Handle("GET /metrics", l.instrument("metrics",
 		promhttp.HandlerFor(l.gather, promhttp.HandlerOpts{ErrorLog: slogPrinter{l}}).ServeHTTP))
@@ -69,7 +73,7 @@ func (l *Logic) routes() http.Handler {
 	// instead of the mux's plain-text one.
 	methods := map[string]string{
 		"/v1/sync": "POST", "/v1/sync/batch": "POST", "/v1/devices/{device}/sync": "GET",
-		"/v1/bizs": "GET", "/healthz": "GET", "/metrics": "GET",
+		"/v1/bizs": "GET", "/healthz": "GET", "/metrics": "GET", "/v1/users/{user}/revoke_tokens": "POST",
 	}
 	for path, allow := range l.realtimeRoutes(route) { // push.go
 		methods[path] = allow
@@ -307,7 +311,8 @@ type channelState struct {
 }
 
 func (l *Logic) handleDeviceSync(w http.ResponseWriter, r *http.Request) {
-	if _, aerr := l.apiKey(r); aerr != nil {
+	key, aerr := l.apiKey(r)
+	if aerr != nil {
 		writeError(w, aerr)
 		return
 	}
@@ -325,7 +330,11 @@ func (l *Logic) handleDeviceSync(w http.ResponseWriter, r *http.Request) {
 	}
 	chans := make([]string, 0, len(points))
 	for ch := range points {
-		chans = append(chans, ch)
+		// Only the channels of bizs the key may use: a key limited to one
+		// biz learns nothing of the others.
+		if name, _, _, err := oplog.ParseChannel(ch); err == nil && l.cfg.APIKeys.Check(key, name) == nil {
+			chans = append(chans, ch)
+		}
 	}
 	sort.Strings(chans)
 	out := make([]channelState, 0, len(chans))

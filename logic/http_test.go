@@ -348,7 +348,13 @@ func TestDeviceSyncState(t *testing.T) {
 	}})); err != nil {
 		t.Fatal(err)
 	}
+	// Security review #10: a key limited to chat sees the chat channels
+	// only, not the device's other bizs.
 	status, out := e.do("GET", "/v1/devices/d1/sync", "chat-key", "")
+	if got, want := body(out["channels"]), `[{"channel":"chat/u/alice","lag":2,"max_id":3,"sync_point":1}]`; status != 200 || got != want {
+		t.Fatalf("chat-key = %d %s, want %s", status, got, want)
+	}
+	status, out = e.do("GET", "/v1/devices/d1/sync", "all-key", "")
 	if status != 200 || out["device"] != "d1" {
 		t.Fatalf("= %d %v", status, out)
 	}

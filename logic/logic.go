@@ -39,6 +39,10 @@ type Logic struct {
 	shutting atomic.Bool
 	// order hands publish calls' queue messages over in id order (order.go).
 	order *sendOrder
+	// repair holds the channels whose tail is re-pushed (repair.go).
+	repair repairs
+	// lateSlots bounds the goroutines awaiting late appends (repair.go).
+	lateSlots chan struct{}
 
 	mu struct {
 		sync.Mutex
@@ -76,7 +80,12 @@ func New(cfg Config) (*Logic, error) {
 	if err != nil {
 		return nil, err
 	}
+	if cfg.DeviceBinding == DeviceBindingOwner && cfg.Owners == nil {
+		cfg.Logger.Warn("device binding: this store records no device owners, so only tokens with a dev claim bind devices to users; set device binding to token")
+	}
 	l := &Logic{cfg: cfg, log: cfg.Logger, m: m, gather: gather, done: make(chan struct{}), order: newSendOrder(cfg.OrderWait)}
+	l.repair.pending = make(map[string]repairState)
+	l.lateSlots = make(chan struct{}, maxLateAppends)
 	l.bg, l.bgCancel = context.WithCancel(context.Background())
 	l.handler = l.routes()
 	l.srv = &http.Server{
@@ -116,6 +125,9 @@ func (l *Logic) Start() error {
 	})
 	if l.cfg.JanitorInterval > 0 {
 		l.wg.Go(l.janitor)
+	}
+	if l.cfg.RepairDelay > 0 {
+		l.wg.Go(l.repairer)
 	}
 	return nil
 }

@@ -23,6 +23,8 @@ type metrics struct {
 	ticketRefusals prometheus.Counter
 	expired        prometheus.Counter
 	httpRequests   *prometheus.CounterVec // by route, code
+	repairs        *prometheus.CounterVec // by result
+	lateAppends    prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -57,8 +59,12 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "expired_deleted_total", Help: "Expired oplogs deleted by the janitor."}),
 		httpRequests: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
 			Name: "http_requests_total", Help: "HTTP requests, by route and status code."}, []string{"route", "code"}),
+		repairs: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
+			Name: "tail_repushes_total", Help: "Re-pushes of a channel's newest oplog after a lost live push (repair.go), by result: pushed, failed, dropped (too many channels pending)."}, []string{"result"}),
 	}
-	for _, c := range []prometheus.Collector{m.published, m.duplicates, m.publishSecs, m.storeErrors, m.queueFailures, m.orderTimeouts,
+	m.lateAppends = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
+		Name: "late_appends_total", Help: "Appends answered 504 outcome_unknown whose write landed afterwards and was queued then."})
+	for _, c := range []prometheus.Collector{m.lateAppends, m.repairs, m.published, m.duplicates, m.publishSecs, m.storeErrors, m.queueFailures, m.orderTimeouts,
 		m.connects, m.replaced, m.syncs, m.syncOplogs, m.acks, m.ticketRefusals, m.expired, m.httpRequests} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("logic: register metrics: %w", err)

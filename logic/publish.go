@@ -228,6 +228,10 @@ func (l *Logic) storeError(op string, err error) *apiError {
 		l.log.Error("store rejected a request logic built", "op", op, "err", err)
 		return errorf(http.StatusInternalServerError, CodeInternal, "internal error")
 	}
+	if errors.Is(err, store.ErrOutcomeUnknown) {
+		l.log.Warn("store call gave up mid-write", "op", op, "err", err)
+		return errorf(http.StatusGatewayTimeout, CodeOutcomeUnknown, "the store did not confirm the write in time: it may or may not be stored; retry with the same dedup_key, which returns the stored id if it was")
+	}
 	l.log.Warn("store call failed", "op", op, "err", err)
 	return errorf(http.StatusServiceUnavailable, CodeUnavailable, "store unavailable, nothing was stored: retry (with the same dedup_key to stay idempotent)")
 }
@@ -242,15 +246,30 @@ func (l *Logic) publish(ctx context.Context, ops []*oplog.Oplog) ([]store.Append
 	defer func() { l.m.publishSecs.Observe(time.Since(began).Seconds()) }()
 	turn := l.order.enter(distinctChannels(ops)) // order.go
 	defer l.order.leave(turn)
-	actx, cancel := l.storeCtx(ctx)
+	// Detached from the request, bounded by AppendTimeout: a business
+	// client hanging up mid-commit must not turn a write that completes into
+	// one of unknown outcome.
+	actx, cancel := l.storeCtx(context.WithoutCancel(ctx))
 	results, err := l.cfg.Store.Append(actx, ops)
 	cancel()
 	if err == nil && len(results) != len(ops) {
 		err = errors.New("store returned a result count different from the ops")
 	}
 	if err != nil {
+		if errors.Is(err, store.ErrOutcomeUnknown) {
+			// The commit may still land: queue it then (repair.go).
+			l.awaitLateAppend(err, ops)
+		}
 		return nil, l.storeError("append", err)
 	}
+	l.produce(ctx, ops, results, turn)
+	return results, nil
+}
+
+// produce puts the stored (non-duplicate) ops on the queue, in id order per
+// channel after this process's calls holding lower ids (turn; nil: no wait).
+// A failed send is logged and repaired (repair.go), never failing the call.
+func (l *Logic) produce(ctx context.Context, ops []*oplog.Oplog, results []store.AppendResult, turn *orderCall) {
 	msgs := make([]queue.Message, 0, len(ops))
 	first := make(map[string]uint64)
 	for i, res := range results {
@@ -273,7 +292,7 @@ func (l *Logic) publish(ctx context.Context, ops []*oplog.Oplog) ([]store.Append
 		msgs = append(msgs, queue.Message{Key: op.Channel, Value: v})
 	}
 	if len(msgs) > 0 {
-		if l.order.wait(turn, first) {
+		if turn != nil && l.order.wait(turn, first) {
 			l.m.orderTimeouts.Inc()
 		}
 		// Detached from the request: the oplogs are stored, so a client that
@@ -283,11 +302,11 @@ func (l *Logic) publish(ctx context.Context, ops []*oplog.Oplog) ([]store.Append
 		qcancel()
 		if err != nil {
 			l.m.queueFailures.Inc()
-			l.log.Warn("queue send failed after store append; devices will catch up by sync",
+			l.log.Warn("queue send failed after store append; the channels' tails are re-pushed after the repair delay",
 				"messages", len(msgs), "first_channel", msgs[0].Key, "err", err)
+			l.scheduleRepair(distinctChannels(ops)...)
 		}
 	}
-	return results, nil
 }
 
 // distinctChannels lists the channels of ops, each once.

@@ -42,7 +42,8 @@ func (l *Logic) Connect(ctx context.Context, req *pb.ConnectReq) (*pb.ConnectRep
 }
 
 func (l *Logic) connect(ctx context.Context, req *pb.ConnectReq) (*pb.ConnectReply, string, error) {
-	user, err := l.cfg.Tokens.Verify(req.GetToken())
+	claims, err := l.cfg.Tokens.VerifyClaims(req.GetToken())
+	user := claims.User
 	switch {
 	case errors.Is(err, auth.ErrTokenExpired):
 		return nil, "token_expired", api.Error(protocol.CodeTokenExpired, "token expired")
@@ -56,6 +57,9 @@ func (l *Logic) connect(ctx context.Context, req *pb.ConnectReq) (*pb.ConnectRep
 		return nil, "forbidden", err
 	}
 	log := l.log.With("device", req.Device, "user", user, "comet", req.Comet, "key", req.Key)
+	if result, err := l.checkPrincipal(ctx, log, claims, req.Device); err != nil {
+		return nil, result, err
+	}
 
 	reply := &pb.ConnectReply{User: user, HeartbeatMs: uint32(l.cfg.HeartbeatInterval.Milliseconds())}
 	seen := make(map[string]bool, len(req.Bizs))

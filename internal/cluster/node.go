@@ -24,7 +24,6 @@ import (
 	"github.com/msync/msync/job"
 	"github.com/msync/msync/logic"
 	"github.com/msync/msync/pkg/api"
-	"github.com/msync/msync/pkg/auth"
 	"github.com/msync/msync/pkg/biz"
 	"github.com/msync/msync/pkg/config"
 	dirmem "github.com/msync/msync/pkg/directory/memory"
@@ -79,7 +78,7 @@ func Start(cfg Config) (n *Node, err error) {
 	if err != nil {
 		return nil, err
 	}
-	tokens, err := auth.NewTokens(f.Secret)
+	tokens, err := f.Tokens()
 	if err != nil {
 		return nil, err
 	}

@@ -256,6 +256,7 @@ func CometConfig(f *config.File, log *slog.Logger) (comet.Config, error) {
 		HeartbeatMin:      time.Duration(f.Comet.HeartbeatMin),
 		HeartbeatMax:      time.Duration(f.Comet.HeartbeatMax),
 		MaxRooms:          f.Comet.MaxRooms,
+		ClientRooms:       f.Comet.ClientRooms,
 		PageLimit:         uint32(f.Comet.PageLimit),
 		AckTimeout:        time.Duration(f.Comet.AckTimeout),
 		Logger:            log.With("tier", "comet"),
@@ -271,6 +272,7 @@ func LogicConfig(f *config.File, bizs *biz.Registry, tokens *auth.Tokens, log *s
 		Bizs:           bizs,
 		Tokens:         tokens,
 		APIKeys:        auth.NewAPIKeys(f.APIKeys),
+		DeviceBinding:  f.Auth.DeviceBinding,
 		MaxBatch:       f.Logic.MaxBatch,
 		MaxPushPayload: f.Logic.MaxPushPayload,
 		Logger:         log.With("tier", "logic"),
@@ -305,7 +307,7 @@ func StartLogic(cfg TierConfig) (n *LogicNode, err error) {
 	if err != nil {
 		return nil, err
 	}
-	tokens, err := auth.NewTokens(f.Secret)
+	tokens, err := f.Tokens()
 	if err != nil {
 		return nil, err
 	}

@@ -36,12 +36,37 @@ type File struct {
 	// measurements. Keep it on a private address.
 	Pprof   string        `yaml:"pprof"`
 	APIKeys []auth.APIKey `yaml:"api_keys"`
+	Auth    Auth          `yaml:"auth"`
 	Comet   Comet         `yaml:"comet"`
 	Logic   Logic         `yaml:"logic"`
 	Job     Job           `yaml:"job"`
 	Store   Store         `yaml:"store"`
 	Queue   Queue         `yaml:"queue"`
 	Bizs    []biz.Spec    `yaml:"bizs"`
+}
+
+// Auth configures client tokens and how devices are bound to users
+// (docs/protocol.md, "Tokens and devices").
+type Auth struct {
+	// Audience is the aud msync signs into tokens and accepts; a token whose
+	// aud names only other services is refused. Zero "msync".
+	Audience string `yaml:"audience"`
+	// RequireAudience refuses tokens without any aud. Zero false.
+	RequireAudience bool `yaml:"require_audience"`
+	// MaxTokenLifetime refuses tokens valid for longer (exp - iat). Zero 30d.
+	MaxTokenLifetime Duration `yaml:"max_token_lifetime"`
+	// Leeway is the clock skew tolerated on exp, nbf and iat. Zero 30s.
+	Leeway Duration `yaml:"leeway"`
+	// DeviceBinding: owner (zero; the first user of a device owns it, a
+	// token naming the device in its dev claim hands it over) or token
+	// (every token must name the device).
+	DeviceBinding string `yaml:"device_binding"`
+}
+
+// Tokens builds the token verifier of the file's secret and auth section.
+func (f *File) Tokens() (*auth.Tokens, error) {
+	return auth.New(auth.TokenConfig{Secret: f.Secret, Audience: f.Auth.Audience, RequireAudience: f.Auth.RequireAudience,
+		MaxLifetime: time.Duration(f.Auth.MaxTokenLifetime), Leeway: time.Duration(f.Auth.Leeway)})
 }
 
 // Log configures the process logger.
@@ -59,6 +84,7 @@ type Comet struct {
 	HeartbeatMin    Duration `yaml:"heartbeat_min"`     // least interval a client may ask for (protocol §10); zero: heartbeat
 	HeartbeatMax    Duration `yaml:"heartbeat_max"`     // most interval a client may ask for; zero: heartbeat
 	MaxRooms        int      `yaml:"max_rooms"`         // rooms per session; zero 64
+	ClientRooms     []string `yaml:"client_rooms"`      // room prefixes clients may ROOM_JOIN ("*" all; such rooms are public); zero: none
 	AckTimeout      Duration `yaml:"ack_timeout"`       // unacked backlog page; zero 30s
 	AuthTimeout     Duration `yaml:"auth_timeout"`      // AUTH must arrive within; zero 10s
 	PageLimit       int      `yaml:"page_limit"`        // oplogs per page; zero 200
@@ -240,6 +266,7 @@ func (f *File) defaults() {
 	def(&f.Logic.HTTPAddr, ":3111")
 	def(&f.Comet.GRPCAddr, ":3103")
 	def(&f.Logic.GRPCAddr, ":3112")
+	def(&f.Auth.DeviceBinding, "owner")
 	def(&f.Store.Backend, "pebble")
 	def(&f.Store.Dir, "./data")
 	f.Store.Cassandra.defaults()
@@ -267,6 +294,12 @@ func (f *File) Validate() error {
 		if k.Key == "" || len(k.Bizs) == 0 {
 			errs = append(errs, fmt.Errorf("api_keys[%d]: needs key and bizs", i))
 		}
+	}
+	if f.Auth.DeviceBinding != "owner" && f.Auth.DeviceBinding != "token" {
+		errs = append(errs, fmt.Errorf("auth.device_binding %q: want owner or token", f.Auth.DeviceBinding))
+	}
+	if f.Auth.MaxTokenLifetime < 0 || f.Auth.Leeway < 0 {
+		errs = append(errs, errors.New("auth.max_token_lifetime, auth.leeway: must not be negative"))
 	}
 	switch f.Store.Backend {
 	case "pebble":

@@ -32,8 +32,10 @@ const (
 	CodeRateLimited       Code = 1011 // frames or bytes per second over the connection's limit
 	CodeAuthRateLimited   Code = 1012 // too many AUTH attempts from the source address
 
-	CodeTokenExpired Code = 2001 // token expired: fetch a new one
-	CodeTokenInvalid Code = 2002 // token does not verify: fetch a new one
+	CodeTokenExpired     Code = 2001 // token expired: fetch a new one
+	CodeTokenInvalid     Code = 2002 // token does not verify: fetch a new one
+	CodeDeviceNotAllowed Code = 2003 // the device id belongs to another user: a token naming the device is needed
+	CodeTokenRevoked     Code = 2004 // the user's tokens issued before a cut-off were revoked: fetch a new one
 
 	CodeBadFrame      Code = 4000 // malformed header or body
 	CodeFrameTooLarge Code = 4001 // frame over the server's limit
@@ -42,6 +44,7 @@ const (
 	CodeBadAuth       Code = 4004 // AUTH fields invalid (device id, version ...)
 	CodeOutOfOrder    Code = 4005 // op not valid in this state (second AUTH, ack beyond sent)
 	CodeForbidden     Code = 4006 // kicked for good: do not reconnect
+	CodeRoomForbidden Code = 4007 // ROOM_JOIN of a room clients may not join (comet.client_rooms)
 )
 
 // MaxInFlightFrames is how many frames a client may have sent and not yet

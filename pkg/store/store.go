@@ -21,7 +21,20 @@ var (
 	ErrClosed = errors.New("store: closed")
 	// ErrInvalid: the request is malformed (no channel, id set by caller ...).
 	ErrInvalid = errors.New("store: invalid request")
+	// ErrOutcomeUnknown: the call gave up (its ctx ended) while its write was
+	// in flight, so the ops may or may not be stored. Unlike ErrUnavailable
+	// this does not mean "nothing was stored": a retry with the same dedup
+	// keys returns the ids of those that were.
+	ErrOutcomeUnknown = errors.New("store: outcome unknown")
 )
+
+// LateAppend is implemented by an Append error wrapping ErrOutcomeUnknown
+// when the backend can still tell the write's outcome: Wait blocks until it
+// is known (or ctx ends) and returns what Append would have returned.
+type LateAppend interface {
+	error
+	Wait(ctx context.Context) ([]AppendResult, error)
+}
 
 // AppendResult is the outcome of one appended oplog.
 type AppendResult struct {

@@ -15,6 +15,8 @@ import (
 //	d | len | channel | dedup key      -> id of the oplog that used the key (uint64 BE)
 //	x | valid_until_ms | len | channel | id -> dedup key ("" if none)
 //	p | len | device | channel         -> sync point id (uint64 BE)
+//	w | len | device                   -> the user owning the device (principals.go)
+//	r | len | user                     -> tokens issued before this unix second are revoked (uint64 BE)
 //
 // The expiry index (x) is ordered by time, so DeleteExpired scans it from the
 // start up to its cut-off and deletes each entry with its oplog and dedup key.
@@ -25,6 +27,8 @@ const (
 	kindDedup     = 'd'
 	kindExpiry    = 'x'
 	kindSyncPoint = 'p'
+	kindOwner     = 'w'
+	kindNotBefore = 'r'
 )
 
 // maxNameLen is the longest channel or device name that fits the uint16

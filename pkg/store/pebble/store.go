@@ -54,6 +54,9 @@ type Store struct {
 
 	// syncMu serialises SaveSyncPoints: raising a point is read-compare-write.
 	syncMu sync.Mutex
+	// ownerMu serialises device claims and revocation cut-offs
+	// (principals.go), both read-compare-write.
+	ownerMu sync.Mutex
 
 	stats struct {
 		commits, calls, ops, duplicates atomic.Uint64
@@ -205,7 +208,32 @@ func (s *Store) Append(ctx context.Context, ops []*oplog.Oplog) ([]store.AppendR
 		}
 		return resp.results, nil
 	case <-ctx.Done():
-		return nil, fmt.Errorf("store/pebble: append: gave up waiting for commit, the ops may be stored: %w", ctx.Err())
+		return nil, &lateAppend{req: req, cause: ctx.Err()}
+	}
+}
+
+// lateAppend is the error of an Append that gave up while its group was
+// committing: the ops may be stored. Wait gets the commit's outcome.
+type lateAppend struct {
+	req   *appendReq
+	cause error
+}
+
+var _ store.LateAppend = (*lateAppend)(nil)
+
+func (e *lateAppend) Error() string {
+	return fmt.Sprintf("%v: store/pebble: append: gave up waiting for commit, the ops may be stored: %v", store.ErrOutcomeUnknown, e.cause)
+}
+
+func (e *lateAppend) Unwrap() []error { return []error{store.ErrOutcomeUnknown, e.cause} }
+
+// Wait implements store.LateAppend. Call it at most once.
+func (e *lateAppend) Wait(ctx context.Context) ([]store.AppendResult, error) {
+	select {
+	case resp := <-e.req.done:
+		return resp.results, resp.err
+	case <-ctx.Done():
+		return nil, fmt.Errorf("%w: store/pebble: append: %w", store.ErrOutcomeUnknown, ctx.Err())
 	}
 }
 

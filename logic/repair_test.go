@@ -1,0 +1,56 @@
+package logic_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/msync/msync/logic"
+)
+
+// Security review #4: the store commits a write after AppendTimeout ended
+// (a slow fsync). The call must not claim "nothing was stored" (503): it
+// answers 504 outcome_unknown, the stored oplog still reaches the queue (the
+// tail re-push), and the retry with the same dedup_key returns its id
+// instead of storing it twice.
+func TestAppendOfUnknownOutcome(t *testing.T) {
+	e := newEnv(t, func(c *logic.Config) {
+		c.AppendTimeout = 100 * time.Millisecond
+		c.RepairDelay = 50 * time.Millisecond
+	})
+	e.st.lateBy.Store(int64(400 * time.Millisecond))
+	const item = `{"biz":"chat","user":"a","payload":"transfer","dedup_key":"t1"}`
+	status, out := e.do("POST", "/v1/sync", "all-key", item)
+	if status != 504 || errCode(out) != logic.CodeOutcomeUnknown {
+		t.Fatalf("publish with a late commit = %d %v, want 504 %s", status, out, logic.CodeOutcomeUnknown)
+	}
+	e.st.lateBy.Store(0)
+	waitFor(t, "the late commit", func() bool { n, _ := e.st.MaxID(context.Background(), "chat/u/a"); return n == 1 })
+	msgs, keys := e.waitQueued(1)
+	if op := msgs[0].GetOplog(); op.GetId() != 1 || string(op.GetPayload()) != "transfer" || keys[0] != "chat/u/a" {
+		t.Fatalf("queued %v under %v, want oplog 1 of chat/u/a", msgs[0], keys[0])
+	}
+	if id, dup := e.publish(item); id != 1 || !dup {
+		t.Fatalf("retry = id %d duplicate %v, want 1 true", id, dup)
+	}
+}
+
+// Security review #5: a live push lost after the append (the queue send
+// failed) is repaired within the repair delay: logic queues the channel's
+// newest oplog again, with no other publish on the channel.
+func TestLostPushIsRepushed(t *testing.T) {
+	e := newEnv(t, func(c *logic.Config) { c.RepairDelay = 50 * time.Millisecond })
+	e.q.fail.Store(true)
+	if id, _ := e.publish(`{"biz":"chat","user":"a","payload":"x"}`); id != 1 {
+		t.Fatalf("id = %d", id)
+	}
+	time.Sleep(120 * time.Millisecond) // a repair pass or two while the queue still fails
+	e.q.fail.Store(false)
+	msgs, _ := e.waitQueued(1)
+	if op := msgs[0].GetOplog(); op.GetId() != 1 || op.GetChannel() != "chat/u/a" {
+		t.Fatalf("queued %v", msgs[0])
+	}
+	waitFor(t, "a pushed repair", func() bool {
+		return e.metric("msync_logic_tail_repushes_total", map[string]string{"result": "pushed"}) >= 1
+	})
+}
