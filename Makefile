@@ -90,7 +90,9 @@ FUZZTIME ?= 20s
 FUZZ_TARGETS := pkg/protocol:FuzzDecode pkg/protocol:FuzzBodies pkg/protocol:FuzzFrameRoundTrip pkg/protocol:FuzzErrorFrame \
 	pkg/auth:FuzzVerify pkg/auth:FuzzSignVerify pkg/config:FuzzParse pkg/biz:FuzzParseDuration pkg/biz:FuzzParseSpec \
 	pkg/oplog:FuzzParseChannel pkg/oplog:FuzzValidID pkg/oplog:FuzzVersions pkg/oplog:FuzzEvaluate \
-	pkg/store/pebble:FuzzPageDecoder pkg/store/pebble:FuzzParseExpiryKey
+	pkg/store/pebble:FuzzPageDecoder pkg/store/pebble:FuzzParseExpiryKey \
+	gateway:FuzzWSReader gateway:FuzzStreamReader gateway:FuzzUpgrade logic:FuzzPublishBody logic:FuzzBatchBody \
+	pkg/client:FuzzTCPReadFrame pkg/client:FuzzWSReadFrame pkg/client:FuzzPages
 fuzz:
 	@set -e; for t in $(FUZZ_TARGETS); do \
 		echo "fuzz $$t for $(FUZZTIME)"; \
