@@ -27,6 +27,7 @@ const (
 	CodeUnknownBiz       = "unknown_biz"
 	CodeMethodNotAllowed = "method_not_allowed"
 	CodePayloadTooLarge  = "payload_too_large"
+	CodeNotSupported     = "not_supported"
 	CodeUnavailable      = "unavailable"
 	// CodeOutcomeUnknown (504): the store did not confirm a write in time;
 	// it may be stored. Retry with the same dedup_key.
