@@ -375,7 +375,7 @@ func FuzzWSReader(f *testing.F) {
 		h.reset()
 		sock := newFakeSock()
 		c := s.newConn(sock, kindWS)
-		if !s.register(c) || !c.markOpen() {
+		if s.register(c) != 0 || !c.markOpen() {
 			t.Fatal("could not open a connection")
 		}
 		src := &boundedSource{wsSource: &stdSource{r: &chunked{b: in, cuts: cuts}}}
@@ -435,7 +435,7 @@ func FuzzStreamReader(f *testing.F) {
 		h.reset()
 		sock := newFakeSock()
 		c := s.newConn(sock, kindTLS)
-		if !s.register(c) || !c.markOpen() {
+		if s.register(c) != 0 || !c.markOpen() {
 			t.Fatal("could not open a connection")
 		}
 		s.readStdFrames(c, tc, &stdSource{r: &chunked{b: in, cuts: cuts}})
