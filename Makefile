@@ -5,7 +5,7 @@ CONFIG   ?= configs/msync.yaml
 DATA     ?= ./data
 GOBIN    := $(shell $(GO) env GOPATH)/bin
 
-.PHONY: help build run cluster test test-norace test-browser test-integration fuzz bench lint generate clean
+.PHONY: help build run cluster test test-norace test-browser test-integration engines-up engines-down fuzz bench lint generate clean
 
 help:
 	@echo "make run               build and start the all-in-one server (configs/msync.yaml, ./data)"
@@ -15,7 +15,9 @@ help:
 	@echo "make build             build bin/msync"
 	@echo "make bench             Go micro-benchmarks and a short run of every load scenario"
 	@echo "make fuzz              fuzz the frame codec for 60s"
-	@echo "make test-integration  conformance suites against real Cassandra/RocketMQ (needs MSYNC_* env)"
+	@echo "make test-integration  conformance suites against real Cassandra/RocketMQ (starts them unless MSYNC_* env names running ones)"
+	@echo "make engines-up        start Cassandra 5.0 + RocketMQ 5.3 on 127.0.0.1 from Maven Central jars (./.engines; needs JDK 17, Maven)"
+	@echo "make engines-down      stop them"
 	@echo "make generate          regenerate protobuf code (needs protoc; output is committed)"
 	@echo "make clean             remove bin/ and ./data"
 
@@ -48,10 +50,18 @@ test-norace:
 test-browser:
 	$(GO) test -count=1 -timeout 5m -v -run 'TestJSUnit|TestGoldenFrames|TestBrowserDemo' ./web
 
+# Starts the engines it needs unless MSYNC_CASSANDRA_HOSTS / MSYNC_ROCKETMQ_NAMESRV
+# name running ones, and stops them afterwards (scripts/test-integration.sh).
 test-integration:
-	@[ -n "$$MSYNC_CASSANDRA_HOSTS" ] || echo "MSYNC_CASSANDRA_HOSTS is not set: the Cassandra conformance and directory suites (pkg/store/cassandra *RealCassandra) are skipped"
-	@[ -n "$$MSYNC_ROCKETMQ_NAMESRV" ] || echo "MSYNC_ROCKETMQ_NAMESRV is not set: the RocketMQ conformance suite (pkg/queue/rocketmq TestConformanceRealBroker) is skipped"
-	$(GO) test -count=1 -tags integration -timeout 20m ./pkg/store/... ./pkg/queue/...
+	scripts/test-integration.sh
+
+# Real engines for the production path (scripts/engines.sh has the ports,
+# MSYNC_ENGINES_DIR and the other variables).
+engines-up:
+	scripts/engines.sh up
+
+engines-down:
+	scripts/engines.sh down
 
 fuzz:
 	$(GO) test -run='^$$' -fuzz=FuzzDecode -fuzztime=60s ./pkg/protocol

@@ -142,7 +142,7 @@ type Cassandra struct {
 	SerialConsistency string            `yaml:"serial_consistency"` // LWTs; zero LOCAL_SERIAL
 	Timeout           Duration          `yaml:"timeout"`            // per request; zero 5s
 	BucketSize        int               `yaml:"bucket_size"`        // oplog ids per partition; zero 10000
-	ProtoVersion      int               `yaml:"proto_version"`      // CQL protocol; zero 4
+	ProtoVersion      int               `yaml:"proto_version"`      // CQL protocol, 3 or 4; zero 4
 }
 
 // Queue selects the push stream.
@@ -339,8 +339,8 @@ func (c *Cassandra) validate() []error {
 	if c.Timeout < 0 {
 		errs = append(errs, errors.New("store.cassandra.timeout: must not be negative"))
 	}
-	if c.ProtoVersion < 3 || c.ProtoVersion > 5 {
-		errs = append(errs, fmt.Errorf("store.cassandra.proto_version %d: want 3, 4 or 5", c.ProtoVersion))
+	if c.ProtoVersion < 3 || c.ProtoVersion > 4 {
+		errs = append(errs, fmt.Errorf("store.cassandra.proto_version %d: want 3 or 4 (the driver, gocql v1.7.0, cannot speak v5)", c.ProtoVersion))
 	}
 	switch c.Replication["class"] {
 	case "SimpleStrategy", "NetworkTopologyStrategy":

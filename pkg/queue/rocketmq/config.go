@@ -153,3 +153,14 @@ func (c *Config) retries() int {
 	}
 	return c.Retries
 }
+
+// noRoute reports the client's "route info not found" (v2.1.2 has no
+// sentinel for it): the name servers have no route for the topic.
+func noRoute(err error) bool { return strings.Contains(err.Error(), "route info not found") }
+
+// noTopic is the error for a topic the name servers do not know.
+func (c *Config) noTopic(err error) error {
+	return fmt.Errorf("%w: queue.rocketmq.topic %q: the name servers %v have no route for it: create it "+
+		"(mqadmin updateTopic -n <namesrv> -c <cluster> -t %s -r 8 -w 8), let the broker create it on the first send "+
+		"(autoCreateTopicEnable=true), or fix the setting: %w", ErrNoTopic, c.Topic, c.NameServers, c.Topic, err)
+}

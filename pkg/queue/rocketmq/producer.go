@@ -152,6 +152,9 @@ func (p *Producer) send(ctx context.Context, m queue.Message) error {
 		msg.WithKeys([]string{m.Key})
 	}
 	res, err := p.p.SendSync(ctx, msg)
+	if err != nil && noRoute(err) {
+		return fmt.Errorf("%w: %w", ErrSend, p.cfg.noTopic(err))
+	}
 	if err != nil {
 		return fmt.Errorf("%w: topic=%s key=%q: %w", ErrSend, p.cfg.Topic, m.Key, err)
 	}

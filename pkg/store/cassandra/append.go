@@ -152,6 +152,10 @@ func (s *Store) commit(ctx context.Context, ch string, q *chanQueue, ops []*pend
 		part := ops[:n]
 		applied, current, err := s.casBatch(ctx, ch, b, q.cur, part)
 		switch {
+		case err != nil && rejected(err):
+			// Refused before any Paxos round: nothing was written, and
+			// the same batch would be refused again.
+			return fmt.Errorf("store/cassandra: append to %s: %w: the node rejected the batch: %w", ch, store.ErrInvalid, err)
 		case err != nil:
 			// Unknown outcome: settle it by a SERIAL read, never by
 			// allocating again.
@@ -221,6 +225,21 @@ func (s *Store) casBatch(ctx context.Context, ch string, b int64, cur uint64, pa
 		return false, &v, nil
 	}
 	return false, nil, nil
+}
+
+// rejected reports whether err is the server refusing a statement outright
+// (invalid, syntax, unauthorized, bad configuration): such a request never
+// ran, so its outcome is known and retrying cannot help.
+func rejected(err error) bool {
+	var re gocql.RequestError
+	if !errors.As(err, &re) {
+		return false
+	}
+	switch re.Code() {
+	case gocql.ErrCodeInvalid, gocql.ErrCodeSyntax, gocql.ErrCodeUnauthorized, gocql.ErrCodeConfig:
+		return true
+	}
+	return false
 }
 
 // mapExecuteBatchCAS guards gocql's MapExecuteBatchCAS, which panics when a

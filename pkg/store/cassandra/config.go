@@ -44,7 +44,8 @@ type Config struct {
 	// BucketSize is how many oplog ids share one partition. Zero means 10000.
 	// Never change it for an existing keyspace: bucket = id / BucketSize.
 	BucketSize int
-	// ProtoVersion is the CQL native protocol version. Zero means 4.
+	// ProtoVersion is the CQL native protocol version: 3 or 4 (gocql v1.7.0
+	// has no v5 framing; Cassandra 5.0 serves v3-v5). Zero means 4.
 	ProtoVersion int
 	// MaxBatch bounds the oplogs of one channel put into one LWT batch. Zero
 	// means 100 (Cassandra warns about batches above 5 KiB by default).
@@ -133,8 +134,11 @@ func (c Config) Validate() error {
 	if c.BucketSize < 2 {
 		bad("BucketSize %d: want at least 2", c.BucketSize)
 	}
-	if c.ProtoVersion < 3 || c.ProtoVersion > 5 {
-		bad("ProtoVersion %d: want 3, 4 or 5", c.ProtoVersion)
+	if c.ProtoVersion < 3 || c.ProtoVersion > 4 {
+		// gocql v1.7.0 lacks v5's segment framing: against Cassandra 4+/5
+		// a v5 session fails at connect ("unsupported protocol response
+		// version"), so it is refused here with the setting's name.
+		bad("ProtoVersion (store.cassandra.proto_version) %d: want 3 or 4 (this driver cannot speak v5)", c.ProtoVersion)
 	}
 	if c.MaxBatch < 1 {
 		bad("MaxBatch %d: want at least 1", c.MaxBatch)

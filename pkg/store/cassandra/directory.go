@@ -65,6 +65,12 @@ func OpenDirectory(cfg DirectoryConfig) (*Directory, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: connect %v: %w", store.ErrUnavailable, cfg.Hosts, err)
 	}
+	if !cfg.disableHostLookup { // the scripted test server has no system_schema
+		if err := checkSchema(sess, cfg.Config, "sessions", "user_sessions", "comets"); err != nil {
+			sess.Close()
+			return nil, err
+		}
+	}
 	return &Directory{cfg: cfg, sess: sess, cons: cluster.Consistency, ser: cluster.SerialConsistency, ks: cfg.Keyspace}, nil
 }
 

@@ -125,6 +125,39 @@ func newStmts(ks string) stmts {
 	return s
 }
 
+// checkSchema makes a missing keyspace or table a configuration error at
+// open, naming the setting, instead of an "unconfigured table" on the first
+// write (which callers would take for an outage and retry).
+func checkSchema(sess *gocql.Session, cfg Config, tables ...string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), cfg.Timeout)
+	defer cancel()
+	have := make(map[string]bool)
+	iter := sess.Query("SELECT table_name FROM system_schema.tables WHERE keyspace_name = ?", cfg.Keyspace).
+		WithContext(ctx).Iter()
+	var name string
+	for iter.Scan(&name) {
+		have[name] = true
+	}
+	if err := iter.Close(); err != nil {
+		return fmt.Errorf("%w: read schema of keyspace %q: %w", store.ErrUnavailable, cfg.Keyspace, err)
+	}
+	if len(have) == 0 {
+		return fmt.Errorf("%w: keyspace %q (store.cassandra.keyspace) does not exist on %v: create it with `msync migrate` and this config, or fix the setting",
+			ErrInvalidConfig, cfg.Keyspace, cfg.Hosts)
+	}
+	var missing []string
+	for _, t := range tables {
+		if !have[t] {
+			missing = append(missing, t)
+		}
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("%w: keyspace %q (store.cassandra.keyspace) lacks tables %s: run `msync migrate` with this config",
+			ErrInvalidConfig, cfg.Keyspace, strings.Join(missing, ", "))
+	}
+	return nil
+}
+
 // newCluster maps cfg (with defaults) onto a gocql cluster. No RetryPolicy
 // is set: a retried LWT batch could allocate twice, and every other call is
 // cheap for the caller to retry.

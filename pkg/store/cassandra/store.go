@@ -51,6 +51,12 @@ func Open(cfg Config) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: connect %v: %w", store.ErrUnavailable, cfg.Hosts, err)
 	}
+	if !cfg.disableHostLookup { // the scripted test server has no system_schema
+		if err := checkSchema(sess, cfg, "oplogs", "dedup", "sync_points"); err != nil {
+			sess.Close()
+			return nil, err
+		}
+	}
 	return newStore(cfg, sess, cluster), nil
 }
 
@@ -91,7 +97,7 @@ func (s *Store) wrap(what string, err error) error {
 	if s.closed.Load() {
 		return fmt.Errorf("%s: %w", what, store.ErrClosed)
 	}
-	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, store.ErrInvalid) {
 		return fmt.Errorf("store/cassandra: %s: %w", what, err)
 	}
 	return fmt.Errorf("store/cassandra: %s: %w: %w", what, store.ErrUnavailable, err)
@@ -314,5 +320,20 @@ func ttlOf(op *oplog.Oplog, now time.Time) int {
 	if ms <= 0 {
 		return 1 // already expired: stored (ids stay dense) and gone in a second
 	}
-	return int(min((ms+999)/1000, maxTTL))
+	ttl := min((ms+999)/1000, maxTTL)
+	// A node in storage_compatibility_mode CASSANDRA_4 (the 5.0 default, and
+	// every 4.x) rejects the whole batch when now+TTL passes maxExpiry
+	// ("exceeds maximum supported expiration date"): such oplogs expire at
+	// the cap instead. The margin absorbs clock skew to the coordinator.
+	if limit := maxExpiry.Unix() - expiryMargin - now.Unix(); ttl > limit {
+		ttl = max(limit, 1)
+	}
+	return int(ttl)
 }
+
+// maxExpiry is Cassandra's latest expiry before 5.0's storage format
+// (Cell.MAX_DELETION_TIME, 2^31-2 seconds: 2038-01-19T03:14:06Z).
+var maxExpiry = time.Unix(1<<31-2, 0)
+
+// expiryMargin (seconds) keeps capped TTLs clear of maxExpiry.
+const expiryMargin = 24 * 3600
