@@ -102,9 +102,21 @@ type procCluster struct {
 	dir    string
 	logic  *proc
 	api    string // http://host:port of logic
-	grpc   string // logic's gRPC address
+	grpc   string // logic's gRPC address (comma-separated for several logics)
 	tokens *auth.Tokens
 	seq    *atomic.Int32 // shared by the per-subtest copies
+	// apis, when set, are several logic APIs that publish uses round robin
+	// (the production layout: stateless logics writing the same channels).
+	apis []string
+	next *atomic.Uint64
+}
+
+// publishAPI is the logic API the next publish goes to.
+func (c *procCluster) publishAPI() string {
+	if len(c.apis) == 0 {
+		return c.api
+	}
+	return c.apis[c.next.Add(1)%uint64(len(c.apis))]
 }
 
 // msyncBinary builds cmd/msync once per test binary run (with -race when
@@ -211,7 +223,7 @@ func (c *procCluster) token(user string) string {
 // (it reports with t.Errorf) and returns the id, 0 on failure.
 func (c *procCluster) publish(user, payload string) uint64 {
 	var res publishResult
-	code, err := postJSONTimeout(c.api+"/v1/sync", toUser(user, payload), &res)
+	code, err := postJSONTimeout(c.publishAPI()+"/v1/sync", toUser(user, payload), &res)
 	if err != nil || code != 200 {
 		c.t.Errorf("publish to %s: status %d, err %v, body error %+v", user, code, err, res.Error)
 		return 0
@@ -257,15 +269,25 @@ func TestCluster(t *testing.T) {
 	c := startCluster(t, bin)
 	_, addrA := c.comet()
 	_, addrB := c.comet()
+	clusterScenarios(t, c, []string{addrA, addrB})
+}
+
+// clusterScenarios runs on c with the device addresses of its comets
+// (at least two; devices of one user are spread over all of them).
+func clusterScenarios(t *testing.T, c *procCluster, comets []string) {
+	addrA, addrB := comets[0], comets[1]
+	on := func(i int) string { return comets[i%len(comets)] }
 
 	t.Run("DevicesOnDifferentCometsGetTheUsersOplogs", func(t *testing.T) {
 		c := *c
 		c.t = t
 		ch := oplog.UserChannel("demo", "ann")
-		d1 := c.connect(addrA, "ann", "ann-phone", nil)
-		d2 := c.connect(addrB, "ann", "ann-pad", nil)
+		var devs []*device
+		for i := range comets {
+			devs = append(devs, c.connect(on(i), "ann", fmt.Sprintf("ann-%d", i), nil))
+		}
 		c.publishN("ann", 40)
-		for _, d := range []*device{d1, d2} {
+		for _, d := range devs {
 			d.waitGot(40, waitFor)
 			checkInOrder(t, d, ch, 1, 40, nil)
 		}
@@ -276,9 +298,9 @@ func TestCluster(t *testing.T) {
 		c.t = t
 		ch := oplog.UserChannel("demo", "bo")
 		devs := []*device{
-			c.connect(addrA, "bo", "bo-1", nil),
-			c.connect(addrB, "bo", "bo-2", nil),
-			c.connect(addrA, "bo", "bo-3", nil),
+			c.connect(on(0), "bo", "bo-1", nil),
+			c.connect(on(1), "bo", "bo-2", nil),
+			c.connect(on(2), "bo", "bo-3", nil),
 		}
 		var wg sync.WaitGroup
 		for range 4 {

@@ -466,12 +466,24 @@ func (d *device) expectClosed(timeout time.Duration) {
 // waitGot waits until the device received at least n oplogs.
 func (d *device) waitGot(n int, timeout time.Duration) []received {
 	d.t.Helper()
-	eventually(d.t, timeout, fmt.Sprintf("%d oplogs", n), func() bool {
-		d.mu.Lock()
-		defer d.mu.Unlock()
-		return len(d.got) >= n
-	})
-	return d.received()
+	deadline := time.Now().Add(timeout)
+	for {
+		got := d.received()
+		if len(got) >= n {
+			return got
+		}
+		if time.Now().After(deadline) {
+			var last []received
+			if len(got) > 0 {
+				last = got[max(0, len(got)-3):]
+			}
+			d.mu.Lock()
+			points, gaps, dups := fmt.Sprint(d.points), d.gaps, d.dups
+			d.mu.Unlock()
+			d.t.Fatalf("timed out after %v waiting for %d oplogs: got %d (last %v), points %s, gaps %d, dups %d", timeout, n, len(got), last, points, gaps, dups)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
 
 func (d *device) received() []received {

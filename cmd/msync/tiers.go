@@ -14,6 +14,10 @@ import (
 // shutdownTimeout bounds a tier's graceful shutdown after SIGINT/SIGTERM.
 const shutdownTimeout = 15 * time.Second
 
+// startupWait bounds how long a tier waits at start for a store or broker
+// that does not answer yet (it logs each retry).
+const startupWait = 5 * time.Minute
+
 const cometUsage = `Usage: msync comet -c FILE [--id ID] [--addr ADDR] [--grpc ADDR] [--advertise ADDR] [--http ADDR] [--logic ADDRS]
 
 Runs one comet (the connection tier) of a cluster. Devices connect to
@@ -56,7 +60,7 @@ func runComet(ctx context.Context, args []string, stderr io.Writer) error {
 	if *logicAddrs != "" {
 		f.Comet.LogicAddrs = strings.Split(*logicAddrs, ",")
 	}
-	n, err := cluster.StartComet(cluster.TierConfig{File: f, Logger: log})
+	n, err := cluster.StartComet(cluster.TierConfig{File: f, Logger: log, StartupWait: startupWait, Context: ctx})
 	if err != nil {
 		return err
 	}
@@ -103,7 +107,7 @@ func runLogic(ctx context.Context, args []string, stderr io.Writer) error {
 	if f.HasDevKey() {
 		log.Warn("the development API key is configured; remove it outside development", "key", config.DevAPIKey)
 	}
-	n, err := cluster.StartLogic(cluster.TierConfig{File: f, DataDir: *data, Logger: log})
+	n, err := cluster.StartLogic(cluster.TierConfig{File: f, DataDir: *data, Logger: log, StartupWait: startupWait, Context: ctx})
 	if err != nil {
 		return err
 	}
@@ -135,7 +139,7 @@ func runJob(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	n, err := cluster.StartJob(cluster.TierConfig{File: f, Logger: log})
+	n, err := cluster.StartJob(cluster.TierConfig{File: f, Logger: log, StartupWait: startupWait, Context: ctx})
 	if err != nil {
 		return err
 	}

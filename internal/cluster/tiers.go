@@ -24,6 +24,7 @@ import (
 	"github.com/msync/msync/pkg/config"
 	"github.com/msync/msync/pkg/queue"
 	"github.com/msync/msync/pkg/rpc"
+	"github.com/msync/msync/pkg/store"
 )
 
 // TierConfig is what one cluster-mode process needs beyond the file.
@@ -34,6 +35,12 @@ type TierConfig struct {
 	DataDir string
 	// Logger; nil discards.
 	Logger *slog.Logger
+	// StartupWait is how long a tier waits, retrying with backoff, for a
+	// store or broker that is not reachable at start (wait.go); zero tries
+	// once. cmd/msync sets 5 minutes.
+	StartupWait time.Duration
+	// Context, when set, ends that wait early (the process got a signal).
+	Context context.Context
 }
 
 func (c TierConfig) check() (*slog.Logger, error) {
@@ -323,12 +330,16 @@ func StartLogic(cfg TierConfig) (n *LogicNode, err error) {
 	if !f.Job.Embedded && !sharedDirectory(f) {
 		return n, fmt.Errorf("%w: store.backend %s keeps the online directory in this process, so job must run here too (job.embedded: true)", ErrLayout, f.Store.Backend)
 	}
-	st, closeStore, err := openStore(f, cfg.DataDir, log.With("tier", "store"))
-	if err != nil {
+	var st store.Store
+	var closeStore closer
+	if err = waitFor(cfg, log, storeDep(f), func() (err error) {
+		st, closeStore, err = openStore(f, cfg.DataDir, log.With("tier", "store"))
+		return err
+	}); err != nil {
 		return n, err
 	}
 	n.st.push(closeStore)
-	dir, closeDir, err := openDirectory(f, log.With("tier", "directory"))
+	dir, closeDir, err := waitDirectory(cfg, f, log)
 	if err != nil {
 		return n, err
 	}
@@ -346,7 +357,7 @@ func StartLogic(cfg TierConfig) (n *LogicNode, err error) {
 		return n, err
 	}
 	if f.Job.Embedded {
-		if err = n.startJob(f, cons, dir, log); err != nil {
+		if err = n.startJob(cfg, cons, dir, log); err != nil {
 			return n, err
 		}
 	}
@@ -370,14 +381,15 @@ func StartLogic(cfg TierConfig) (n *LogicNode, err error) {
 	return n, nil
 }
 
-func (n *LogicNode) startJob(f *config.File, cons queue.Consumer, dir dirBackend, log *slog.Logger) (err error) {
-	n.Job, n.Comets, err = startJob(f, cons, dir, n.Registry, &n.st, log)
+func (n *LogicNode) startJob(cfg TierConfig, cons queue.Consumer, dir dirBackend, log *slog.Logger) (err error) {
+	n.Job, n.Comets, err = startJob(cfg, cons, dir, n.Registry, &n.st, log)
 	return err
 }
 
 // startJob starts comet discovery over dir's registry and a job consuming
 // cons; both are pushed on st (discovery first, so job stops before it).
-func startJob(f *config.File, cons queue.Consumer, dir dirBackend, reg prometheus.Registerer, st *stack, log *slog.Logger) (*job.Job, *rpc.Comets, error) {
+func startJob(cfg TierConfig, cons queue.Consumer, dir dirBackend, reg prometheus.Registerer, st *stack, log *slog.Logger) (*job.Job, *rpc.Comets, error) {
+	f := cfg.File
 	comets, err := rpc.NewComets(rpc.CometsConfig{
 		Registry: dir,
 		Refresh:  time.Duration(f.Job.Refresh),
@@ -402,7 +414,9 @@ func startJob(f *config.File, cons queue.Consumer, dir dirBackend, reg prometheu
 		return nil, comets, err
 	}
 	st.push(jb.Shutdown)
-	if err := jb.Start(); err != nil {
+	// A broker that is down, or a topic no publish has created yet, makes
+	// the consumer's start fail: wait for it like for the store.
+	if err := waitFor(cfg, log, queueDep(f), jb.Start); err != nil {
 		return jb, comets, err
 	}
 	return jb, comets, nil
@@ -450,7 +464,7 @@ func StartJob(cfg TierConfig) (n *JobNode, err error) {
 			n = nil
 		}
 	}()
-	dir, closeDir, err := openDirectory(f, log.With("tier", "directory"))
+	dir, closeDir, err := waitDirectory(cfg, f, log)
 	if err != nil {
 		return n, err
 	}
@@ -460,7 +474,7 @@ func StartJob(cfg TierConfig) (n *JobNode, err error) {
 		return n, err
 	}
 	n.st.push(closeQueue)
-	if n.Job, n.Comets, err = startJob(f, cons, dir, n.Registry, &n.st, log); err != nil {
+	if n.Job, n.Comets, err = startJob(cfg, cons, dir, n.Registry, &n.st, log); err != nil {
 		return n, err
 	}
 	if f.Job.HTTPAddr != "" {
