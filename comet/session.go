@@ -463,7 +463,7 @@ func (s *session) handleSyncReq(f protocol.Frame) {
 	}
 }
 
-// handlePush applies one live oplog to its channel (semantics.md "Live").
+// handlePush applies one live oplog to its channel (docs/protocol.md §7, LIVE).
 func (s *session) handlePush(lop *liveOp) {
 	m := s.c.metrics
 	op := lop.op
