@@ -563,7 +563,7 @@ func (s *session) syncReq(ch *channel, id uint64, retry bool) {
 	s.c.metrics.resyncs.WithLabelValues(resyncSyncReq).Inc()
 }
 
-// handlePush applies one live oplog to its channel (semantics.md "Live").
+// handlePush applies one live oplog to its channel (docs/protocol.md §7, LIVE).
 func (s *session) handlePush(lop *liveOp) {
 	m := s.c.metrics
 	op := lop.op

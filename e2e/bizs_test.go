@@ -15,7 +15,7 @@ import (
 )
 
 // bizsConfig is testConfig's node with one biz per sync configuration of
-// DESIGN.md ("Words"); the shared testConfig stays untouched.
+// docs/protocol.md §16; the shared testConfig stays untouched.
 const bizsConfig = `
 secret: ` + testSecret + `
 api_keys:

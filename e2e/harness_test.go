@@ -1,4 +1,4 @@
-// Package e2e tests msync's guarantees (DESIGN.md) end to end: real netpoll
+// Package e2e tests msync's guarantees (README, docs/protocol.md) end to end: real netpoll
 // sockets, real HTTP, a real Pebble directory, every tier in-process through
 // internal/cluster, and a strict raw-protocol device that records duplicates
 // and gaps instead of hiding them.
