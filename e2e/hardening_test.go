@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"io"
 	"net"
@@ -10,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/msync/msync/pkg/client"
 	"github.com/msync/msync/pkg/oplog"
 	"github.com/msync/msync/pkg/protocol"
 	"github.com/msync/msync/pkg/protocol/pb"
@@ -516,4 +518,72 @@ func TestConnectionCapsAndRates(t *testing.T) {
 			t.Errorf("msync_comet_limited_total{limit=%q} = %v, want >= 1", l, v)
 		}
 	}
+}
+
+// TestSDKRewindsPointAheadOfChannel: the Go SDK with a stored point 1000
+// for a channel whose max id is 3 reports EventRewound 1000 -> 3, stores 3,
+// and hands the next publishes 4 and 5 to its handler.
+func TestSDKRewindsPointAheadOfChannel(t *testing.T) {
+	t.Parallel()
+	n := startNode(t, "")
+	ch := oplog.UserChannel("demo", "sdkahead")
+	for i := 1; i <= 3; i++ {
+		n.publish(t, toUser("sdkahead", fmt.Sprint("old", i)))
+	}
+	store := client.NewMemoryStore()
+	if err := store.Save(ch, 1000); err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var got []uint64
+	var rewound []client.Event
+	c, err := client.New(n.Comet.Addr().String(), client.Options{
+		TokenProvider: func(context.Context) (string, error) { return n.token(t, "sdkahead"), nil },
+		Device:        "sdk-ahead",
+		Store:         store,
+		OnEvent: func(e client.Event) {
+			if e.Kind == client.EventRewound {
+				mu.Lock()
+				rewound = append(rewound, e)
+				mu.Unlock()
+			}
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.RegisterBiz("demo", func(_ context.Context, o client.Oplog) error {
+		mu.Lock()
+		got = append(got, o.ID)
+		mu.Unlock()
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = c.Shutdown(ctx)
+	})
+	eventually(t, waitFor, "EventRewound", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(rewound) == 1
+	})
+	if e := rewound[0]; e.Channel != ch || e.From != 1000 || e.To != 3 {
+		t.Fatalf("rewound event %+v", e)
+	}
+	if p := c.SyncPoint(ch); p != 3 {
+		t.Fatalf("SyncPoint %d after the rewind, want 3", p)
+	}
+	n.publish(t, toUser("sdkahead", "new4"))
+	n.publish(t, toUser("sdkahead", "new5"))
+	eventually(t, waitFor, "ids 4, 5", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return fmt.Sprint(got) == "[4 5]"
+	})
 }

@@ -412,6 +412,19 @@ func (c *Client) point(channel string) (uint64, bool) {
 	return id, ok
 }
 
+// rewind moves channel's point back to id and saves it: the server has
+// nothing above id (a rewind page, docs/protocol.md §8). Only the channel's
+// worker calls it.
+func (c *Client) rewind(channel string, id uint64) {
+	c.pmu.Lock()
+	c.points[channel] = id
+	c.pmu.Unlock()
+	if err := c.opts.Store.Save(channel, id); err != nil {
+		c.log.Error("save sync point", "channel", channel, "id", id, "err", err)
+		c.emit(Event{Kind: EventStoreError, Channel: channel, Err: err})
+	}
+}
+
 // advance moves channel's point to id (never backwards) and saves it. Only
 // the channel's worker calls it, so Save calls per channel are ordered.
 func (c *Client) advance(channel string, id uint64) {

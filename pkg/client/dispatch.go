@@ -142,6 +142,18 @@ func (w *worker) point() uint64 {
 // in order, point advanced after each success, ACK when the page is done.
 func (w *worker) process(ctx context.Context, p *pb.ChannelPage) {
 	point := w.point()
+	if p.Upto < p.After {
+		// Rewind: our point is above everything the server holds for the
+		// channel (its store was reset, or the point came from elsewhere).
+		// Adopt upto, or every new oplog would look like a duplicate.
+		if p.After == point {
+			w.log.Warn("sync point ahead of the server; rewinding", "point", point, "to", p.Upto)
+			w.c.rewind(w.channel, p.Upto)
+			w.c.emit(Event{Kind: EventRewound, Biz: w.biz, Channel: w.channel, From: point, To: p.Upto})
+			_ = w.s.send(protocol.OpAck, &pb.Ack{Points: []*pb.ChannelPoint{{Channel: w.channel, Id: p.Upto}}})
+		}
+		return
+	}
 	if p.After > point {
 		w.log.Debug("gap", "point", point, "after", p.After, "upto", p.Upto)
 		w.requestSync(point, false)

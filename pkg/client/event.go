@@ -31,6 +31,12 @@ const (
 	// EventStoreError: saving a sync point failed (Err, Channel). Delivery
 	// continues; after a restart those oplogs may be delivered again.
 	EventStoreError
+	// EventRewound: the sync point of Channel was above everything the
+	// server holds (its store was reset, or the point came from another
+	// deployment); the client moved it back From -> To. Ids above To will
+	// be used again for new oplogs: an app that keys data by oplog id
+	// should refresh that channel's data.
+	EventRewound
 )
 
 func (k EventKind) String() string {
@@ -49,6 +55,8 @@ func (k EventKind) String() string {
 		return "stopped"
 	case EventStoreError:
 		return "store_error"
+	case EventRewound:
+		return "rewound"
 	}
 	return fmt.Sprintf("event(%d)", int(k))
 }
@@ -62,9 +70,10 @@ type Event struct {
 	RetryIn  time.Duration // Disconnected
 	Code     protocol.Code // Kicked, Stopped
 	Reason   string        // Kicked
-	Biz      string        // Skipped
-	Channel  string        // Skipped, StoreError
+	Biz      string        // Skipped, Rewound
+	Channel  string        // Skipped, StoreError, Rewound
 	Count    uint64        // Skipped
+	From, To uint64        // Rewound
 	Rejected []RejectedBiz // AuthRejected
 }
 

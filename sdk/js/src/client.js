@@ -172,7 +172,10 @@ export class MsyncClient {
    *                  instead (id 0, no channel; errors are only logged:
    *                  nothing is stored, so nothing is redelivered).
    *   onEvent        (event) => void: connected, disconnected, kicked,
-   *                  skipped, auth_rejected, stopped, store_error.
+   *                  skipped, auth_rejected, stopped, store_error, rewound
+   *                  ({biz, channel, from, to}: the point was above what
+   *                  the server holds and moved back; ids above `to` will
+   *                  be used again).
    *   logger         console-like {debug, info, warn, error}; zero: silent.
    *   WebSocket      constructor; zero globalThis.WebSocket (tests inject one).
    *   random         () => [0,1) for jitter; zero Math.random.
@@ -296,6 +299,18 @@ export class MsyncClient {
       this.opts.onEvent?.(e);
     } catch (err) {
       this.log.error('msync: onEvent threw', err);
+    }
+  }
+
+  // rewind moves channel's point back to id and saves it: the server holds
+  // nothing above id (a rewind page, docs/protocol.md §8).
+  rewind(channel, id) {
+    this.points.set(channel, id);
+    try {
+      this.opts.store.save(channel, id);
+    } catch (err) {
+      this.log.error('msync: save sync point', channel, id, err);
+      this.emit({ kind: 'store_error', channel, error: err });
     }
   }
 
@@ -808,6 +823,18 @@ class Worker {
   // process applies one page with the client rules of docs/protocol.md §8.
   async process(p, signal) {
     let point = this.point();
+    if (p.upto < p.after) {
+      // Rewind: our point is above everything the server holds for the
+      // channel (its store was reset, or the point came from elsewhere);
+      // adopt upto, or every new oplog would look like a duplicate.
+      if (p.after === point) {
+        this.c.log.warn('msync: sync point ahead of the server; rewinding', this.channel, point, '->', p.upto);
+        this.c.rewind(this.channel, p.upto);
+        this.c.emit({ kind: 'rewound', biz: this.biz, channel: this.channel, from: point, to: p.upto });
+        this.s.send(Op.ACK, encodePoints({ points: [{ channel: this.channel, id: p.upto }] }));
+      }
+      return;
+    }
     if (p.after > point) {
       this.c.log.debug('msync: gap', this.channel, 'point', point, 'after', p.after);
       this.requestSync(point, false);

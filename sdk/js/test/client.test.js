@@ -196,6 +196,22 @@ test('skipped pages are reported as an event', async () => {
   await c.close();
 });
 
+test('a rewind page (upto < after) moves the point back and is reported', async () => {
+  const store = new MemoryStore();
+  store.save('demo/u/alice', 1000);
+  const { net, c, events } = setup({ store });
+  const { conn } = await connect(net, c);
+  conn.push(...page({ after: 1000, upto: 3 }));
+  const ack = await conn.expect(Op.ACK);
+  assert.equal(Number(ack.msg.points[0].id), 3);
+  assert.deepEqual(events.find((e) => e.kind === 'rewound'), { kind: 'rewound', biz: 'demo', channel: 'demo/u/alice', from: 1000, to: 3 });
+  assert.equal(store.points.get('demo/u/alice'), 3);
+  conn.push(...page({ after: 3, upto: 4, oplogs: ops(4) }));
+  await conn.expect(Op.ACK);
+  assert.equal(store.points.get('demo/u/alice'), 4);
+  await c.close();
+});
+
 test('heartbeats at the server interval; HEARTBEAT_REPLY changes it', async () => {
   const { net, c } = setup();
   const { conn } = await connect(net, c, 0, [100]);
