@@ -4,16 +4,20 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"path/filepath"
 	"strconv"
 	"sync"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 
 	"github.com/msync/msync/pkg/api/pb"
 	"github.com/msync/msync/pkg/oplog"
+	"github.com/msync/msync/pkg/rpc"
 )
 
 // The attacks of the security review (issue 15, finding 1) against a real
@@ -186,4 +190,68 @@ func TestClusterAttacksWithoutCredentials(t *testing.T) {
 			t.Errorf("the device was kicked")
 		}
 	})
+}
+
+// TestClusterAttacksWithAPeerCertificate: a peer holding a valid tier
+// certificate (a compromised comet-2, or job's) still cannot act for
+// another comet or another role, nor read a session it did not open.
+func TestClusterAttacksWithAPeerCertificate(t *testing.T) {
+	bin := msyncBinary(t, t.TempDir())
+	c := startCluster(t, bin)
+	cometP, addr := c.comet() // comet-1
+	ch := oplog.UserChannel("demo", "wes")
+	wes := c.connect(addr, "wes", "wes-phone", nil)
+	c.publish("wes", "wes private #1")
+	wes.waitGot(1, waitFor)
+
+	load := func(name string) *rpc.TLS {
+		m, err := rpc.LoadTLS(filepath.Join(c.certs, "ca.crt"), filepath.Join(c.certs, name+".crt"), filepath.Join(c.certs, name+".key"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	dial := func(m *rpc.TLS, role, addr string) *grpc.ClientConn {
+		cc, err := rpc.Dial([]string{addr}, rpc.DialConfig{TLS: m, ServerRole: role, CallTimeout: 3 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cc.Close() })
+		return cc
+	}
+	comet2 := load("comet-2")
+	asComet2 := pb.NewLogicClient(dial(comet2, rpc.RoleLogic, c.grpc))
+	ctx := context.Background()
+	refused := func(what string, err error, want codes.Code) {
+		t.Helper()
+		if status.Code(err) != want {
+			t.Errorf("%s: %v, want %v", what, err, want)
+		}
+	}
+
+	r, err := asComet2.Sync(ctx, &pb.SyncReq{Device: "wes-phone", User: "wes", Platform: "ios", Cursors: []*pb.Cursor{{Channel: ch}}})
+	if len(r.GetPages()) > 0 || err == nil {
+		t.Errorf("comet-2 read wes's channel without a ticket: %v, %v", r, err)
+	}
+	_, err = asComet2.Renew(ctx, &pb.RenewReq{Comet: cometP.name, GrpcAddr: "127.0.0.1:1"})
+	refused("comet-2 renewing as comet-1", err, codes.PermissionDenied)
+	_, err = asComet2.Renew(ctx, &pb.RenewReq{Comet: "comet-2", GrpcAddr: "127.0.0.2:3102"})
+	refused("comet-2 registering an address its certificate does not name", err, codes.PermissionDenied)
+	_, err = asComet2.Connect(ctx, &pb.ConnectReq{Comet: cometP.name, Key: "k", Token: c.token("wes"), Device: "wes-phone", Platform: "ios", Bizs: []string{"demo"}})
+	refused("comet-2 opening a session as comet-1", err, codes.PermissionDenied)
+	_, err = pb.NewCometClient(dial(comet2, rpc.RoleComet, cometP.addr("grpc"))).Kick(ctx, &pb.KickReq{Keys: []string{"1"}, Code: 4000})
+	refused("comet-2 kicking on comet-1 (job only)", err, codes.PermissionDenied)
+	_, err = pb.NewLogicClient(dial(load("job"), rpc.RoleLogic, c.grpc)).Ack(ctx, &pb.AckReq{Items: []*pb.AckItem{{Device: "wes-phone", Channel: ch, Id: 1 << 40}}})
+	refused("job calling logic (comets only)", err, codes.PermissionDenied)
+
+	// Acks without the session's ticket move nothing: wes, reinstalled,
+	// resumes from its real point.
+	_, _ = asComet2.Ack(ctx, &pb.AckReq{Items: []*pb.AckItem{{Device: "wes-phone", User: "wes", Channel: ch, Id: 1 << 40}}})
+	wes.close()
+	d := dialAddr(t, addr)
+	for _, ci := range d.auth(c.token("wes"), "wes-phone", "demo").Channels {
+		if ci.Channel == ch && ci.From > 1 {
+			t.Errorf("wes-phone resumes at %d after comet-2's ack", ci.From)
+		}
+	}
 }
