@@ -179,7 +179,7 @@ func (fl *fakeLogic) Connect(ctx context.Context, in *pb.ConnectReq) (*pb.Connec
 	case in.Device == "":
 		return nil, api.Error(protocol.CodeBadAuth, "device is required")
 	}
-	reply := &pb.ConnectReply{User: user, HeartbeatMs: fl.heartbeatMs}
+	reply := &pb.ConnectReply{User: user, HeartbeatMs: fl.heartbeatMs, Ticket: []byte("ticket:" + in.Key)}
 	points := make(map[string]uint64)
 	for _, p := range in.Points {
 		points[p.Channel] = p.Id

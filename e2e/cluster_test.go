@@ -16,13 +16,20 @@ import (
 	"github.com/msync/msync/pkg/auth"
 	"github.com/msync/msync/pkg/oplog"
 	"github.com/msync/msync/pkg/protocol"
+	"github.com/msync/msync/pkg/rpc"
 )
 
 // The cluster tests run the real binary: one `msync logic` process (logic +
 // embedded job on Pebble, in-process queue and directory) and several
 // `msync comet` processes, talking gRPC on loopback with ports the kernel
-// picks. The processes log JSON; the harness reads each one's "started"
-// line for its addresses and forwards WARN/ERROR lines to t.Log.
+// picks, with mutual TLS between them (rpc_tls: certificates `msync certs`
+// would write, in the test's folder). The processes log JSON; the harness
+// reads each one's "started" line for its addresses and forwards WARN/ERROR
+// lines to t.Log.
+
+// clusterComets is how many comet certificates the harness issues (ids
+// comet-1 ... comet-N, in the order comet() starts them).
+const clusterComets = 16
 
 const clusterLogicConfig = `
 secret: ` + testSecret + `
@@ -100,6 +107,7 @@ type procCluster struct {
 	t      *testing.T
 	bin    string
 	dir    string
+	certs  string // rpc_tls.dir of every process
 	logic  *proc
 	api    string // http://host:port of logic
 	grpc   string // logic's gRPC address (comma-separated for several logics)
@@ -190,7 +198,16 @@ func startCluster(t *testing.T, bin string) *procCluster {
 	if c.tokens, err = auth.NewTokens(testSecret); err != nil {
 		t.Fatal(err)
 	}
-	for name, body := range map[string]string{"logic.yaml": clusterLogicConfig, "comet.yaml": clusterCometConfig} {
+	c.certs = filepath.Join(dir, "certs")
+	ids := make([]string, clusterComets)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("comet-%d", i+1)
+	}
+	if _, err := rpc.WriteDevCerts(c.certs, ids, nil); err != nil {
+		t.Fatal(err)
+	}
+	tlsOn := "rpc_tls: {dir: " + c.certs + "}\n"
+	for name, body := range map[string]string{"logic.yaml": clusterLogicConfig + tlsOn, "comet.yaml": clusterCometConfig + tlsOn} {
 		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -205,7 +222,11 @@ func startCluster(t *testing.T, bin string) *procCluster {
 // process and device address.
 func (c *procCluster) comet() (*proc, string) {
 	c.t.Helper()
-	id := fmt.Sprintf("comet-%d", c.seq.Add(1))
+	n := c.seq.Add(1)
+	if n > clusterComets {
+		c.t.Fatalf("more than %d comets: raise clusterComets", clusterComets)
+	}
+	id := fmt.Sprintf("comet-%d", n)
 	p := c.startProc(id, "msync comet started", "comet", "-c", filepath.Join(c.dir, "comet.yaml"), "--id", id, "--logic", c.grpc)
 	return p, p.addr("comet_tcp")
 }

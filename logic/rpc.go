@@ -300,6 +300,7 @@ func (l *Logic) Sync(ctx context.Context, req *pb.SyncReq) (*pb.SyncReply, error
 	reply := &pb.SyncReply{Pages: make([]*pb.Page, 0, len(req.Cursors))}
 	for _, c := range req.Cursors {
 		if !hasChannel(t, c.GetChannel()) {
+			l.m.ticketRefusals.Inc()
 			return nil, api.Error(protocol.CodeOutOfOrder, "channel %q is not part of this session", c.GetChannel())
 		}
 		b, err := l.sessionChannel(req, c.GetChannel())

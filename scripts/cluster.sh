@@ -11,6 +11,9 @@
 # 3103, ...), gRPC 127.0.0.1:BASE+1+2(i-1) (3102, 3104, ...), /healthz and
 # /metrics 127.0.0.1:BASE+99+i (3201, 3202, ...). Override with BASE, BIN,
 # DATA, LOGIC_CONFIG, COMET_CONFIG.
+#
+# The tiers talk mutual TLS (rpc_tls in the configs): the development CA and
+# certificates live in ./certs-dev, written by `msync certs` when missing.
 set -euo pipefail
 
 COMETS="${1:-2}"
@@ -25,6 +28,10 @@ if ! [[ "$COMETS" =~ ^[1-4]$ && "$BASE" =~ ^[1-9][0-9]{3,4}$ ]]; then
   exit 2
 fi
 [[ -x "$BIN" ]] || { echo "$BIN not found: run 'make build' first" >&2; exit 1; }
+if [[ ! -f ./certs-dev/ca.crt ]]; then
+  "$BIN" certs --dir ./certs-dev --comets comet-1,comet-2,comet-3,comet-4 >/dev/null
+  echo "cluster: wrote development tier certificates to ./certs-dev" >&2
+fi
 
 pids=()
 stop() {

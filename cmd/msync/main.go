@@ -25,6 +25,7 @@ Commands:
            also job (the mixed local cluster: 'make cluster')
   job      run a job (push tier) process of a cluster
   migrate  create the Cassandra schema
+  certs    write a development CA and tier certificates (mutual TLS between tiers)
   token    print a client token signed with the config's secret
   client   connect as a device and print received oplogs as JSON lines
   bench    run a load scenario and report figures
@@ -62,6 +63,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runMigrate(ctx, rest, stdout, stderr)
 	case "bench":
 		return runBench(ctx, rest, stdout, stderr)
+	case "certs":
+		return runCerts(rest, stdout, stderr)
 	case "token":
 		return runToken(rest, stdout, stderr)
 	case "client":

@@ -2,6 +2,8 @@ package cluster
 
 import (
 	"context"
+	"crypto/hmac"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -188,7 +190,15 @@ func StartComet(cfg TierConfig) (n *CometNode, err error) {
 			n = nil
 		}
 	}()
-	if n.RPC, err = rpc.NewServer(rpc.ServerConfig{Addr: f.Comet.GRPCAddr, Logger: log.With("tier", "comet-grpc")}); err != nil {
+	tl, err := tierTLS(f, f.Comet.ID, rpc.RoleComet)
+	if err != nil {
+		return n, err
+	}
+	if tl != nil && tl.Identity().Comet != f.Comet.ID {
+		return n, fmt.Errorf("%w: rpc_tls: the certificate is comet %q's, but comet.id is %q", ErrLayout, tl.Identity().Comet, f.Comet.ID)
+	}
+	if n.RPC, err = rpc.NewServer(rpc.ServerConfig{Addr: f.Comet.GRPCAddr, Setting: "comet.grpc_addr", TLS: tl,
+		Logger: log.With("tier", "comet-grpc")}); err != nil {
 		return n, err
 	}
 	n.st.push(n.RPC.Shutdown)
@@ -196,7 +206,7 @@ func StartComet(cfg TierConfig) (n *CometNode, err error) {
 		return n, err
 	}
 	n.Advertised = advertise(f.Comet.GRPCAdvertise, n.RPC.Addr())
-	conn, err := rpc.Dial(f.Comet.LogicAddrs, rpc.DialConfig{})
+	conn, err := rpc.Dial(f.Comet.LogicAddrs, rpc.DialConfig{TLS: tl, ServerRole: rpc.RoleLogic})
 	if err != nil {
 		return n, err
 	}
@@ -282,8 +292,19 @@ func LogicConfig(f *config.File, bizs *biz.Registry, tokens *auth.Tokens, log *s
 		DeviceBinding:  f.Auth.DeviceBinding,
 		MaxBatch:       f.Logic.MaxBatch,
 		MaxPushPayload: f.Logic.MaxPushPayload,
+		TicketKey:      TicketKey(f.Secret),
 		Logger:         log.With("tier", "logic"),
 	}
+}
+
+// TicketKey derives logic's session-ticket key from the config's secret,
+// which every logic process of a cluster shares: a ticket one signed
+// verifies at the others. A separate derivation, so the key is never the
+// token secret itself.
+func TicketKey(secret string) []byte {
+	m := hmac.New(sha256.New, []byte(secret))
+	m.Write([]byte("msync session ticket key v1"))
+	return m.Sum(nil)
 }
 
 // ---- logic (+ embedded job) ----
@@ -356,12 +377,21 @@ func StartLogic(cfg TierConfig) (n *LogicNode, err error) {
 	if n.Logic, err = logic.New(lcfg); err != nil {
 		return n, err
 	}
+	roles := []string{rpc.RoleLogic}
 	if f.Job.Embedded {
-		if err = n.startJob(cfg, cons, dir, log); err != nil {
+		roles = append(roles, rpc.RoleJob)
+	}
+	tl, err := tierTLS(f, "logic", roles...)
+	if err != nil {
+		return n, err
+	}
+	if f.Job.Embedded {
+		if err = n.startJob(cfg, cons, dir, tl, log); err != nil {
 			return n, err
 		}
 	}
-	if n.RPC, err = rpc.NewServer(rpc.ServerConfig{Addr: f.Logic.GRPCAddr, Logger: log.With("tier", "logic-grpc")}); err != nil {
+	if n.RPC, err = rpc.NewServer(rpc.ServerConfig{Addr: f.Logic.GRPCAddr, Setting: "logic.grpc_addr", TLS: tl,
+		Logger: log.With("tier", "logic-grpc")}); err != nil {
 		return n, err
 	}
 	n.RPC.Register(&pb.Logic_ServiceDesc, n.Logic)
@@ -381,17 +411,37 @@ func StartLogic(cfg TierConfig) (n *LogicNode, err error) {
 	return n, nil
 }
 
-func (n *LogicNode) startJob(cfg TierConfig, cons queue.Consumer, dir dirBackend, log *slog.Logger) (err error) {
-	n.Job, n.Comets, err = startJob(cfg, cons, dir, n.Registry, &n.st, log)
+func (n *LogicNode) startJob(cfg TierConfig, cons queue.Consumer, dir dirBackend, tl *rpc.TLS, log *slog.Logger) (err error) {
+	n.Job, n.Comets, err = startJob(cfg, cons, dir, tl, n.Registry, &n.st, log)
 	return err
+}
+
+// tierTLS loads the rpc_tls material of the process named name (nil when
+// rpc_tls is off) and checks that its certificate names every role the
+// process plays, so a wrong file fails at start rather than at each call.
+func tierTLS(f *config.File, name string, roles ...string) (*rpc.TLS, error) {
+	if !f.RPCTLS.Enabled() {
+		return nil, nil
+	}
+	tl, err := rpc.LoadTLS(f.RPCTLS.Files(name))
+	if err != nil {
+		return nil, fmt.Errorf("cluster: %w", err)
+	}
+	for _, r := range roles {
+		if !tl.Identity().Has(r) {
+			return nil, fmt.Errorf("%w: rpc_tls: the certificate names %v; this process needs role %s", ErrLayout, tl.Identity(), r)
+		}
+	}
+	return tl, nil
 }
 
 // startJob starts comet discovery over dir's registry and a job consuming
 // cons; both are pushed on st (discovery first, so job stops before it).
-func startJob(cfg TierConfig, cons queue.Consumer, dir dirBackend, reg prometheus.Registerer, st *stack, log *slog.Logger) (*job.Job, *rpc.Comets, error) {
+func startJob(cfg TierConfig, cons queue.Consumer, dir dirBackend, tl *rpc.TLS, reg prometheus.Registerer, st *stack, log *slog.Logger) (*job.Job, *rpc.Comets, error) {
 	f := cfg.File
 	comets, err := rpc.NewComets(rpc.CometsConfig{
 		Registry: dir,
+		Dial:     rpc.DialConfig{TLS: tl},
 		Refresh:  time.Duration(f.Job.Refresh),
 		Logger:   log.With("tier", "discovery"),
 	})
@@ -474,7 +524,11 @@ func StartJob(cfg TierConfig) (n *JobNode, err error) {
 		return n, err
 	}
 	n.st.push(closeQueue)
-	if n.Job, n.Comets, err = startJob(cfg, cons, dir, n.Registry, &n.st, log); err != nil {
+	tl, err := tierTLS(f, "job", rpc.RoleJob)
+	if err != nil {
+		return n, err
+	}
+	if n.Job, n.Comets, err = startJob(cfg, cons, dir, tl, n.Registry, &n.st, log); err != nil {
 		return n, err
 	}
 	if f.Job.HTTPAddr != "" {

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"time"
 
 	"gopkg.in/yaml.v3"
@@ -43,6 +44,45 @@ type File struct {
 	Store   Store         `yaml:"store"`
 	Queue   Queue         `yaml:"queue"`
 	Bizs    []biz.Spec    `yaml:"bizs"`
+	// RPCTLS turns on mutual TLS between the tiers of a cluster (gRPC).
+	// Without it gRPC only listens on loopback.
+	RPCTLS RPCTLS `yaml:"rpc_tls"`
+}
+
+// RPCTLS is the tier-to-tier mutual TLS material: a CA every tier trusts
+// and this process's certificate, whose URI SANs name its role (logic,
+// job, comet + id). `msync certs` writes a development set.
+type RPCTLS struct {
+	// Dir is a folder written by `msync certs`: ca.crt, and <name>.crt and
+	// <name>.key where name is "logic", "job" or the comet's id. Zero:
+	// use the three files below.
+	Dir      string `yaml:"dir"`
+	CAFile   string `yaml:"ca_file"`   // PEM CA certificate(s); overrides Dir's ca.crt
+	CertFile string `yaml:"cert_file"` // PEM certificate; overrides Dir's <name>.crt
+	KeyFile  string `yaml:"key_file"`  // PEM key; overrides Dir's <name>.key
+}
+
+// Enabled reports whether tier TLS is configured.
+func (t RPCTLS) Enabled() bool {
+	return t.Dir != "" || t.CAFile != "" || t.CertFile != "" || t.KeyFile != ""
+}
+
+// Files returns the CA, certificate and key paths for the process named
+// name ("logic", "job" or a comet id).
+func (t RPCTLS) Files(name string) (ca, cert, key string) {
+	ca, cert, key = t.CAFile, t.CertFile, t.KeyFile
+	if t.Dir != "" {
+		if ca == "" {
+			ca = filepath.Join(t.Dir, "ca.crt")
+		}
+		if cert == "" {
+			cert = filepath.Join(t.Dir, name+".crt")
+		}
+		if key == "" {
+			key = filepath.Join(t.Dir, name+".key")
+		}
+	}
+	return ca, cert, key
 }
 
 // Auth configures client tokens and how devices are bound to users
@@ -103,7 +143,7 @@ type Comet struct {
 	// unspecified host replaced by this machine's first non-loopback IP),
 	// the logic gRPC addresses it calls (round robin), and how often it
 	// renews its sessions and its registration.
-	GRPCAddr      string   `yaml:"grpc_addr"`      // zero ":3103" (":3102" is the WebSocket default)
+	GRPCAddr      string   `yaml:"grpc_addr"`      // zero "127.0.0.1:3103"; beyond loopback only with rpc_tls
 	GRPCAdvertise string   `yaml:"grpc_advertise"` // zero: derived from grpc_addr
 	LogicAddrs    []string `yaml:"logic_addrs"`    // required by msync comet
 	RenewInterval Duration `yaml:"renew_interval"` // zero 60s; keep well under the directory TTL (3m)
@@ -146,7 +186,7 @@ type Logic struct {
 	MaxBatch int    `yaml:"max_batch"` // items per /v1/sync/batch; zero 500
 	// MaxPushPayload bounds a POST /v1/push payload in bytes; zero 32 KiB.
 	MaxPushPayload int    `yaml:"max_push_payload"`
-	GRPCAddr       string `yaml:"grpc_addr"` // cluster mode: the Logic gRPC service comets call; zero ":3112"
+	GRPCAddr       string `yaml:"grpc_addr"` // cluster mode: the Logic gRPC service comets call; zero "127.0.0.1:3112"; beyond loopback only with rpc_tls
 }
 
 // Job configures the push tier.
@@ -264,8 +304,8 @@ func (f *File) defaults() {
 	def(&f.Comet.ID, "comet-1")
 	def(&f.Comet.Addr, ":3101")
 	def(&f.Logic.HTTPAddr, ":3111")
-	def(&f.Comet.GRPCAddr, ":3103")
-	def(&f.Logic.GRPCAddr, ":3112")
+	def(&f.Comet.GRPCAddr, "127.0.0.1:3103")
+	def(&f.Logic.GRPCAddr, "127.0.0.1:3112")
 	def(&f.Auth.DeviceBinding, "owner")
 	def(&f.Store.Backend, "pebble")
 	def(&f.Store.Dir, "./data")
@@ -334,6 +374,9 @@ func (f *File) Validate() error {
 		errs = append(errs, errors.New("comet.tls: cert_file and key_file are required with tcp_addr or ws_addr"))
 	} else if !t.Enabled() && (t.CertFile != "" || t.KeyFile != "") {
 		errs = append(errs, errors.New("comet.tls: cert_file set but no tcp_addr or ws_addr to serve it on"))
+	}
+	if t := f.RPCTLS; t.Dir == "" && t.Enabled() && (t.CAFile == "" || t.CertFile == "" || t.KeyFile == "") {
+		errs = append(errs, errors.New("rpc_tls: set dir, or all of ca_file, cert_file and key_file"))
 	}
 	if _, err := biz.NewRegistry(f.Bizs); err != nil {
 		errs = append(errs, err)

@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/url"
@@ -310,6 +311,11 @@ type loggedCreds struct {
 
 func (c loggedCreds) ServerHandshake(raw net.Conn) (net.Conn, credentials.AuthInfo, error) {
 	conn, info, err := c.TransportCredentials.ServerHandshake(raw)
+	if errors.Is(err, io.EOF) {
+		// Closed before saying anything: a port probe or health check
+		// (scripts/cluster.sh waits for the port this way), not a peer.
+		return conn, info, err
+	}
 	if err != nil {
 		c.refused.warn("grpc connection refused: TLS handshake failed (peers need a certificate from the cluster CA, rpc_tls)",
 			"peer", raw.RemoteAddr().String(), "err", err)
