@@ -27,6 +27,7 @@ import (
 const clusterLogicConfig = `
 secret: ` + testSecret + `
 log: {level: info, format: json}
+dev: true # short test keys
 api_keys:
   - {key: test-key, bizs: ["*"]}
 logic:
@@ -43,6 +44,7 @@ bizs:
 const clusterCometConfig = `
 secret: ` + testSecret + `
 log: {level: info, format: json}
+dev: true # short test keys
 api_keys:
   - {key: test-key, bizs: ["*"]}
 comet:
