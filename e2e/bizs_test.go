@@ -18,6 +18,7 @@ import (
 // docs/protocol.md §16; the shared testConfig stays untouched.
 const bizsConfig = `
 secret: ` + testSecret + `
+dev: true # short test keys
 api_keys:
   - {key: test-key, bizs: ["*"]}
 comet:

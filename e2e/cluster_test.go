@@ -34,6 +34,7 @@ const clusterComets = 16
 const clusterLogicConfig = `
 secret: ` + testSecret + `
 log: {level: info, format: json}
+dev: true # short test keys
 api_keys:
   - {key: test-key, bizs: ["*"]}
 logic:
@@ -50,6 +51,7 @@ bizs:
 const clusterCometConfig = `
 secret: ` + testSecret + `
 log: {level: info, format: json}
+dev: true # short test keys
 api_keys:
   - {key: test-key, bizs: ["*"]}
 comet:

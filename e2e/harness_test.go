@@ -33,6 +33,7 @@ const testSecret = "e2e-secret-0123456789"
 // short timeouts so deadline tests run fast.
 const testConfig = `
 secret: ` + testSecret + `
+dev: true # short test keys
 api_keys:
   - {key: test-key, bizs: ["*"]}
   - {key: demo-only, bizs: [demo]}

@@ -20,6 +20,7 @@ import (
 // bounds, a small room limit and a small push payload limit.
 const realtimeConfig = `
 secret: ` + testSecret + `
+dev: true # short test keys
 api_keys:
   - {key: test-key, bizs: ["*"]}
   - {key: demo-only, bizs: [demo]}

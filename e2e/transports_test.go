@@ -26,6 +26,7 @@ import (
 // WebSocket over TLS next to TCP. %s are the certificate and key files.
 const transportsConfig = `
 secret: ` + testSecret + `
+dev: true # short test keys
 api_keys:
   - {key: test-key, bizs: ["*"]}
 comet:

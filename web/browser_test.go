@@ -34,6 +34,7 @@ import (
 // listener, on random ports.
 const browserConfig = `
 secret: browser-test-secret-0123456789
+dev: true # short test keys
 api_keys:
   - {key: dev-key, bizs: ["*"]}
 comet:
@@ -101,7 +102,7 @@ func TestBrowserDemo(t *testing.T) {
 	base := "http://" + node.Logic.HTTPAddr().String()
 
 	const n = 24
-	page := fmt.Sprintf("%s/demo/?autotest=1&n=%d", base, n)
+	page := fmt.Sprintf("%s/demo/?autotest=1&n=%d&key=dev-key", base, n)
 	b := launchChromium(t, chrome)
 	res := b.runAutotest(t, page, 90*time.Second)
 
@@ -163,7 +164,7 @@ func checkInteractive(t *testing.T, b *browser, base string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	tb := b.openTab(t, ctx)
-	tb.navigate(t, ctx, base+"/demo/")
+	tb.navigate(t, ctx, base+"/demo/?key=dev-key") // the page never gets the key from the server
 	tb.waitString(t, ctx, "the page's config", `document.getElementById('wsurl').value`)
 	tb.waitString(t, ctx, "connect", `(() => {
 		document.getElementById('user').value = 'clicker';

@@ -3,11 +3,12 @@
 // comet's WebSocket listener, shows the oplogs it receives live, and
 // publishes through POST /v1/sync.
 //
-// DEVELOPMENT ONLY. When the development API key (config.DevAPIKey) is
-// configured, GET /demo/token mints client tokens for any user with the
-// server's secret, and /demo/config.json hands the dev key to the page. That
-// is exactly what a production deployment must never do, which is why both
-// are tied to the dev key: remove it from api_keys and the page only works
+// DEVELOPMENT ONLY. In development mode (the config's dev: true) GET
+// /demo/token mints client tokens for any user with the server's secret, but
+// only for a request whose Host (and Origin, when sent) is a loopback name,
+// so a page on another site cannot use it through DNS rebinding. The API key
+// is never served: the page takes it from its URL (?key=) or a pasted value.
+// Outside development mode token minting answers 403 and the page only works
 // with a token and an API key pasted by hand.
 //
 // The handler is goroutine-safe and owns no goroutine.
@@ -22,6 +23,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
+	"strings"
 	"time"
 
 	"github.com/msync/msync/pkg/auth"
@@ -43,10 +46,9 @@ var static embed.FS
 type Config struct {
 	// Tokens signs the tokens of GET /demo/token. Required.
 	Tokens *auth.Tokens
-	// DevKey is the development API key when it is configured; empty means
-	// it is not, and then /demo/token answers 403 and the page asks for a
-	// pasted token and API key.
-	DevKey string
+	// Dev is development mode: /demo/token mints tokens for loopback
+	// callers. False: it answers 403 and the page asks for a pasted token.
+	Dev bool
 	// WSAddr returns the bound address of the comet's WebSocket listener,
 	// or nil when there is none. It is called per request because the
 	// comet binds after the logic HTTP handler is built. Nil: no listener.
@@ -76,8 +78,8 @@ func New(cfg Config) (http.Handler, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	if cfg.DevKey != "" {
-		cfg.Logger.Warn("demo page mints client tokens for any user at " + Prefix + "token because the development API key is configured; remove it outside development")
+	if cfg.Dev {
+		cfg.Logger.Warn("demo page mints client tokens for any user at " + Prefix + "token for callers on this machine (dev: true); never in production")
 	}
 	page, err := fs.Sub(static, "static")
 	if err != nil {
@@ -114,13 +116,12 @@ type pageConfig struct {
 	WSPort int    `json:"ws_port"`
 	WSHost string `json:"ws_host"`
 	WSPath string `json:"ws_path"`
-	// Dev is true when the dev API key is configured; DevKey is set only then.
-	Dev    bool   `json:"dev"`
-	DevKey string `json:"dev_key,omitempty"`
+	// Dev is true in development mode (token minting works).
+	Dev bool `json:"dev"`
 }
 
 func (d *demo) config(w http.ResponseWriter, _ *http.Request) {
-	c := pageConfig{WSPath: d.cfg.WSPath, Dev: d.cfg.DevKey != "", DevKey: d.cfg.DevKey}
+	c := pageConfig{WSPath: d.cfg.WSPath, Dev: d.cfg.Dev}
 	if d.cfg.WSAddr != nil {
 		if a, ok := d.cfg.WSAddr().(*net.TCPAddr); ok && a != nil {
 			c.WSPort = a.Port
@@ -133,9 +134,14 @@ func (d *demo) config(w http.ResponseWriter, _ *http.Request) {
 }
 
 func (d *demo) token(w http.ResponseWriter, r *http.Request) {
-	if d.cfg.DevKey == "" {
+	if !d.cfg.Dev {
 		writeJSON(w, http.StatusForbidden, errBody("forbidden",
-			"token minting is a development feature, enabled only while the development API key is configured; paste a token minted by your business server (or `msync token --user U`)"))
+			"token minting is a development feature, enabled only with dev: true; paste a token minted by your business server (or `msync token --user U`)"))
+		return
+	}
+	if !loopbackHost(r.Host) || (r.Header.Get("Origin") != "" && !loopbackOrigin(r.Header.Get("Origin"))) {
+		writeJSON(w, http.StatusForbidden, errBody("forbidden",
+			"token minting answers only pages loaded from this machine (Host and Origin 127.0.0.1, ::1 or localhost)"))
 		return
 	}
 	user := r.URL.Query().Get("user")
@@ -150,6 +156,24 @@ func (d *demo) token(w http.ResponseWriter, r *http.Request) {
 	}
 	d.cfg.Logger.Info("demo: minted a development token", "user", user, "ttl", d.cfg.TokenTTL)
 	writeJSON(w, http.StatusOK, map[string]any{"token": tok, "user": user, "expires_in_s": int(d.cfg.TokenTTL.Seconds())})
+}
+
+// loopbackHost reports whether a Host header names this machine.
+func loopbackHost(hostport string) bool {
+	host := hostport
+	if h, _, err := net.SplitHostPort(hostport); err == nil {
+		host = h
+	}
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(strings.Trim(host, "[]"))
+	return ip != nil && ip.IsLoopback()
+}
+
+func loopbackOrigin(origin string) bool {
+	u, err := url.Parse(origin)
+	return err == nil && (u.Scheme == "http" || u.Scheme == "https") && loopbackHost(u.Host)
 }
 
 func errBody(code, msg string) map[string]any {

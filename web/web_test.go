@@ -13,13 +13,13 @@ import (
 	"github.com/msync/msync/web"
 )
 
-func newDemo(t *testing.T, devKey string, ws net.Addr) (http.Handler, *auth.Tokens) {
+func newDemo(t *testing.T, dev bool, ws net.Addr) (http.Handler, *auth.Tokens) {
 	t.Helper()
 	tokens, err := auth.NewTokens("web-test-secret-0123456789")
 	if err != nil {
 		t.Fatal(err)
 	}
-	h, err := web.New(web.Config{Tokens: tokens, DevKey: devKey, WSAddr: func() net.Addr { return ws }})
+	h, err := web.New(web.Config{Tokens: tokens, Dev: dev, WSAddr: func() net.Addr { return ws }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -28,13 +28,24 @@ func newDemo(t *testing.T, devKey string, ws net.Addr) (http.Handler, *auth.Toke
 
 func get(t *testing.T, h http.Handler, method, path string) *httptest.ResponseRecorder {
 	t.Helper()
+	return getFrom(t, h, method, path, "127.0.0.1:3111", "")
+}
+
+// getFrom sends a request with the given Host and Origin ("" = none).
+func getFrom(t *testing.T, h http.Handler, method, path, host, origin string) *httptest.ResponseRecorder {
+	t.Helper()
 	w := httptest.NewRecorder()
-	h.ServeHTTP(w, httptest.NewRequest(method, path, nil))
+	r := httptest.NewRequest(method, path, nil)
+	r.Host = host
+	if origin != "" {
+		r.Header.Set("Origin", origin)
+	}
+	h.ServeHTTP(w, r)
 	return w
 }
 
-func TestTokenOnlyWithDevKey(t *testing.T) {
-	h, tokens := newDemo(t, "dev-key", nil)
+func TestTokenOnlyInDevMode(t *testing.T) {
+	h, tokens := newDemo(t, true, nil)
 	w := get(t, h, http.MethodGet, "/demo/token?user=alice")
 	if w.Code != http.StatusOK {
 		t.Fatalf("token with dev key: %d %s", w.Code, w.Body)
@@ -53,7 +64,19 @@ func TestTokenOnlyWithDevKey(t *testing.T) {
 		t.Fatalf("control character in user: %d", w.Code)
 	}
 
-	prod, _ := newDemo(t, "", nil)
+	// Security review #8: a page of another site (DNS rebinding) gets no token.
+	for _, from := range [][2]string{{"evil.example:3111", ""}, {"127.0.0.1:3111", "http://evil.example"}} {
+		if w := getFrom(t, h, http.MethodGet, "/demo/token?user=alice", from[0], from[1]); w.Code != http.StatusForbidden || strings.Contains(w.Body.String(), "eyJ") {
+			t.Fatalf("token for Host %q Origin %q: %d %s", from[0], from[1], w.Code, w.Body)
+		}
+	}
+	for _, from := range [][2]string{{"localhost:3111", "http://localhost:3111"}, {"[::1]:3111", ""}} {
+		if w := getFrom(t, h, http.MethodGet, "/demo/token?user=alice", from[0], from[1]); w.Code != http.StatusOK {
+			t.Fatalf("token for Host %q Origin %q: %d %s", from[0], from[1], w.Code, w.Body)
+		}
+	}
+
+	prod, _ := newDemo(t, false, nil)
 	w = get(t, prod, http.MethodGet, "/demo/token?user=alice")
 	if w.Code != http.StatusForbidden || strings.Contains(w.Body.String(), "eyJ") {
 		t.Fatalf("token without dev key: %d %s", w.Code, w.Body)
@@ -63,29 +86,31 @@ func TestTokenOnlyWithDevKey(t *testing.T) {
 func TestConfigJSON(t *testing.T) {
 	for _, tt := range []struct {
 		name     string
-		devKey   string
+		dev      bool
 		ws       net.Addr
 		wantHost string
 		wantPort int
 	}{
-		{"dev, loopback", "dev-key", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 3102}, "127.0.0.1", 3102},
-		{"all interfaces", "", &net.TCPAddr{IP: net.IPv6unspecified, Port: 4000}, "", 4000},
-		{"no listener", "", nil, "", 0},
+		{"dev, loopback", true, &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 3102}, "127.0.0.1", 3102},
+		{"all interfaces", false, &net.TCPAddr{IP: net.IPv6unspecified, Port: 4000}, "", 4000},
+		{"no listener", false, nil, "", 0},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			h, _ := newDemo(t, tt.devKey, tt.ws)
+			h, _ := newDemo(t, tt.dev, tt.ws)
 			w := get(t, h, http.MethodGet, "/demo/config.json")
+			if strings.Contains(w.Body.String(), "dev-key") || strings.Contains(w.Body.String(), "dev_key") {
+				t.Fatalf("config.json hands out an API key: %s", w.Body)
+			}
 			var c struct {
 				WSPort int    `json:"ws_port"`
 				WSHost string `json:"ws_host"`
 				WSPath string `json:"ws_path"`
 				Dev    bool   `json:"dev"`
-				DevKey string `json:"dev_key"`
 			}
 			if err := json.Unmarshal(w.Body.Bytes(), &c); err != nil {
 				t.Fatal(err)
 			}
-			if c.WSPort != tt.wantPort || c.WSHost != tt.wantHost || c.WSPath != "/sub" || c.Dev != (tt.devKey != "") || c.DevKey != tt.devKey {
+			if c.WSPort != tt.wantPort || c.WSHost != tt.wantHost || c.WSPath != "/sub" || c.Dev != tt.dev {
 				t.Fatalf("config %+v", c)
 			}
 		})
@@ -93,7 +118,7 @@ func TestConfigJSON(t *testing.T) {
 }
 
 func TestStaticFiles(t *testing.T) {
-	h, _ := newDemo(t, "", nil)
+	h, _ := newDemo(t, false, nil)
 	for path, want := range map[string]string{
 		"/demo/":              "msync browser demo",
 		"/demo/app.js":        "autotest",

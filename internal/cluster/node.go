@@ -103,13 +103,9 @@ func Start(cfg Config) (n *Node, err error) {
 		return n, fmt.Errorf("cluster: directory: %w", err)
 	}
 	// The browser demo at /demo/ on the logic listener. It mints client
-	// tokens only while the development API key is configured (package web).
-	devKey := ""
-	if f.HasDevKey() {
-		devKey = config.DevAPIKey
-	}
+	// tokens only in development mode (dev: true; package web).
 	demo, err := web.New(web.Config{
-		Tokens: tokens, DevKey: devKey, WSPath: gateway.DefaultWSPath,
+		Tokens: tokens, Dev: f.Dev, WSPath: gateway.DefaultWSPath,
 		// Called per request: the comet binds after this handler is built.
 		WSAddr: func() net.Addr { return n.Comet.Addrs().WS },
 		Logger: log.With("tier", "demo"),

@@ -14,6 +14,7 @@ import (
 
 const tierBase = `
 secret: tiers-test-secret-0123
+dev: true # short test keys
 api_keys: [{key: k, bizs: ["*"]}]
 logic: {http_addr: 127.0.0.1:0, grpc_addr: 127.0.0.1:0}
 comet: {addr: 127.0.0.1:0, grpc_addr: 127.0.0.1:0, http_addr: 127.0.0.1:0}

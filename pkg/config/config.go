@@ -21,13 +21,21 @@ import (
 // ErrInvalid wraps every validation problem.
 var ErrInvalid = errors.New("config: invalid")
 
-// DevAPIKey is the development key shipped in configs/msync.yaml; using it is
-// logged as a warning.
+// DevAPIKey is the development key shipped in configs/msync.yaml: accepted
+// only with dev: true, and logged as a warning.
 const DevAPIKey = "dev-key"
+
+// DevSecret is the published token secret of configs/msync.yaml: anyone can
+// mint tokens with it, so it is accepted only with dev: true.
+const DevSecret = "msync-dev-secret-change-me"
 
 // File is the whole configuration file. Zero values take the defaults named
 // on each field.
 type File struct {
+	// Dev is development mode: it allows DevSecret, DevAPIKey and API keys
+	// shorter than auth.MinAPIKeyLen, and lets /demo/token mint tokens for
+	// loopback callers. Never in production. Zero false.
+	Dev bool `yaml:"dev"`
 	// Secret signs client tokens (HS256); at least 16 bytes.
 	Secret string `yaml:"secret"`
 	Log    Log    `yaml:"log"`
@@ -331,9 +339,18 @@ func (f *File) Validate() error {
 		errs = append(errs, errors.New("api_keys: at least one key is needed to publish"))
 	}
 	for i, k := range f.APIKeys {
-		if k.Key == "" || len(k.Bizs) == 0 {
+		switch {
+		case k.Key == "" || len(k.Bizs) == 0:
 			errs = append(errs, fmt.Errorf("api_keys[%d]: needs key and bizs", i))
+		case f.Dev:
+		case k.Key == DevAPIKey:
+			errs = append(errs, fmt.Errorf("api_keys[%d]: %q is the published development key: allowed only with dev: true", i, DevAPIKey))
+		case len(k.Key) < auth.MinAPIKeyLen:
+			errs = append(errs, fmt.Errorf("api_keys[%d]: %d bytes, want at least %d (e.g. openssl rand -hex 16), or dev: true for development", i, len(k.Key), auth.MinAPIKeyLen))
 		}
+	}
+	if f.Secret == DevSecret && !f.Dev {
+		errs = append(errs, errors.New("secret: the published development secret lets anyone mint tokens: set your own, or dev: true for development"))
 	}
 	if f.Auth.DeviceBinding != "owner" && f.Auth.DeviceBinding != "token" {
 		errs = append(errs, fmt.Errorf("auth.device_binding %q: want owner or token", f.Auth.DeviceBinding))

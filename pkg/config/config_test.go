@@ -33,7 +33,7 @@ func TestDefaultConfigValues(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if f.Comet.Addr != ":3101" || f.Logic.HTTPAddr != ":3111" || !f.HasDevKey() {
+	if f.Comet.Addr != "127.0.0.1:3101" || f.Logic.HTTPAddr != "127.0.0.1:3111" || !f.HasDevKey() || !f.Dev {
 		t.Fatalf("defaults drifted: comet %q logic %q devkey %v", f.Comet.Addr, f.Logic.HTTPAddr, f.HasDevKey())
 	}
 	if time.Duration(f.Comet.Heartbeat) != 30*time.Second {
@@ -76,5 +76,31 @@ func TestParseErrors(t *testing.T) {
 func TestLoadMissingFile(t *testing.T) {
 	if _, err := Load(filepath.Join(t.TempDir(), "none.yaml")); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("err = %v", err)
+	}
+}
+
+// Security review #8/#14: outside dev mode the published secret, dev-key
+// and short API keys are refused.
+func TestDevOnlyCredentials(t *testing.T) {
+	const base = "bizs: [{name: demo}]\n"
+	for _, tt := range []struct {
+		name, yaml, want string
+	}{
+		{"published secret", "secret: " + DevSecret + "\napi_keys: [{key: 0123456789abcdef01234567, bizs: ['*']}]\n", "published development secret"},
+		{"dev key", "secret: a-private-secret-0123\napi_keys: [{key: dev-key, bizs: ['*']}]\n", "published development key"},
+		{"short key", "secret: a-private-secret-0123\napi_keys: [{key: short-key, bizs: ['*']}]\n", "want at least 24"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Parse([]byte(tt.yaml + base))
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("Parse = %v, want an error with %q", err, tt.want)
+			}
+			if _, err := Parse([]byte("dev: true\n" + tt.yaml + base)); err != nil {
+				t.Fatalf("with dev: true: %v", err)
+			}
+		})
+	}
+	if _, err := Parse([]byte("secret: a-private-secret-0123\napi_keys: [{key: 0123456789abcdef01234567, bizs: ['*']}]\n" + base)); err != nil {
+		t.Fatalf("production config: %v", err)
 	}
 }

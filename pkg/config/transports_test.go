@@ -7,6 +7,7 @@ import (
 )
 
 const transportsBase = `secret: 0123456789abcdefgh
+dev: true # short test keys
 api_keys: [{key: k, bizs: ["*"]}]
 bizs: [{name: demo, target: user}]
 `
@@ -31,7 +32,7 @@ func TestCometWSAddr(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if f.Comet.WSAddr != ":3102" || f.Comet.TLS.Enabled() {
+	if f.Comet.WSAddr != "127.0.0.1:3102" || f.Comet.TLS.Enabled() {
 		t.Fatalf("configs/msync.yaml: ws_addr %q, tls %+v", f.Comet.WSAddr, f.Comet.TLS)
 	}
 }

@@ -103,7 +103,7 @@ async function interactive() {
   const cfg = await loadConfig();
   $(cfg.dev ? 'devwarn' : 'nodev').classList.remove('hidden');
   $('gettoken').disabled = !cfg.dev;
-  $('apikey').value = cfg.dev_key ?? '';
+  $('apikey').value = new URLSearchParams(location.search).get('key') ?? '';
   $('wsurl').value = wsURL(cfg) || 'ws://localhost:3102/sub';
   $('device').value = sessionStorage.getItem('msync-demo-device') ?? `web-${randomID()}`;
   const guard = (f) => async () => {
@@ -152,7 +152,9 @@ async function autotest() {
   let c = null;
   try {
     const cfg = await loadConfig();
-    if (!cfg.dev) throw new Error('autotest needs the development API key (it mints a token and publishes with it)');
+    if (!cfg.dev) throw new Error('autotest needs development mode (dev: true: it mints a token)');
+    const apiKey = new URLSearchParams(location.search).get('key');
+    if (!apiKey) throw new Error('autotest needs an API key to publish with: add &key=<key> to the URL');
     const url = wsURL(cfg);
     if (!url) throw new Error('the server has no WebSocket listener (comet.ws_addr)');
     const user = `autotest-${randomID()}`;
@@ -188,14 +190,14 @@ async function autotest() {
 
     const published = [];
     const half = Math.floor(n / 2);
-    for (let i = 1; i <= half; i++) published.push((await publish(cfg.dev_key, biz, user, JSON.stringify({ i }))).id);
+    for (let i = 1; i <= half; i++) published.push((await publish(apiKey, biz, user, JSON.stringify({ i }))).id);
     await until(`${half} live oplogs`, () => got.length >= half, 15_000);
     step(`received ${half} live`);
 
     // Go offline: what is published now must come as backlog on reconnect.
     c.background();
     await until('disconnected', () => !c.connected, 5_000);
-    for (let i = half + 1; i <= n; i++) published.push((await publish(cfg.dev_key, biz, user, JSON.stringify({ i }))).id);
+    for (let i = half + 1; i <= n; i++) published.push((await publish(apiKey, biz, user, JSON.stringify({ i }))).id);
     step(`published ${n - half} while offline`);
     c.foreground();
     await until(`all ${n} oplogs`, () => got.length >= n, 20_000);

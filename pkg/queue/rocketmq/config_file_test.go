@@ -14,6 +14,7 @@ import (
 func TestConfigFileRocketMQ(t *testing.T) {
 	const base = `
 secret: "0123456789abcdef0123"
+dev: true # short test keys
 api_keys: [{key: k, bizs: ["*"]}]
 bizs: [{name: demo, target: user}]
 `

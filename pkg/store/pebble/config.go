@@ -33,6 +33,11 @@ type Config struct {
 	// by a publish burst is paid during the reconnect storm that follows.
 	// 64 MiB used a quarter less server CPU in that storm than 32 MiB.
 	MemTableSize int64
+	// MaxChannels caps the channels whose id state (max id, about 230 bytes
+	// each) is kept in memory; beyond it the least recently used are
+	// dropped and re-read from disk on next use (one Get). Zero means
+	// 262144 (about 60 MiB).
+	MaxChannels int
 }
 
 const (
@@ -63,6 +68,9 @@ func (c Config) withDefaults() Config {
 	if c.MemTableSize == 0 {
 		c.MemTableSize = defaultMemTable
 	}
+	if c.MaxChannels == 0 {
+		c.MaxChannels = 1 << 18
+	}
 	return c
 }
 
@@ -77,6 +85,9 @@ func (c Config) Validate() error {
 	}
 	if c.QueueSize < 0 {
 		errs = append(errs, fmt.Errorf("%w: QueueSize %d is negative", ErrInvalidConfig, c.QueueSize))
+	}
+	if c.MaxChannels < 0 {
+		errs = append(errs, fmt.Errorf("%w: MaxChannels %d is negative", ErrInvalidConfig, c.MaxChannels))
 	}
 	if c.CacheSize < 0 {
 		errs = append(errs, fmt.Errorf("%w: CacheSize %d is negative", ErrInvalidConfig, c.CacheSize))

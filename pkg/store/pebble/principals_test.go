@@ -3,6 +3,7 @@ package pebble
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -80,5 +81,43 @@ func TestAppendGivingUpMidCommitIsOutcomeUnknown(t *testing.T) {
 	res, err := s.Append(context.Background(), []*oplog.Oplog{{Channel: ch, Payload: []byte("x"), DedupKey: "k"}})
 	if err != nil || !res[0].Duplicate || res[0].ID != 1 {
 		t.Fatalf("retry = %+v, %v; want duplicate of 1", res, err)
+	}
+}
+
+// Security review #12: the per-channel id states are capped (MaxChannels):
+// publishing to many distinct channels does not grow memory without bound,
+// and a channel whose state was dropped continues its ids from disk.
+func TestChannelStatesCapped(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(Config{Dir: dir, Logger: testLogger(t), MaxChannels: 640})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx := context.Background()
+	const channels = 5000
+	for i := range channels {
+		ch := oplog.UserChannel("many", fmt.Sprint("u", i))
+		if _, err := s.Append(ctx, []*oplog.Oplog{{Channel: ch}, {Channel: ch}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st := s.Stats()
+	if st.Channels > 640 || st.Evictions == 0 {
+		t.Fatalf("channel states %d (cap 640), evictions %d", st.Channels, st.Evictions)
+	}
+	// Every channel, evicted or not, continues at 3 and reads back its max.
+	for i := range channels {
+		ch := oplog.UserChannel("many", fmt.Sprint("u", i))
+		if m, err := s.MaxID(ctx, ch); err != nil || m != 2 {
+			t.Fatalf("%s MaxID = %d, %v", ch, m, err)
+		}
+		res, err := s.Append(ctx, []*oplog.Oplog{{Channel: ch}})
+		if err != nil || res[0].ID != 3 {
+			t.Fatalf("%s next id = %+v, %v; want 3", ch, res, err)
+		}
+	}
+	if st := s.Stats(); st.Channels > 640 {
+		t.Fatalf("channel states %d after reads, cap 640", st.Channels)
 	}
 }

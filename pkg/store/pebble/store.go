@@ -49,8 +49,9 @@ type Store struct {
 	closeOnce sync.Once
 	closeErr  error
 
-	seed   maphash.Seed
-	shards [numShards]shard
+	seed     maphash.Seed
+	shards   [numShards]shard
+	perShard int // cfg.MaxChannels spread over the shards
 
 	// syncMu serialises SaveSyncPoints: raising a point is read-compare-write.
 	syncMu sync.Mutex
@@ -59,8 +60,8 @@ type Store struct {
 	ownerMu sync.Mutex
 
 	stats struct {
-		commits, calls, ops, duplicates atomic.Uint64
-		maxGroup                        atomic.Int64
+		commits, calls, ops, duplicates, evictions atomic.Uint64
+		maxGroup                                   atomic.Int64
 	}
 
 	// testHookCommitted, when set before the first Append, runs on the writer
@@ -84,6 +85,11 @@ type chanState struct {
 	// the last id handed out (> durable only while a group is committing).
 	assigned uint64
 	inGroup  bool
+	// pinned (guarded by the shard's mu) keeps the state in the map while
+	// the writer's current group uses it: the writer pins in state(create)
+	// and unpins after the group. used is the CLOCK bit of the eviction:
+	// set on every lookup, cleared by an eviction pass that spares it once.
+	pinned, used bool
 }
 
 // Stats counts the writer's work since Open.
@@ -93,6 +99,8 @@ type Stats struct {
 	Ops        uint64 // oplogs written
 	Duplicates uint64 // ops answered with an existing id by their dedup key
 	MaxGroup   int    // most oplogs written by one commit
+	Evictions  uint64 // channel states dropped from memory by the MaxChannels cap
+	Channels   int    // channel states in memory now
 }
 
 // Open opens (or creates) the database in cfg.Dir and starts the writer.
@@ -125,6 +133,7 @@ func Open(cfg Config) (*Store, error) {
 		quit:       make(chan struct{}),
 		writerDone: make(chan struct{}),
 		seed:       maphash.MakeSeed(),
+		perShard:   max(cfg.MaxChannels/numShards, 1),
 	}
 	for i := range s.shards {
 		s.shards[i].m = make(map[string]*chanState)
@@ -159,7 +168,19 @@ func (s *Store) Stats() Stats {
 		Ops:        s.stats.ops.Load(),
 		Duplicates: s.stats.duplicates.Load(),
 		MaxGroup:   int(s.stats.maxGroup.Load()),
+		Evictions:  s.stats.evictions.Load(),
+		Channels:   s.channels(),
 	}
+}
+
+func (s *Store) channels() int {
+	n := 0
+	for i := range s.shards {
+		s.shards[i].mu.Lock()
+		n += len(s.shards[i].m)
+		s.shards[i].mu.Unlock()
+	}
+	return n
 }
 
 // Append implements store.Appender.
@@ -311,6 +332,8 @@ func (s *Store) state(ch string, create bool) (st *chanState, durable uint64, er
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	if st, ok := sh.m[ch]; ok {
+		st.used = true
+		st.pinned = st.pinned || create
 		return st, st.durable, nil
 	}
 	stored, _, err := s.getUint64(metaKey(ch))
@@ -320,9 +343,47 @@ func (s *Store) state(ch string, create bool) (st *chanState, durable uint64, er
 	if stored == 0 && !create {
 		return nil, 0, nil
 	}
-	st = &chanState{channel: ch, durable: stored, assigned: stored}
+	if len(sh.m) >= s.perShard {
+		s.evictLocked(sh)
+	}
+	st = &chanState{channel: ch, durable: stored, assigned: stored, pinned: create, used: true}
 	sh.m[ch] = st
 	return st, stored, nil
+}
+
+// evictLocked drops states of sh until it is 1/8 below its cap, sparing
+// pinned ones and, once, recently used ones (CLOCK, an LRU approximation
+// that needs no list update on the read path). A dropped state is reloaded
+// from its meta key on next use: it holds nothing else, since only pinned
+// states can have ids assigned above their durable watermark.
+// REQUIRES: sh.mu.
+func (s *Store) evictLocked(sh *shard) {
+	target := s.perShard - max(s.perShard/8, 1)
+	for pass := 0; pass < 2 && len(sh.m) > target; pass++ {
+		for ch, st := range sh.m {
+			if len(sh.m) <= target {
+				break
+			}
+			switch {
+			case st.pinned:
+			case st.used && pass == 0:
+				st.used = false
+			default:
+				delete(sh.m, ch)
+				s.stats.evictions.Add(1)
+			}
+		}
+	}
+}
+
+// unpin releases the states of the writer's finished group.
+func (s *Store) unpin(states []*chanState) {
+	for _, st := range states {
+		sh := s.shard(st.channel)
+		sh.mu.Lock()
+		st.pinned = false
+		sh.mu.Unlock()
+	}
 }
 
 func (s *Store) shard(ch string) *shard {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"slices"
 
 	pebbledb "github.com/cockroachdb/pebble/v2"
 	"google.golang.org/protobuf/encoding/protowire"
@@ -41,6 +42,7 @@ type group struct {
 	reqs    []*appendReq
 	results [][]store.AppendResult // per req; nil for a req dropped before assignment
 	touched []*chanState           // channels that got new ids in this group
+	pinned  []*chanState           // channels this group looked up (pinned in the map until it ends)
 	seen    map[dedupRef]uint64    // dedup keys stored in this group
 	ops     int                    // oplogs in reqs
 }
@@ -108,6 +110,8 @@ func (g *group) reset() {
 	clear(g.results)
 	g.results = g.results[:0]
 	g.touched = g.touched[:0]
+	clear(g.pinned)
+	g.pinned = g.pinned[:0]
 	clear(g.seen)
 	g.ops = 0
 }
@@ -117,6 +121,7 @@ func (g *group) reset() {
 func (s *Store) commitGroup(g *group) {
 	b := s.db.NewBatch()
 	defer b.Close()
+	defer func() { s.unpin(g.pinned) }() // after the watermarks moved (or rolled back)
 	written, dups := 0, 0
 	err := func() error {
 		for _, r := range g.reqs {
@@ -203,6 +208,9 @@ func (s *Store) assign(g *group, b *pebbledb.Batch, op *pendingOp) (res store.Ap
 	st, _, err := s.state(op.channel, true)
 	if err != nil {
 		return res, false, err
+	}
+	if !st.inGroup && !slices.Contains(g.pinned[max(len(g.pinned)-8, 0):], st) {
+		g.pinned = append(g.pinned, st) // a duplicate unpinned twice is harmless
 	}
 	if op.dedupKey != "" {
 		ref := dedupRef{op.channel, op.dedupKey}
