@@ -63,7 +63,7 @@ FUZZ_TARGETS := pkg/protocol:FuzzDecode pkg/protocol:FuzzBodies pkg/protocol:Fuz
 	pkg/oplog:FuzzParseChannel pkg/oplog:FuzzValidID pkg/oplog:FuzzVersions pkg/oplog:FuzzEvaluate \
 	pkg/store/pebble:FuzzPageDecoder pkg/store/pebble:FuzzParseExpiryKey \
 	gateway:FuzzWSReader gateway:FuzzStreamReader gateway:FuzzUpgrade logic:FuzzPublishBody logic:FuzzBatchBody \
-	pkg/client:FuzzTCPReadFrame pkg/client:FuzzWSReadFrame pkg/client:FuzzPages
+	pkg/client:FuzzTCPReadFrame pkg/client:FuzzWSReadFrame pkg/client:FuzzPages comet:FuzzSessionFrames
 fuzz:
 	@set -e; for t in $(FUZZ_TARGETS); do \
 		echo "fuzz $$t for $(FUZZTIME)"; \
