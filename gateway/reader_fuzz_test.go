@@ -97,12 +97,25 @@ type fakeSock struct {
 
 func newFakeSock() *fakeSock { return &fakeSock{done: make(chan struct{})} }
 
+// Write fails once the socket is closed, as a real one does (an abort
+// closes it while a drain may still be flushing a pong).
 func (s *fakeSock) Write(b []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	select {
+	case <-s.done:
+		return 0, net.ErrClosed
+	default:
+	}
 	return s.out.Write(b)
 }
-func (s *fakeSock) Close() error         { s.once.Do(func() { close(s.done) }); return nil }
+
+func (s *fakeSock) Close() error {
+	s.mu.Lock()
+	s.once.Do(func() { close(s.done) })
+	s.mu.Unlock()
+	return nil
+}
 func (s *fakeSock) RemoteAddr() net.Addr { return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 1} }
 
 // written waits for the socket to be closed and returns what was written.
