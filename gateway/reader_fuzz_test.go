@@ -500,3 +500,67 @@ func FuzzUpgrade(f *testing.F) {
 		}
 	})
 }
+
+// FuzzNetpollStream is FuzzStreamReader on the real netpoll path (onRequest)
+// over a loopback socket: the input is written in fuzzer-cut pieces, then
+// the write side is closed. The handler must get exactly the reference
+// frames, the close reason must say bad frame or peer gone as the reference
+// does, and anything the client can read back is the reference's ERROR.
+func FuzzNetpollStream(f *testing.F) {
+	hb := protocol.AppendFrame(nil, protocol.OpHeartbeat, 7, nil)
+	auth, _ := protocol.Encode(protocol.OpAuth, 1, &pb.Auth{Token: "t", Device: "d"})
+	long := append(bytes.Clone(hb), 0, 0, 0, 0)
+	binary.BigEndian.PutUint32(long, 20)
+	binary.BigEndian.PutUint16(long[4:], 20)
+	f.Add(append(bytes.Clone(auth), hb...), []byte{0, 15, 1})
+	f.Add(append(long, auth...), []byte{2})
+	f.Add(hb[:9], []byte{})
+	f.Add(append(bytes.Clone(hb), 0, 0, 0xff, 0xff, 0, 16, 0, 1, 0, 0, 0, 3, 0, 0, 0, 9), []byte{})
+	f.Add([]byte{0, 0, 0, 16, 0, 15, 0, 1, 0, 0, 0, 3, 0, 0, 0, 9}, []byte{})
+	s, h := startFuzzServer(f, Config{})
+	addr := s.Addr().String()
+	f.Fuzz(func(t *testing.T, in, cuts []byte) {
+		if len(in) == 0 {
+			return // nothing to read: netpoll may never call OnRequest
+		}
+		h.reset()
+		nc, err := net.DialTimeout("tcp", addr, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer nc.Close()
+		tcp := nc.(*net.TCPConn)
+		_ = tcp.SetNoDelay(true)
+		rd := &chunked{b: in, cuts: cuts}
+		buf := make([]byte, 256)
+		for {
+			n, err := rd.Read(buf)
+			if err != nil {
+				break
+			}
+			if _, err := tcp.Write(buf[:n]); err != nil {
+				break // the server closed on a bad frame
+			}
+		}
+		_ = tcp.CloseWrite()
+		_ = tcp.SetReadDeadline(time.Now().Add(10 * time.Second))
+		back, _ := io.ReadAll(tcp) // may end in a reset: the server drops unread input
+		var reason error
+		select {
+		case reason = <-h.closed:
+		case <-time.After(10 * time.Second):
+			t.Fatal("server never closed the connection")
+		}
+		want := refStream(in, fuzzMaxFrame)
+		sameFrames(t, h.got(), want.frames)
+		if want.eof != errors.Is(reason, ErrPeerClosed) || !want.eof && !errors.Is(reason, ErrBadFrame) {
+			t.Fatalf("closed with %v, reference eof=%v code=%d", reason, want.eof, want.code)
+		}
+		if len(back) > 0 {
+			code, _ := parseServerOutput(t, back, false)
+			if want.eof || code != want.code {
+				t.Fatalf("client read ERROR %d, reference eof=%v code=%d", code, want.eof, want.code)
+			}
+		}
+	})
+}
