@@ -62,7 +62,7 @@ FUZZ_TARGETS := pkg/protocol:FuzzDecode pkg/protocol:FuzzBodies pkg/protocol:Fuz
 	pkg/auth:FuzzVerify pkg/auth:FuzzSignVerify pkg/config:FuzzParse pkg/biz:FuzzParseDuration pkg/biz:FuzzParseSpec \
 	pkg/oplog:FuzzParseChannel pkg/oplog:FuzzValidID pkg/oplog:FuzzVersions pkg/oplog:FuzzEvaluate \
 	pkg/store/pebble:FuzzPageDecoder pkg/store/pebble:FuzzParseExpiryKey \
-	gateway:FuzzWSReader gateway:FuzzStreamReader gateway:FuzzNetpollStream gateway:FuzzUpgrade logic:FuzzPublishBody logic:FuzzBatchBody \
+	gateway:FuzzWSReader gateway:FuzzStreamReader gateway:FuzzNetpollStream gateway:FuzzUpgrade logic:FuzzPublishBody logic:FuzzBatchBody logic:FuzzConnect \
 	pkg/client:FuzzTCPReadFrame pkg/client:FuzzWSReadFrame pkg/client:FuzzPages comet:FuzzSessionFrames
 fuzz:
 	@set -e; for t in $(FUZZ_TARGETS); do \
