@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"time"
+	"unicode/utf8"
 
 	"github.com/golang-jwt/jwt/v5"
 )
@@ -41,6 +42,9 @@ func NewTokens(secret string) (*Tokens, error) {
 func (t *Tokens) Sign(user string, ttl time.Duration) (string, error) {
 	if user == "" || ttl <= 0 {
 		return "", fmt.Errorf("%w: need a user and a positive ttl", ErrTokenInvalid)
+	}
+	if !utf8.ValidString(user) { // JSON would turn it into U+FFFD: a token for another user
+		return "", fmt.Errorf("%w: user is not UTF-8", ErrTokenInvalid)
 	}
 	now := t.now()
 	tok := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.RegisteredClaims{
