@@ -91,12 +91,12 @@ FUZZ_TARGETS := pkg/protocol:FuzzDecode pkg/protocol:FuzzBodies pkg/protocol:Fuz
 	pkg/auth:FuzzVerify pkg/auth:FuzzSignVerify pkg/config:FuzzParse pkg/biz:FuzzParseDuration pkg/biz:FuzzParseSpec \
 	pkg/oplog:FuzzParseChannel pkg/oplog:FuzzValidID pkg/oplog:FuzzVersions pkg/oplog:FuzzEvaluate \
 	pkg/store/pebble:FuzzPageDecoder pkg/store/pebble:FuzzParseExpiryKey \
-	gateway:FuzzWSReader gateway:FuzzStreamReader gateway:FuzzUpgrade logic:FuzzPublishBody logic:FuzzBatchBody \
-	pkg/client:FuzzTCPReadFrame pkg/client:FuzzWSReadFrame pkg/client:FuzzPages
+	gateway:FuzzWSReader gateway:FuzzStreamReader gateway:FuzzNetpollStream gateway:FuzzUpgrade logic:FuzzPublishBody logic:FuzzBatchBody logic:FuzzConnect \
+	pkg/client:FuzzTCPReadFrame pkg/client:FuzzWSReadFrame pkg/client:FuzzPages comet:FuzzSessionFrames
 fuzz:
 	@set -e; for t in $(FUZZ_TARGETS); do \
 		echo "fuzz $$t for $(FUZZTIME)"; \
-		$(GO) test -run='^$$' -fuzz="^$${t#*:}\$$" -fuzztime=$(FUZZTIME) -parallel 1 ./$${t%%:*}; \
+		$(GO) test -run='^$$' -fuzz="^$${t#*:}\$$" -fuzztime=$(FUZZTIME) -fuzzminimizetime=10s -parallel 1 ./$${t%%:*}; \
 	done
 
 # The full soak (bench/soak.go); a short one runs in `make test` (TestSoakShort).

@@ -97,12 +97,25 @@ type fakeSock struct {
 
 func newFakeSock() *fakeSock { return &fakeSock{done: make(chan struct{})} }
 
+// Write fails once the socket is closed, as a real one does (an abort
+// closes it while a drain may still be flushing a pong).
 func (s *fakeSock) Write(b []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	select {
+	case <-s.done:
+		return 0, net.ErrClosed
+	default:
+	}
 	return s.out.Write(b)
 }
-func (s *fakeSock) Close() error         { s.once.Do(func() { close(s.done) }); return nil }
+
+func (s *fakeSock) Close() error {
+	s.mu.Lock()
+	s.once.Do(func() { close(s.done) })
+	s.mu.Unlock()
+	return nil
+}
 func (s *fakeSock) RemoteAddr() net.Addr { return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 1} }
 
 // written waits for the socket to be closed and returns what was written.
@@ -484,6 +497,81 @@ func FuzzUpgrade(f *testing.F) {
 		}
 		if !bytes.HasPrefix(resp, []byte("HTTP/1.1 101 ")) || !bytes.Contains(bytes.ToLower(resp), []byte("sec-websocket-accept: ")) {
 			t.Fatalf("upgrade answered %q", resp)
+		}
+	})
+}
+
+// FuzzNetpollStream is FuzzStreamReader on the real netpoll path (onRequest)
+// over a loopback socket: the input is written in fuzzer-cut pieces. The handler must get exactly the reference
+// frames, the close reason must say bad frame or peer gone as the reference
+// does, and anything the client can read back is the reference's ERROR.
+// (The write side is not half-closed: see below.)
+func FuzzNetpollStream(f *testing.F) {
+	hb := protocol.AppendFrame(nil, protocol.OpHeartbeat, 7, nil)
+	auth, _ := protocol.Encode(protocol.OpAuth, 1, &pb.Auth{Token: "t", Device: "d"})
+	long := append(bytes.Clone(hb), 0, 0, 0, 0)
+	binary.BigEndian.PutUint32(long, 20)
+	binary.BigEndian.PutUint16(long[4:], 20)
+	f.Add(append(bytes.Clone(auth), hb...), []byte{0, 15, 1})
+	f.Add(append(long, auth...), []byte{2})
+	f.Add(hb[:9], []byte{})
+	f.Add(append(bytes.Clone(hb), 0, 0, 0xff, 0xff, 0, 16, 0, 1, 0, 0, 0, 3, 0, 0, 0, 9), []byte{})
+	f.Add([]byte{0, 0, 0, 16, 0, 15, 0, 1, 0, 0, 0, 3, 0, 0, 0, 9}, []byte{})
+	s, h := startFuzzServer(f, Config{})
+	addr := s.Addr().String()
+	f.Fuzz(func(t *testing.T, in, cuts []byte) {
+		if len(in) == 0 {
+			return // nothing to read: netpoll may never call OnRequest
+		}
+		h.reset()
+		nc, err := net.DialTimeout("tcp", addr, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer nc.Close()
+		tcp := nc.(*net.TCPConn)
+		_ = tcp.SetNoDelay(true)
+		rd := &chunked{b: in, cuts: cuts}
+		buf := make([]byte, 256)
+		for {
+			n, err := rd.Read(buf)
+			if err != nil {
+				break
+			}
+			if _, err := tcp.Write(buf[:n]); err != nil {
+				break // the server closed on a bad frame
+			}
+		}
+		// No half-close: netpoll may see the hang-up before it hands over
+		// the bytes buffered ahead of it. The server closes by itself on a
+		// bad header; otherwise wait for the frames, then hang up.
+		want := refStream(in, fuzzMaxFrame)
+		var back []byte
+		if want.eof {
+			deadline := time.Now().Add(10 * time.Second)
+			for len(h.got()) < len(want.frames) && time.Now().Before(deadline) {
+				time.Sleep(time.Millisecond)
+			}
+			_ = tcp.Close()
+		} else {
+			_ = tcp.SetReadDeadline(time.Now().Add(10 * time.Second))
+			back, _ = io.ReadAll(tcp) // may end in a reset: the server drops unread input
+		}
+		var reason error
+		select {
+		case reason = <-h.closed:
+		case <-time.After(10 * time.Second):
+			t.Fatal("server never closed the connection")
+		}
+		sameFrames(t, h.got(), want.frames)
+		if want.eof != errors.Is(reason, ErrPeerClosed) || !want.eof && !errors.Is(reason, ErrBadFrame) {
+			t.Fatalf("closed with %v, reference eof=%v code=%d", reason, want.eof, want.code)
+		}
+		if len(back) > 0 {
+			code, _ := parseServerOutput(t, back, false)
+			if want.eof || code != want.code {
+				t.Fatalf("client read ERROR %d, reference eof=%v code=%d", code, want.eof, want.code)
+			}
 		}
 	})
 }

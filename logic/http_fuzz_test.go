@@ -28,8 +28,10 @@ import (
 var fuzzNow = time.Date(2026, 6, 1, 12, 0, 0, 0, time.UTC)
 
 type fuzzEnv struct {
-	h  http.Handler
-	st *pebble.Store
+	l      *logic.Logic
+	h      http.Handler
+	st     *pebble.Store
+	tokens *auth.Tokens
 }
 
 // newFuzzEnv builds one Logic (real Pebble store, memory queue and
@@ -75,7 +77,7 @@ func newFuzzEnv(f *testing.F) *fuzzEnv {
 		_ = dir.Shutdown(ctx)
 		_ = ps.Close()
 	})
-	return &fuzzEnv{h: l.Handler(), st: ps}
+	return &fuzzEnv{l: l, h: l.Handler(), st: ps, tokens: tokens}
 }
 
 type fuzzReply struct {

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"slices"
 	"time"
+	"unicode/utf8"
 
 	"github.com/golang-jwt/jwt/v5"
 
@@ -125,6 +126,9 @@ func (t *Tokens) Sign(user string, ttl time.Duration, devices ...string) (string
 	}
 	if ttl > t.cfg.MaxLifetime {
 		return "", fmt.Errorf("%w: ttl %v is over the maximum lifetime %v", ErrTokenInvalid, ttl, t.cfg.MaxLifetime)
+	}
+	if !utf8.ValidString(user) { // JSON would turn it into U+FFFD: a token for another user
+		return "", fmt.Errorf("%w: user is not UTF-8", ErrTokenInvalid)
 	}
 	now := t.now()
 	tok := jwt.NewWithClaims(jwt.SigningMethodHS256, claims{
