@@ -62,7 +62,7 @@ func TestLargeBatchIsPacedNotDisconnected(t *testing.T) {
 	for try := range 3 {
 		user := fmt.Sprintf("bigbatch%d", try)
 		d := dial(t, n)
-		d.auth(n.token(t, user), "phone", "demo")
+		d.auth(n.token(t, user), user+"-phone", "demo")
 		n.publishBatch(t, "demo", user, items, size, 1)
 		d.waitGot(items, waitFor)
 		d.mu.Lock()
@@ -123,6 +123,7 @@ func (c *throttledConn) Read(p []byte) (int, error) {
 
 const sixBizConfig = `
 secret: ` + testSecret + `
+dev: true # short test keys
 api_keys:
   - {key: test-key, bizs: ["*"]}
 comet:
@@ -400,6 +401,7 @@ func TestSyncReqFloodIsRateLimited(t *testing.T) {
 
 const limitsConfig = `
 secret: ` + testSecret + `
+dev: true # short test keys
 api_keys:
   - {key: test-key, bizs: ["*"]}
 comet:

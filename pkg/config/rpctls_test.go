@@ -6,7 +6,7 @@ import (
 	"testing"
 )
 
-const rpcBase = "secret: 0123456789abcdef\napi_keys: [{key: k, bizs: [\"*\"]}]\nbizs: [{name: demo, target: user}]\n"
+const rpcBase = "secret: 0123456789abcdef\ndev: true\napi_keys: [{key: k, bizs: [\"*\"]}]\nbizs: [{name: demo, target: user}]\n"
 
 // TestRPCTLSAndLoopbackDefaults: gRPC defaults to loopback; rpc_tls is a
 // folder or three explicit files, never a partial set.
