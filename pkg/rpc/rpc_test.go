@@ -205,7 +205,8 @@ func TestGracefulShutdownBounded(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.Register(&pb.Logic_ServiceDesc, &fakeLogic{name: "s"})
+	fl := &fakeLogic{name: "s"}
+	s.Register(&pb.Logic_ServiceDesc, fl)
 	if err := s.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -213,7 +214,12 @@ func TestGracefulShutdownBounded(t *testing.T) {
 	var wg sync.WaitGroup
 	var callErr error
 	wg.Go(func() { _, callErr = cl.Connect(context.Background(), &pb.ConnectReq{Device: "hang"}) })
-	time.Sleep(100 * time.Millisecond) // let the call reach the handler
+	// Shutdown must find the call in its handler, however loaded the machine.
+	for deadline := time.Now().Add(10 * time.Second); fl.calls.Load() == 0; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the hung call never reached the handler")
+		}
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	defer cancel()
 	began := time.Now()
