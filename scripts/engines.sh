@@ -24,7 +24,8 @@
 #   MSYNC_BROKER_PORT             broker port (10911); the broker also binds
 #                                 PORT-2 (fast channel) and PORT+1 (HA)
 #   MSYNC_BROKER_HEAP             broker heap (512m)
-#   MSYNC_ENGINES_TIMEOUT         seconds to wait for each engine (300)
+#   MSYNC_ENGINES_TIMEOUT         seconds to wait for each engine (480; a cold
+#                                 Cassandra took 188s at load average 80)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -36,7 +37,7 @@ PAXOS="${MSYNC_CASSANDRA_PAXOS:-v1}"
 NS_PORT="${MSYNC_NAMESRV_PORT:-9876}"
 BROKER_PORT="${MSYNC_BROKER_PORT:-10911}"
 B_HEAP="${MSYNC_BROKER_HEAP:-512m}"
-TIMEOUT="${MSYNC_ENGINES_TIMEOUT:-300}"
+TIMEOUT="${MSYNC_ENGINES_TIMEOUT:-480}"
 CASSANDRA_VERSION=5.0.6 # keep in step with engines/cassandra/pom.xml
 ROCKETMQ_VERSION=5.3.3  # keep in step with engines/rocketmq/pom.xml
 
