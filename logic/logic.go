@@ -37,6 +37,8 @@ type Logic struct {
 	done chan struct{}
 	// shutting makes /healthz report 503 from the moment Shutdown starts.
 	shutting atomic.Bool
+	// health backs /healthz (health.go).
+	health health
 	// order hands publish calls' queue messages over in id order (order.go).
 	order *sendOrder
 
@@ -77,6 +79,7 @@ func New(cfg Config) (*Logic, error) {
 		return nil, err
 	}
 	l := &Logic{cfg: cfg, log: cfg.Logger, m: m, gather: gather, done: make(chan struct{}), order: newSendOrder(cfg.OrderWait)}
+	l.health.checks = cfg.Health
 	l.bg, l.bgCancel = context.WithCancel(context.Background())
 	l.handler = l.routes()
 	l.srv = &http.Server{

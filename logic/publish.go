@@ -281,6 +281,7 @@ func (l *Logic) publish(ctx context.Context, ops []*oplog.Oplog) ([]store.Append
 		qctx, qcancel := context.WithTimeout(context.WithoutCancel(ctx), l.cfg.QueueTimeout)
 		err := l.cfg.Queue.Send(qctx, msgs...)
 		qcancel()
+		l.health.noteQueue(err)
 		if err != nil {
 			l.m.queueFailures.Inc()
 			l.log.Warn("queue send failed after store append; devices will catch up by sync",
