@@ -19,11 +19,13 @@
 #   MSYNC_CASSANDRA_PORT          CQL port (9042)
 #   MSYNC_CASSANDRA_STORAGE_PORT  internode port (7000)
 #   MSYNC_CASSANDRA_HEAP          heap (1g)
+#   MSYNC_CASSANDRA_PAXOS         paxos_variant, v1 (5.0's default) or v2
 #   MSYNC_NAMESRV_PORT            name server port (9876)
 #   MSYNC_BROKER_PORT             broker port (10911); the broker also binds
 #                                 PORT-2 (fast channel) and PORT+1 (HA)
 #   MSYNC_BROKER_HEAP             broker heap (512m)
-#   MSYNC_ENGINES_TIMEOUT         seconds to wait for each engine (300)
+#   MSYNC_ENGINES_TIMEOUT         seconds to wait for each engine (480; a cold
+#                                 Cassandra took 188s at load average 80)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -31,16 +33,18 @@ DIR="${MSYNC_ENGINES_DIR:-$ROOT/.engines}"
 CQL_PORT="${MSYNC_CASSANDRA_PORT:-9042}"
 STORAGE_PORT="${MSYNC_CASSANDRA_STORAGE_PORT:-7000}"
 C_HEAP="${MSYNC_CASSANDRA_HEAP:-1g}"
+PAXOS="${MSYNC_CASSANDRA_PAXOS:-v1}"
 NS_PORT="${MSYNC_NAMESRV_PORT:-9876}"
 BROKER_PORT="${MSYNC_BROKER_PORT:-10911}"
 B_HEAP="${MSYNC_BROKER_HEAP:-512m}"
-TIMEOUT="${MSYNC_ENGINES_TIMEOUT:-300}"
+TIMEOUT="${MSYNC_ENGINES_TIMEOUT:-480}"
 CASSANDRA_VERSION=5.0.6 # keep in step with engines/cassandra/pom.xml
 ROCKETMQ_VERSION=5.3.3  # keep in step with engines/rocketmq/pom.xml
 
 say() { echo "engines: $*" >&2; }
 die() { echo "engines: $*" >&2; exit 1; }
 
+[[ "$PAXOS" == v1 || "$PAXOS" == v2 ]] || die "MSYNC_CASSANDRA_PAXOS=$PAXOS: want v1 or v2"
 for p in CQL_PORT STORAGE_PORT NS_PORT BROKER_PORT TIMEOUT; do
   [[ "${!p}" =~ ^[1-9][0-9]{0,4}$ ]] || die "$p=${!p}: want a number (see the header of $0 for the variables)"
 done
@@ -201,6 +205,8 @@ truncate_request_timeout: 60000ms
 request_timeout: 20000ms
 # What a fresh 5.0 cluster runs (also the default): TTLs end by 2038-01-19.
 storage_compatibility_mode: CASSANDRA_4
+# LWT protocol: v1 is 5.0's default (4 round trips per LWT), v2 needs 2.
+paxos_variant: $PAXOS
 EOF
   cat >"$C/conf/logback.xml" <<'EOF'
 <configuration scan="false">

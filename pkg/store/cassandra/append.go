@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/gocql/gocql"
@@ -296,6 +297,50 @@ func (s *Store) uuidsIn(ctx context.Context, ch string, b int64, lo, hi uint64, 
 	return out, nil
 }
 
+// maxParallelChannels bounds the channels one Append call writes at once.
+const maxParallelChannels = 16
+
+// appendChannel claims the dedup keys of ops idx (all of channel ch), appends
+// the new ones and fills their results (res entries of idx only).
+func (s *Store) appendChannel(ctx context.Context, ch string, idx []int, ops []*oplog.Oplog, pend []*pendingOp, res []store.AppendResult) error {
+	var claimed []int
+	var toWrite []*pendingOp
+	var written []int
+	for _, i := range idx {
+		op := ops[i]
+		if op.DedupKey != "" {
+			id, dup, err := s.claim(ctx, ch, op.DedupKey, pend[i].uuid)
+			if err != nil {
+				s.release(ctx, ch, ops, pend, claimed)
+				return err
+			}
+			if dup {
+				res[i] = store.AppendResult{ID: id, Duplicate: true}
+				continue
+			}
+			claimed = append(claimed, i)
+		}
+		toWrite = append(toWrite, pend[i])
+		written = append(written, i)
+	}
+	if len(toWrite) > 0 {
+		req := &appendReq{ctx: ctx, ops: toWrite, done: make(chan error, 1), lead: make(chan struct{}, 1)}
+		if err := s.submit(ch, req); err != nil {
+			if !errors.Is(err, ErrUnknownOutcome) {
+				s.release(ctx, ch, ops, pend, claimed)
+			}
+			return s.wrap("append", err)
+		}
+		for _, i := range written {
+			res[i] = store.AppendResult{ID: pend[i].id}
+		}
+	}
+	for _, i := range claimed {
+		s.setDedupID(ctx, ch, ops[i].DedupKey, pend[i].id)
+	}
+	return nil
+}
+
 // Append implements store.Appender. See the package doc for what a failed
 // call may leave visible.
 func (s *Store) Append(ctx context.Context, ops []*oplog.Oplog) ([]store.AppendResult, error) {
@@ -349,41 +394,28 @@ func (s *Store) Append(ctx context.Context, ops []*oplog.Oplog) ([]store.AppendR
 		byChan[op.Channel] = append(byChan[op.Channel], i)
 	}
 
-	for _, ch := range chans {
-		var claimed []int
-		var toWrite []*pendingOp
-		var idx []int
-		for _, i := range byChan[ch] {
-			op := ops[i]
-			if op.DedupKey != "" {
-				id, dup, err := s.claim(ctx, ch, op.DedupKey, pend[i].uuid)
-				if err != nil {
-					s.release(ctx, ch, ops, pend, claimed)
-					return nil, err
-				}
-				if dup {
-					res[i] = store.AppendResult{ID: id, Duplicate: true}
-					continue
-				}
-				claimed = append(claimed, i)
-			}
-			toWrite = append(toWrite, pend[i])
-			idx = append(idx, i)
+	// Channels are independent partitions, each its own Paxos rounds: run
+	// them concurrently (bounded), not one round trip chain after another.
+	if len(chans) == 1 {
+		if err := s.appendChannel(ctx, chans[0], byChan[chans[0]], ops, pend, res); err != nil {
+			return nil, err
 		}
-		if len(toWrite) > 0 {
-			req := &appendReq{ctx: ctx, ops: toWrite, done: make(chan error, 1), lead: make(chan struct{}, 1)}
-			if err := s.submit(ch, req); err != nil {
-				if !errors.Is(err, ErrUnknownOutcome) {
-					s.release(ctx, ch, ops, pend, claimed)
-				}
-				return nil, s.wrap("append", err)
-			}
-			for _, i := range idx {
-				res[i] = store.AppendResult{ID: pend[i].id}
-			}
+	} else {
+		sem := make(chan struct{}, maxParallelChannels)
+		errs := make([]error, len(chans))
+		var wg sync.WaitGroup
+		for k, ch := range chans {
+			sem <- struct{}{}
+			wg.Go(func() {
+				defer func() { <-sem }()
+				errs[k] = s.appendChannel(ctx, ch, byChan[ch], ops, pend, res)
+			})
 		}
-		for _, i := range claimed {
-			s.setDedupID(ctx, ch, ops[i].DedupKey, pend[i].id)
+		wg.Wait()
+		for _, err := range errs {
+			if err != nil {
+				return nil, err
+			}
 		}
 	}
 	for i, j := range dupOf {

@@ -22,8 +22,9 @@
 // cached head.
 //
 // Deviations from store.go (documented, not hidden): a call spanning several
-// channels or buckets is several LWTs, so on error the parts committed before
-// the failure stay visible (retrying with dedup keys returns their ids).
+// channels or buckets is several LWTs (the channels' run concurrently, at
+// most 16 at a time), so on error the parts committed stay visible
+// (retrying with dedup keys returns their ids).
 //
 // Dedup keys: table dedup keyed by (channel, dedup_key), claimed with INSERT
 // ... IF NOT EXISTS (op uuid, from_id = a lower bound of the id, claimed_at)

@@ -23,7 +23,7 @@ import (
 
 var ksSeq atomic.Int64
 
-func needHosts(t *testing.T) string {
+func needHosts(t testing.TB) string {
 	t.Helper()
 	hosts := os.Getenv("MSYNC_CASSANDRA_HOSTS")
 	if hosts == "" {
@@ -33,7 +33,7 @@ func needHosts(t *testing.T) string {
 	return hosts
 }
 
-func realConfig(t *testing.T) Config {
+func realConfig(t testing.TB) Config {
 	t.Helper()
 	hosts := needHosts(t)
 	ks := fmt.Sprintf("msync_test_%d_%d", time.Now().Unix()%100000, ksSeq.Add(1))

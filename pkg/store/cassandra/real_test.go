@@ -125,10 +125,12 @@ func TestTwoWritersDenseRealCassandra(t *testing.T) {
 		for w := range writersPerStore {
 			wg.Go(func() {
 				for c := range calls {
-					ch := oplog.GlobalChannel(fmt.Sprintf("two-%d", (w+c)%channels))
-					n := 1 + c%3 // single and batched appends
+					// Single and batched appends; batches of 4 and 5 span
+					// channels (written concurrently by one call).
+					n := 1 + c%5
 					var ops []*oplog.Oplog
 					for i := range n {
+						ch := oplog.GlobalChannel(fmt.Sprintf("two-%d", (w+c+i/3)%channels))
 						ops = append(ops, realOp(ch, fmt.Sprintf("s%d-w%d-c%d-%d", si, w, c, i), time.Now().Add(time.Hour)))
 					}
 					res, err := s.Append(ctx, ops)
@@ -138,9 +140,9 @@ func TestTwoWritersDenseRealCassandra(t *testing.T) {
 					}
 					mu.Lock()
 					for i, r := range res {
-						k := key{ch, r.ID}
+						k := key{ops[i].Channel, r.ID}
 						if prev, dup := given[k]; dup {
-							t.Errorf("%s id %d handed out twice: %q and %q", ch, r.ID, prev, ops[i].Payload)
+							t.Errorf("%s id %d handed out twice: %q and %q", k.ch, r.ID, prev, ops[i].Payload)
 						}
 						given[k] = string(ops[i].Payload)
 					}
