@@ -106,7 +106,8 @@ func startRealCluster(t *testing.T, bin string, e engines, logics, jobs int) *re
 	t.Helper()
 	dir := t.TempDir()
 	name := "msync_e2e_" + strconv.FormatInt(time.Now().UnixNano(), 36)
-	c := &realCluster{procCluster: &procCluster{t: t, bin: bin, dir: dir, seq: new(atomic.Int32), next: new(atomic.Uint64)}}
+	c := &realCluster{procCluster: &procCluster{t: t, bin: bin, dir: dir, seq: new(atomic.Int32), next: new(atomic.Uint64),
+		startWait: 3 * time.Minute}} // a restarted tier waits for its engines
 	var err error
 	if c.tokens, err = newTestTokens(); err != nil {
 		t.Fatal(err)
