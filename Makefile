@@ -8,7 +8,7 @@ GOBIN    := $(shell $(GO) env GOPATH)/bin
 STATICCHECK_VERSION := v0.8.2
 STATICCHECK := bin/staticcheck-$(STATICCHECK_VERSION)
 
-.PHONY: help build run cluster test test-deps test-norace test-browser test-integration engines-up engines-down fuzz soak bench lint generate clean
+.PHONY: help build run cluster test test-deps test-norace test-browser test-integration chaos engines-up engines-down fuzz soak bench lint generate clean
 
 help:
 	@echo "make run               build and start the all-in-one server (configs/msync.yaml, ./data)"
@@ -23,6 +23,7 @@ help:
 	@echo "make test-integration  conformance suites against real Cassandra/RocketMQ (starts them unless MSYNC_* env names running ones)"
 	@echo "make engines-up        start Cassandra 5.0 + RocketMQ 5.3 on 127.0.0.1 from Maven Central jars (./.engines; needs JDK 17, Maven)"
 	@echo "make engines-down      stop them"
+	@echo "make chaos             6-minute chaos run of the cluster on the real engines (kill -9 of each tier, broker restart, Cassandra stop)"
 	@echo "make generate          regenerate protobuf code (needs protoc; output is committed)"
 	@echo "make clean             remove bin/ and ./data"
 
@@ -67,6 +68,10 @@ test-integration:
 
 # Real engines for the production path (scripts/engines.sh has the ports,
 # MSYNC_ENGINES_DIR and the other variables).
+# The long chaos run on the real engines (e2e/chaos_real_test.go; a short one is in test-integration).
+chaos:
+	MSYNC_CHAOS_DURATION=6m MSYNC_CHAOS_CHANNELS=240 MSYNC_CHAOS_RATE=350 MSYNC_CHAOS_MIN_OPLOGS=50000 INTEGRATION_PKGS=./e2e/ INTEGRATION_RUN=TestChaosReal INTEGRATION_TIMEOUT=40m scripts/test-integration.sh
+
 engines-up:
 	scripts/engines.sh up
 

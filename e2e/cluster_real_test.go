@@ -106,7 +106,8 @@ func startRealCluster(t *testing.T, bin string, e engines, logics, jobs int) *re
 	t.Helper()
 	dir := t.TempDir()
 	name := "msync_e2e_" + strconv.FormatInt(time.Now().UnixNano(), 36)
-	c := &realCluster{procCluster: &procCluster{t: t, bin: bin, dir: dir, seq: new(atomic.Int32), next: new(atomic.Uint64)}}
+	c := &realCluster{procCluster: &procCluster{t: t, bin: bin, dir: dir, seq: new(atomic.Int32), next: new(atomic.Uint64),
+		startWait: 3 * time.Minute}} // a restarted tier waits for its engines
 	var err error
 	if c.tokens, err = newTestTokens(); err != nil {
 		t.Fatal(err)
@@ -115,7 +116,8 @@ func startRealCluster(t *testing.T, bin string, e engines, logics, jobs int) *re
 	files := map[string]string{
 		"logic.yaml": realHead + backends + "logic: {http_addr: 127.0.0.1:0, grpc_addr: 127.0.0.1:0}\njob: {embedded: false}\n",
 		"job.yaml":   realHead + backends + "job: {embedded: false, refresh: 1s, http_addr: 127.0.0.1:0}\n",
-		"comet.yaml": clusterCometConfig,
+		// Cassandra round trips on a loaded machine: more time for AUTH.
+		"comet.yaml": strings.Replace(clusterCometConfig, "auth_timeout: 2s", "auth_timeout: 10s", 1),
 	}
 	for f, body := range files {
 		if err := os.WriteFile(filepath.Join(dir, f), []byte(body), 0o600); err != nil {

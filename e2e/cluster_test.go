@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bufio"
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -119,6 +120,9 @@ type procCluster struct {
 	// (the production layout: stateless logics writing the same channels).
 	apis []string
 	next *atomic.Uint64
+	// startWait bounds a process's start (0 = 30s); a tier waiting for a
+	// store that is just coming back needs longer.
+	startWait time.Duration
 }
 
 // publishAPI is the logic API the next publish goes to.
@@ -186,8 +190,8 @@ func (c *procCluster) startProc(name, ready string, args ...string) *proc {
 	case p.attrs = <-started:
 	case <-p.done:
 		t.Fatalf("%s exited before it started", name)
-	case <-time.After(30 * time.Second):
-		t.Fatalf("%s did not start within 30s", name)
+	case <-time.After(cmp.Or(c.startWait, 30*time.Second)):
+		t.Fatalf("%s did not start within %v", name, cmp.Or(c.startWait, 30*time.Second))
 	}
 	return p
 }

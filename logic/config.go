@@ -26,6 +26,9 @@ type Config struct {
 	HTTPAddr string
 	// Store keeps oplogs and sync points. Required.
 	Store store.Store
+	// Health are the dependencies /healthz checks (the store, the
+	// directory); none means /healthz reports only the queue's last sends.
+	Health []HealthCheck
 	// Queue receives push messages for job. Required.
 	Queue queue.Producer
 	// Directory is the online directory sessions are registered in. Required.

@@ -390,14 +390,6 @@ func formatDuration(d time.Duration) string {
 	return d.String()
 }
 
-func (l *Logic) handleHealthz(w http.ResponseWriter, _ *http.Request) {
-	if l.shutting.Load() {
-		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "shutting_down"})
-		return
-	}
-	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
-}
-
 // checkBizKey maps an API key's permission for b to an error.
 func (l *Logic) checkBizKey(key string, b *biz.Biz) *apiError {
 	// apiKey already established that the key exists, so any failure here

@@ -37,6 +37,8 @@ type Logic struct {
 	done chan struct{}
 	// shutting makes /healthz report 503 from the moment Shutdown starts.
 	shutting atomic.Bool
+	// health backs /healthz (health.go).
+	health health
 	// order hands publish calls' queue messages over in id order (order.go).
 	order *sendOrder
 	// repair holds the channels whose tail is re-pushed (repair.go).
@@ -86,6 +88,7 @@ func New(cfg Config) (*Logic, error) {
 	l := &Logic{cfg: cfg, log: cfg.Logger, m: m, gather: gather, done: make(chan struct{}), order: newSendOrder(cfg.OrderWait)}
 	l.repair.pending = make(map[string]repairState)
 	l.lateSlots = make(chan struct{}, maxLateAppends)
+	l.health.checks = cfg.Health
 	l.bg, l.bgCancel = context.WithCancel(context.Background())
 	l.handler = l.routes()
 	l.srv = &http.Server{

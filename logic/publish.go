@@ -300,6 +300,7 @@ func (l *Logic) produce(ctx context.Context, ops []*oplog.Oplog, results []store
 		qctx, qcancel := context.WithTimeout(context.WithoutCancel(ctx), l.cfg.QueueTimeout)
 		err := l.cfg.Queue.Send(qctx, msgs...)
 		qcancel()
+		l.health.noteQueue(err)
 		if err != nil {
 			l.m.queueFailures.Inc()
 			l.log.Warn("queue send failed after store append; the channels' tails are re-pushed after the repair delay",

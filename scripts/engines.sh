@@ -337,6 +337,9 @@ maxIndexNum=100000
 maxHashSlotNum=25000
 timerWheelEnable=false
 diskMaxUsedSpaceRatio=95
+# A send waiting longer than this in the broker's queue is refused (TIMEOUT_CLEAN_QUEUE, "broker busy");
+# the 200ms default refused pushes at load average ~28 on two cores.
+waitTimeMillsInSendQueue=3000
 EOF
 }
 

@@ -11,6 +11,7 @@
 #
 #   INTEGRATION_PKGS   packages to test (default: the store and queue backends)
 #   INTEGRATION_TIMEOUT  go test -timeout (default 12m)
+#   INTEGRATION_RUN    go test -run of that step (default: all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -58,6 +59,10 @@ fi
 echo "test-integration: MSYNC_CASSANDRA_HOSTS=$hosts MSYNC_ROCKETMQ_NAMESRV=$namesrv" >&2
 start=$SECONDS
 # shellcheck disable=SC2086 # PKGS is a list
-MSYNC_CASSANDRA_HOSTS="$hosts" MSYNC_ROCKETMQ_NAMESRV="$namesrv" \
-  go test -count=1 -tags integration -timeout "$TIMEOUT" $PKGS
+MSYNC_CASSANDRA_HOSTS="$hosts" MSYNC_ROCKETMQ_NAMESRV="$namesrv" MSYNC_ENGINES_CTL="$PWD/$ENGINES" \
+  go test -count=1 -tags integration -timeout "$TIMEOUT" ${INTEGRATION_RUN:+-v -run "$INTEGRATION_RUN"} $PKGS
+# The production path end to end (e2e/*_real_test.go: the cluster scenarios and a short chaos run
+# that stops and starts the engines through $ENGINES); INTEGRATION_PKGS set = only those packages.
+[[ -n "${INTEGRATION_PKGS:-}" ]] || MSYNC_CASSANDRA_HOSTS="$hosts" MSYNC_ROCKETMQ_NAMESRV="$namesrv" MSYNC_ENGINES_CTL="$PWD/$ENGINES" \
+  go test -count=1 -tags integration -timeout "$TIMEOUT" -v -run 'Real$' ./e2e/
 echo "test-integration: tests passed in $(( SECONDS - start ))s" >&2

@@ -85,16 +85,13 @@ func (s *stack) shutdown(ctx context.Context) error {
 
 // startOps serves /healthz and /metrics on addr (a standalone comet or job;
 // logic serves them on its business HTTP address).
-func startOps(addr string, g prometheus.Gatherer, st *stack, log *slog.Logger) (net.Addr, error) {
+func startOps(addr string, g prometheus.Gatherer, st *stack, log *slog.Logger, checks ...logic.HealthCheck) (net.Addr, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("cluster: ops http: %w", err)
 	}
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		_, _ = w.Write([]byte(`{"status":"ok"}`))
-	})
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { serveHealth(w, r, checks) })
 	mux.Handle("GET /metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{}))
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	done := make(chan struct{})
@@ -374,6 +371,7 @@ func StartLogic(cfg TierConfig) (n *LogicNode, err error) {
 	lcfg := LogicConfig(f, bizs, tokens, log)
 	lcfg.Store, lcfg.Queue, lcfg.Directory = st, prod, dir
 	lcfg.Registerer, lcfg.Gatherer = n.Registry, n.Registry
+	lcfg.Health = healthChecks(f, st, dir)
 	if n.Logic, err = logic.New(lcfg); err != nil {
 		return n, err
 	}
@@ -532,7 +530,7 @@ func StartJob(cfg TierConfig) (n *JobNode, err error) {
 		return n, err
 	}
 	if f.Job.HTTPAddr != "" {
-		if n.OpsAddr, err = startOps(f.Job.HTTPAddr, n.Registry, &n.st, log); err != nil {
+		if n.OpsAddr, err = startOps(f.Job.HTTPAddr, n.Registry, &n.st, log, healthChecks(f, nil, dir)...); err != nil {
 			return n, err
 		}
 	}

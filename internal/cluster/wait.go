@@ -29,7 +29,10 @@ const (
 // down, or the topic not created yet — the first publish auto-creates it).
 // Configuration errors are never transient.
 func transient(err error) bool {
-	return errors.Is(err, store.ErrUnavailable) || errors.Is(err, rocketmq.ErrClient)
+	return errors.Is(err, store.ErrUnavailable) || errors.Is(err, rocketmq.ErrClient) ||
+		// No route yet: a new topic until the first publish creates it, or
+		// a broker that restarted and has not re-registered it.
+		errors.Is(err, rocketmq.ErrNoTopic)
 }
 
 // waitFor calls try until it succeeds, fails with a non-transient error, or

@@ -1,9 +1,14 @@
 package cluster
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"net"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -41,3 +46,43 @@ func TestWaitForRetriesTransientErrors(t *testing.T) {
 }
 
 func discard() *slog.Logger { return slog.New(slog.DiscardHandler) }
+
+// A logic started while its Cassandra is down waits (logging what for) and
+// gives up with ErrDependencyWait once StartupWait is over.
+func TestStartLogicWaitsForADownCassandra(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close() // nothing listens there now
+	f := parse(t, `
+store: {backend: cassandra, cassandra: {hosts: ["`+addr+`"], keyspace: ks_down, timeout: 1s}}
+queue: {backend: rocketmq, rocketmq: {name_servers: ["127.0.0.1:1"]}}
+job: {embedded: false}
+`)
+	var logs bytes.Buffer
+	log := slog.New(slog.NewTextHandler(&syncWriter{w: &logs}, nil))
+	began := time.Now()
+	_, err = StartLogic(TierConfig{File: f, Logger: log, StartupWait: 3 * time.Second})
+	if !errors.Is(err, ErrDependencyWait) || !errors.Is(err, store.ErrUnavailable) {
+		t.Fatalf("StartLogic with Cassandra down = %v, want ErrDependencyWait wrapping store.ErrUnavailable", err)
+	}
+	if d := time.Since(began); d < 3*time.Second || d > 30*time.Second {
+		t.Fatalf("gave up after %v, want about the 3s StartupWait", d)
+	}
+	if out := logs.String(); !strings.Contains(out, "waiting for a dependency") || !strings.Contains(out, addr) {
+		t.Fatalf("the log does not say what it waits for:\n%s", out)
+	}
+}
+
+type syncWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (s *syncWriter) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.Write(p)
+}
