@@ -46,6 +46,7 @@ test: test-deps
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -timeout 12m ./...
 	$(MAKE) test-norace
+	$(MAKE) test-kotlin
 
 test-norace:
 	$(GO) test -count=1 -timeout 8m ./gateway/... ./comet/... ./e2e/... ./pkg/queue/rocketmq
@@ -60,6 +61,13 @@ test-deps:
 # (needs /usr/bin/chromium or MSYNC_CHROMIUM; MSYNC_SKIP_BROWSER=1 skips it).
 test-browser: test-deps
 	$(GO) test -count=1 -timeout 5m -v -run 'TestJSUnit|TestGoldenFrames|TestBrowserDemo' ./web
+
+# Kotlin SDK (sdk/kotlin): `mvn verify` builds it and runs its JUnit tests
+# against bin/msync (a real `msync all` on free ports). Needs JDK 17 and Maven.
+.PHONY: test-kotlin
+test-kotlin: build
+	@command -v java >/dev/null && command -v mvn >/dev/null || { echo "test-kotlin: java and mvn are required (apt-get install openjdk-17-jdk-headless maven)"; exit 1; }
+	MSYNC_BIN=$(abspath $(BIN)) mvn -q -B -f sdk/kotlin/pom.xml verify
 
 # Starts the engines it needs unless MSYNC_CASSANDRA_HOSTS / MSYNC_ROCKETMQ_NAMESRV
 # name running ones, and stops them afterwards (scripts/test-integration.sh).

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Makes sure the tools `make test` needs besides Go are on this machine (the
 # first step of `make test`): Chromium (web/browser_test.go drives the demo
-# page in it headless) and Node.js >= 20 (web/jsunit_test.go runs `node --test`
-# on sdk/js). Neither is needed to build or run msync.
+# page in it headless), Node.js >= 20 (web/jsunit_test.go runs `node --test`
+# on sdk/js), and a JDK with Maven (sdk/kotlin's `mvn verify`). None of them is
+# needed to build or run msync.
 #
 # Missing tools are installed from the Debian packages when running as root
 # with apt-get (after apt-get update); otherwise the script prints one line
@@ -37,6 +38,8 @@ node_new_enough() {
 missing=()
 have_chromium || missing+=(chromium)
 have_node || missing+=(nodejs)
+command -v javac >/dev/null || missing+=(openjdk-17-jdk-headless)
+command -v mvn >/dev/null || missing+=(maven)
 
 if [ ${#missing[@]} -gt 0 ]; then
 	if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
@@ -49,6 +52,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 	apt-get install -y -q --no-install-recommends "${missing[@]}"
 	have_chromium || { echo "test-deps: chromium is still missing after apt-get install" >&2; exit 1; }
 	have_node || { echo "test-deps: node is still missing after apt-get install" >&2; exit 1; }
+	command -v mvn >/dev/null || { echo "test-deps: mvn is still missing after apt-get install" >&2; exit 1; }
 fi
 
 if ! node_new_enough; then

@@ -62,6 +62,9 @@ class MsyncClient(address: String, options: Options) : AutoCloseable {
 
     private val connectedFlag = AtomicBoolean(false)
 
+    /** True once [close] finished: every coroutine the client started has ended (for tests). */
+    internal val terminated: Boolean get() = scope.coroutineContext[Job]!!.isCompleted
+
     /** Whether a session is authenticated right now. */
     val connected: Boolean get() = connectedFlag.get()
 

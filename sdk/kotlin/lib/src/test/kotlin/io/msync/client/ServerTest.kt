@@ -203,4 +203,49 @@ class ServerTest {
             assertDense(rec.ids(), 4, "lifecycle")
         }
     }
+
+    @Test fun networkMonitorDisconnectsOnLossAndReconnectsAtOnceOnANewNetwork() {
+        var report: ((Boolean) -> Unit)? = null
+        val watching = java.util.concurrent.atomic.AtomicBoolean(false)
+        val monitor = NetworkMonitor { cb -> report = cb; watching.set(true); AutoCloseable { watching.set(false) } }
+        val ev = Events(); val rec = Recorder()
+        val c = MsyncClient(server.addr, Options(device = "net-d1", tokenProvider = { server.token("net") },
+            backoffMinMs = 20_000, backoffMaxMs = 60_000, // a reconnect within the test can only be the monitor's doing
+            onEvent = ev.sink, networkMonitor = monitor))
+        c.registerBiz("demo", rec.handler)
+        c.start()
+        assertTrue(watching.get())
+        eventually("connected") { c.connected }
+        report!!(false)
+        eventually("network lost") { ev.of<Event.Disconnected>().any { (it.error as? LifecycleException)?.reason == LifecycleException.Reason.NETWORK_LOST } }
+        server.publish("demo", "net", "while offline")
+        report!!(true)
+        eventually("reconnected without waiting for the 20 s backoff", 10_000) { rec.ops.size == 1 }
+        report!!(true) // a switch to another network while connected: reconnect on it
+        eventually("reconnected after the switch", 10_000) { ev.count<Event.Connected>() == 3 }
+        c.close()
+        assertTrue(c.terminated, "coroutines left after close()")
+        assertTrue(!watching.get(), "monitor not closed")
+        c.close() // idempotent
+    }
+
+    @Test fun oplogWhoseHandlerNeverSucceededComesAgainAfterAnAppRestart() {
+        val failing = AtomicInteger()
+        val bad = Handler { op -> if (op.id >= 3) { failing.incrementAndGet(); throw IllegalStateException("disk full") } }
+        testClient(server, "restart", "restart-d1", mapOf("demo" to bad), Events(), handlerRetries = 1).use { c ->
+            c.start()
+            eventually("connected") { c.connected }
+            repeat(5) { server.publish("demo", "restart", "r$it") }
+            eventually("oplog 3 failed a few times") { failing.get() >= 3 }
+            assertEquals(2L, c.syncPoint("demo/u/restart"))
+        }
+        // A new process that lost its local points (MemoryStore): the server
+        // starts from what this device acked, which must not include 3.
+        val rec = Recorder()
+        testClient(server, "restart", "restart-d1", mapOf("demo" to rec.handler), Events()).use { c ->
+            c.start()
+            eventually("3, 4, 5 again") { rec.ops.size >= 3 }
+            assertEquals(listOf(3L, 4L, 5L), rec.ids())
+        }
+    }
 }
