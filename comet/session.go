@@ -759,7 +759,7 @@ func (s *session) syncNeeded() {
 	unacked := 0     // bytes of backlog pages written and not acked yet
 	for _, ch := range s.chans.order {
 		if ch.st == chAwaitAck {
-			unacked += ch.pageBytes
+			unacked += int(ch.pageBytes)
 		}
 		if ch.st == chNeedSync {
 			if s.syncCap > 0 && len(fetching) >= s.syncCap {
@@ -828,7 +828,7 @@ func (s *session) syncNeeded() {
 		}
 		if page := s.applyPage(ch, p); page != nil {
 			pages = append(pages, page)
-			ch.pageBytes = n
+			ch.pageBytes = int32(min(n, 1<<31-1))
 			budget -= n
 		}
 	}
