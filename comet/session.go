@@ -1018,9 +1018,12 @@ func (s *session) finish(err error) {
 			s.log.Warn("logic disconnect failed", "err", derr)
 		}
 	}
-	if err != nil && !errors.Is(err, ErrShutdown) {
+	if err != nil && authed && !errors.Is(err, ErrShutdown) {
 		s.log.Info("session closed", "err", err)
-	} else {
+	} else if s.log.Enabled(context.Background(), slog.LevelDebug) {
+		// Before AUTH succeeded (bad token, no AUTH, garbage): debug only,
+		// so a client cannot flood the log by reconnecting; the counts are
+		// in msync_comet_errors_total.
 		s.log.Debug("session closed", "err", err)
 	}
 	s.c.sessionDone()
