@@ -46,6 +46,9 @@ type channel struct {
 	inRound bool
 	// reqDeferred: a SYNC_REQ waits for its rate bucket (reqPoint below).
 	reqDeferred bool
+	// wrote: a page of this channel was written in this session (cover);
+	// until then a store max below sent means the AUTH point is ahead.
+	wrote bool
 	// pageBytes is the estimated size of the inflight page (syncNeeded's
 	// pacing); int32 beside the flags keeps the struct small.
 	pageBytes int32
@@ -109,7 +112,7 @@ func (ch *channel) raisePending(id uint64) {
 
 // cover records that ids up to upto were written in a frame.
 func (ch *channel) cover(upto uint64) {
-	ch.sent, ch.told = upto, upto
+	ch.sent, ch.told, ch.wrote = upto, upto, true
 	if upto > ch.toldMax {
 		ch.toldMax = upto
 	}

@@ -872,7 +872,10 @@ func (s *session) applyPage(ch *channel, p *pb.Page) *wirepb.ChannelPage {
 	if p.After != ch.sent && s.log.Enabled(context.Background(), slog.LevelWarn) {
 		s.log.Warn("sync reply: page after differs from cursor", "channel", ch.name, "after", p.After, "cursor", ch.sent)
 	}
-	if p.MaxId < ch.sent && len(p.Oplogs) == 0 {
+	if p.MaxId < ch.sent && len(p.Oplogs) == 0 && !ch.wrote {
+		// Only for the point the client brought: once this session wrote
+		// ids of the channel, the store holds them, and a lower max is a
+		// store anomaly to keep out of the client's point.
 		return s.rewind(ch, p.MaxId)
 	}
 	upto := max(p.Upto, ch.sent)
