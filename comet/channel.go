@@ -44,6 +44,14 @@ type channel struct {
 	st        chanState
 	// inRound: the channel is in its session's liveRound (at most once).
 	inRound bool
+	// reqDeferred: a SYNC_REQ waits for its rate bucket (reqPoint below).
+	reqDeferred bool
+	// wrote: a page of this channel was written in this session (cover);
+	// until then a store max below sent means the AUTH point is ahead.
+	wrote bool
+	// pageBytes is the estimated size of the inflight page (syncNeeded's
+	// pacing); int32 beside the flags keeps the struct small.
+	pageBytes int32
 
 	// sent is the highest id covered for this device: written in a frame or
 	// skipped (filtered, expired). Backlog cursors start after it.
@@ -60,8 +68,6 @@ type channel struct {
 	acked uint64
 	// inflight is the upto of the backlog page awaiting ACK (chAwaitAck).
 	inflight uint64
-	// pageBytes is the estimated size of that page (syncNeeded's pacing).
-	pageBytes int
 	// more: the inflight page said the backlog continues.
 	more bool
 	// pendingMax is the highest live id seen while the channel could not take
@@ -82,9 +88,8 @@ type channel struct {
 	// reqTat is the channel's SYNC_REQ rate bucket (limits.go); reqPoint
 	// the lowest point of SYNC_REQs held back by it (reqDeferred), served
 	// by the wake timer.
-	reqTat      int64
-	reqPoint    uint64
-	reqDeferred bool
+	reqTat   int64
+	reqPoint uint64
 
 	// held are live pushes that arrived past sent+1, waiting for the ids
 	// before them (reorder.go); nil when none, so an in-order channel pays
@@ -107,7 +112,7 @@ func (ch *channel) raisePending(id uint64) {
 
 // cover records that ids up to upto were written in a frame.
 func (ch *channel) cover(upto uint64) {
-	ch.sent, ch.told = upto, upto
+	ch.sent, ch.told, ch.wrote = upto, upto, true
 	if upto > ch.toldMax {
 		ch.toldMax = upto
 	}

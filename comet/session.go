@@ -771,7 +771,7 @@ func (s *session) syncNeeded() {
 	unacked := 0     // bytes of backlog pages written and not acked yet
 	for _, ch := range s.chans.order {
 		if ch.st == chAwaitAck {
-			unacked += ch.pageBytes
+			unacked += int(ch.pageBytes)
 		}
 		if ch.st == chNeedSync {
 			if s.syncCap > 0 && len(fetching) >= s.syncCap {
@@ -840,7 +840,7 @@ func (s *session) syncNeeded() {
 		}
 		if page := s.applyPage(ch, p); page != nil {
 			pages = append(pages, page)
-			ch.pageBytes = n
+			ch.pageBytes = int32(min(n, 1<<31-1))
 			budget -= n
 		}
 	}
@@ -884,7 +884,10 @@ func (s *session) applyPage(ch *channel, p *pb.Page) *wirepb.ChannelPage {
 	if p.After != ch.sent && s.log.Enabled(context.Background(), slog.LevelWarn) {
 		s.log.Warn("sync reply: page after differs from cursor", "channel", ch.name, "after", p.After, "cursor", ch.sent)
 	}
-	if p.MaxId < ch.sent && len(p.Oplogs) == 0 {
+	if p.MaxId < ch.sent && len(p.Oplogs) == 0 && !ch.wrote {
+		// Only for the point the client brought: once this session wrote
+		// ids of the channel, the store holds them, and a lower max is a
+		// store anomaly to keep out of the client's point.
 		return s.rewind(ch, p.MaxId)
 	}
 	upto := max(p.Upto, ch.sent)
@@ -1030,9 +1033,12 @@ func (s *session) finish(err error) {
 			s.log.Warn("logic disconnect failed", "err", derr)
 		}
 	}
-	if err != nil && !errors.Is(err, ErrShutdown) {
+	if err != nil && authed && !errors.Is(err, ErrShutdown) {
 		s.log.Info("session closed", "err", err)
-	} else {
+	} else if s.log.Enabled(context.Background(), slog.LevelDebug) {
+		// Before AUTH succeeded (bad token, no AUTH, garbage): debug only,
+		// so a client cannot flood the log by reconnecting; the counts are
+		// in msync_comet_errors_total.
 		s.log.Debug("session closed", "err", err)
 	}
 	s.c.sessionDone()

@@ -167,6 +167,13 @@ func TestSlowReaderIsDisconnectedAndLosesNothing(t *testing.T) {
 		n.publish(t, toUser("slowpoke", fmt.Sprintf("%03d%s", i, payload[3:])))
 	}
 	fast.waitGot(total, waitFor)
+	// The server stops writing to it once its queue is half full (pacing),
+	// so it is cut off by its write or heartbeat deadline (about 10-20 s),
+	// not necessarily by an overflow: wait for that before reading, or the
+	// reader would start acking and turn it into a healthy slow device.
+	eventually(t, 60*time.Second, "slow device cut off", func() bool {
+		return n.metric(t, "msync_comet_connections", nil) == 1
+	})
 
 	go slow.readLoop() // now drain what the server wrote before closing
 	slow.expectClosed(waitFor)

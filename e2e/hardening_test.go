@@ -386,6 +386,18 @@ func TestSyncReqFloodIsRateLimited(t *testing.T) {
 	if pages == 0 {
 		t.Fatal("no page at all: SYNC_REQ must still be served")
 	}
+	// The bucket is empty now: of four more requests at least three wait,
+	// and are served (merged) later, not dropped.
+	for i := range 4 {
+		rs.write(req(uint32(5000 + i)))
+	}
+	for served := false; !served; {
+		f := rs.next(5 * time.Second)
+		if f.Op == protocol.OpError {
+			t.Fatalf("%s", describeFrame(f))
+		}
+		served = f.Op == protocol.OpSync
+	}
 	// Still alive and answering.
 	rs.write(protocol.AppendFrame(nil, protocol.OpHeartbeat, 9999, nil))
 	for {

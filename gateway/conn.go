@@ -41,13 +41,16 @@ type Conn struct {
 
 	mu struct {
 		sync.Mutex
-		q         [][]byte  // frames queued, oldest first
-		queued    int       // bytes in q
-		writing   int       // bytes the drain took from q and is writing to the socket
-		scheduled bool      // a drain owns the connection (running or parked on the backlog)
-		closing   bool      // no more Writes; the drain flushes final and closes
-		notify    bool      // NotifyDrained: call OnDrained when the queue is empty
-		rare      *connRare // nil until a close starts or a WebSocket ping arrives
+		q         [][]byte // frames queued, oldest first
+		queued    int      // bytes in q
+		scheduled bool     // a drain owns the connection (running or parked on the backlog)
+		closing   bool     // no more Writes; the drain flushes final and closes
+		notify    bool     // NotifyDrained: call OnDrained when the queue is empty
+		// writing is the bytes the drain took from q and is writing to the
+		// socket (int32 next to the bools: Conn stays in the 256-byte size
+		// class; one drain batch is at most WriteQueueBytes).
+		writing int32
+		rare    *connRare // nil until a close starts or a WebSocket ping arrives
 	}
 }
 
@@ -117,7 +120,7 @@ func (c *Conn) Value() any {
 func (c *Conn) Queued() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.mu.queued + c.mu.writing
+	return c.mu.queued + int(c.mu.writing)
 }
 
 // NotifyDrained asks for one OnDrained call (when the Handler implements
@@ -330,7 +333,7 @@ func (c *Conn) drain() {
 			}
 			return
 		}
-		c.mu.writing = queued
+		c.mu.writing = int32(min(queued, 1<<31-1))
 		c.mu.Unlock()
 
 		if closing && len(final) > 0 {
