@@ -15,5 +15,13 @@
 //     the last refresh) waits, inside that call and bounded by its context,
 //     for one extra refresh.
 //
+//   - TLS (tls.go, certs.go): mutual TLS between tiers. Certificates name
+//     their holder's role in a URI SAN (spiffe://msync/logic, .../job,
+//     .../comet/<id>); the server allows each method to one role (comets
+//     call Logic, job calls Comet), clients check the server's role (and,
+//     for job, the comet id of the registry entry). Without TLS a Server
+//     listens on loopback only. CA and WriteDevCerts issue certificates
+//     (`msync certs`).
+//
 // Server, Comets and the connections Dial returns are safe for concurrent use.
 package rpc
