@@ -4,10 +4,12 @@
 //     enforcement, panic recovery and error mapping (every error leaves as a
 //     gRPC status, so api.CodeOf works on the caller's side), with a
 //     Listen/Start/Shutdown(ctx) life cycle.
+//
 //   - Dial: a client connection with keepalive, a default per-call timeout,
 //     bounded message sizes, capped reconnect backoff and no automatic
 //     retries (a retried Connect or Ack could be applied twice; callers
 //     decide). Several addresses are balanced round robin.
+//
 //   - Comets: the job's view of the comet registry (api.Comets) — it lists
 //     the registry every few seconds, dials joining comets, closes departed
 //     ones, and answers Comet(id) from an immutable snapshot without
