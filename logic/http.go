@@ -32,7 +32,10 @@ const (
 	// CodeOutcomeUnknown (504): the store did not confirm a write in time;
 	// it may be stored. Retry with the same dedup_key.
 	CodeOutcomeUnknown = "outcome_unknown"
-	CodeInternal       = "internal"
+	// CodeInsufficientStorage (507): the store's disk is full; nothing was
+	// stored, reads still work.
+	CodeInsufficientStorage = "insufficient_storage"
+	CodeInternal            = "internal"
 )
 
 // apiError is an error a business caller sees, with its HTTP status.

@@ -2,10 +2,14 @@ package logic_test
 
 import (
 	"context"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/cockroachdb/pebble/v2/vfs"
+
 	"github.com/msync/msync/logic"
+	"github.com/msync/msync/pkg/store/pebble"
 )
 
 // Security review #4: the store commits a write after AppendTimeout ended
@@ -53,4 +57,46 @@ func TestLostPushIsRepushed(t *testing.T) {
 	waitFor(t, "a pushed repair", func() bool {
 		return e.metric("msync_logic_tail_repushes_total", map[string]string{"result": "pushed"}) >= 1
 	})
+}
+
+// fullDisk is the OS file system reporting avail free bytes.
+type fullDisk struct {
+	vfs.FS
+	avail atomic.Uint64
+}
+
+func (d *fullDisk) GetDiskUsage(path string) (vfs.DiskUsage, error) {
+	u, err := d.FS.GetDiskUsage(path)
+	u.AvailBytes = d.avail.Load()
+	return u, err
+}
+
+// Security review #11: a full disk answers publishes 507
+// insufficient_storage (nothing stored) and the process stays up for reads.
+func TestFullDiskAnswers507(t *testing.T) {
+	fs := &fullDisk{FS: vfs.Default}
+	fs.avail.Store(1 << 40)
+	ps, err := pebble.Open(pebble.Config{Dir: t.TempDir(), FS: fs, MinFreeBytes: 64 << 20, DiskCheckInterval: time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ps.Close() })
+	e := newEnv(t, func(c *logic.Config) { c.Store, c.Owners, c.Revocations = ps, ps, ps })
+	e.publish(`{"biz":"chat","user":"a","payload":"x"}`)
+	fs.avail.Store(1 << 20)
+	var status int
+	var out map[string]any
+	waitFor(t, "a refused publish", func() bool {
+		status, out = e.do("POST", "/v1/sync", "all-key", `{"biz":"chat","user":"a","payload":"y"}`)
+		return status != 200
+	})
+	if status != 507 || errCode(out) != logic.CodeInsufficientStorage {
+		t.Fatalf("publish on a full disk = %d %v", status, out)
+	}
+	if status, out := e.do("GET", "/v1/devices/d1/sync", "all-key", ""); status != 200 {
+		t.Fatalf("read on a full disk = %d %v", status, out)
+	}
+	if n, err := ps.MaxID(context.Background(), "chat/u/a"); err != nil || n != 1 {
+		t.Fatalf("max id = %d, %v; want 1 (nothing stored)", n, err)
+	}
 }

@@ -162,6 +162,13 @@ type Store struct {
 	// write load (docs/benchmarks.md, reconnect storm).
 	MemtableMB int       `yaml:"memtable_mb"`
 	Cassandra  Cassandra `yaml:"cassandra"` // used when backend is cassandra
+
+	// MinFreeMB: below this much free disk space Pebble writes are refused
+	// (publish answers 507) and reads go on; zero 128, negative: no check.
+	MinFreeMB int `yaml:"min_free_mb"`
+	// MaxChannels caps the channels whose id state Pebble keeps in memory
+	// (about 230 bytes each); zero 262144.
+	MaxChannels int `yaml:"max_channels"`
 }
 
 // Cassandra configures the cassandra store backend and `msync migrate`.
@@ -302,6 +309,9 @@ func (f *File) Validate() error {
 	}
 	switch f.Store.Backend {
 	case "pebble":
+		if f.Store.MaxChannels < 0 {
+			errs = append(errs, errors.New("store.max_channels: must not be negative"))
+		}
 		if f.Store.CacheMB < 0 || f.Store.MemtableMB < 0 || f.Store.MemtableMB >= 4096 {
 			errs = append(errs, fmt.Errorf("store.cache_mb %d, store.memtable_mb %d: want >= 0 (memtable below 4096)",
 				f.Store.CacheMB, f.Store.MemtableMB))
