@@ -35,6 +35,9 @@ type Config struct {
 	Tokens *auth.Tokens
 	// APIKeys checks business API keys. Required.
 	APIKeys *auth.APIKeys
+	// RateLimits are per API key budgets on the publish endpoints (429 with
+	// Retry-After beyond them), keyed by the key. Zero: no limits.
+	RateLimits map[string]RateLimit
 	// DeviceBinding says how a session's device id is bound to its user
 	// (principals.go): DeviceBindingOwner or DeviceBindingToken. Zero means
 	// DeviceBindingOwner.
@@ -193,6 +196,12 @@ func (c *Config) validate() error {
 	}
 	if c.DeviceBinding != DeviceBindingOwner && c.DeviceBinding != DeviceBindingToken {
 		errs = append(errs, fmt.Errorf("DeviceBinding %q: want %q or %q", c.DeviceBinding, DeviceBindingOwner, DeviceBindingToken))
+	}
+	for _, rl := range c.RateLimits {
+		if rl.PublishesPerSecond < 0 || rl.BytesPerSecond < 0 {
+			errs = append(errs, errors.New("RateLimits: rates must not be negative"))
+			break
+		}
 	}
 	if c.JanitorBatch < 0 {
 		errs = append(errs, fmt.Errorf("JanitorBatch %d: want > 0", c.JanitorBatch))

@@ -35,7 +35,10 @@ const (
 	// CodeInsufficientStorage (507): the store's disk is full; nothing was
 	// stored, reads still work.
 	CodeInsufficientStorage = "insufficient_storage"
-	CodeInternal            = "internal"
+	// CodeRateLimited (429, with Retry-After): the API key is over its
+	// publish budget (Config.RateLimits); nothing was stored.
+	CodeRateLimited = "rate_limited"
+	CodeInternal    = "internal"
 )
 
 // apiError is an error a business caller sees, with its HTTP status.
@@ -213,6 +216,9 @@ func (l *Logic) handlePublish(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	op, aerr := l.prepare(key, &req, l.cfg.Now())
+	if aerr == nil {
+		aerr = l.allow(w, key, 1, len(op.Payload))
+	}
 	if aerr != nil {
 		writeError(w, aerr)
 		return
@@ -292,7 +298,15 @@ func (l *Logic) handleBatch(w http.ResponseWriter, r *http.Request) {
 		ops = append(ops, op)
 		idx = append(idx, i)
 	}
+	size := 0
+	for _, op := range ops {
+		size += len(op.Payload)
+	}
 	if len(ops) > 0 {
+		if aerr := l.allow(w, key, len(ops), size); aerr != nil {
+			writeError(w, aerr)
+			return
+		}
 		// One Append for every valid item: one group commit, and ids in
 		// item order within each channel.
 		results, aerr := l.publish(r.Context(), ops)

@@ -2,6 +2,9 @@ package logic_test
 
 import (
 	"context"
+	"encoding/json"
+	"net/http"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -102,5 +105,51 @@ func TestFullDiskAnswers507(t *testing.T) {
 	}
 	if n, err := ps.MaxID(context.Background(), "chat/u/a"); err != nil || n != stored {
 		t.Fatalf("max id = %d, %v; want %d (the refused publish stored nothing)", n, err, stored)
+	}
+}
+
+// Issue 14 traffic control: a key over its publishes/s or bytes/s budget
+// gets 429 rate_limited with Retry-After, stores nothing, and other keys
+// are not affected; the budget refills with time.
+func TestPublishRateLimit(t *testing.T) {
+	e := newEnv(t, func(c *logic.Config) {
+		c.RateLimits = map[string]logic.RateLimit{"chat-key": {PublishesPerSecond: 2, BytesPerSecond: 100}}
+	})
+	req := func(key, payload string) (int, map[string]any, string) {
+		r, err := http.NewRequest("POST", e.base+"/v1/sync", strings.NewReader(`{"biz":"chat","user":"a","payload":"`+payload+`"}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.Header.Set("Authorization", "Bearer "+key)
+		resp, err := http.DefaultClient.Do(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var out map[string]any
+		_ = json.NewDecoder(resp.Body).Decode(&out)
+		return resp.StatusCode, out, resp.Header.Get("Retry-After")
+	}
+	for i := range 2 {
+		if status, out, _ := req("chat-key", "x"); status != 200 {
+			t.Fatalf("publish %d within budget = %d %v", i, status, out)
+		}
+	}
+	status, out, retry := req("chat-key", "x")
+	if status != 429 || errCode(out) != logic.CodeRateLimited || retry != "1" {
+		t.Fatalf("over the publish budget = %d %v Retry-After %q", status, out, retry)
+	}
+	if status, out, _ := req("all-key", "x"); status != 200 { // another key
+		t.Fatalf("unlimited key = %d %v", status, out)
+	}
+	e.clk.Advance(time.Second) // refills both budgets
+	if status, out, _ := req("chat-key", "0123456789abcdef"); status != 200 {
+		t.Fatalf("after refill = %d %v", status, out)
+	}
+	if n, _ := e.st.MaxID(context.Background(), "chat/u/a"); n != 4 {
+		t.Fatalf("stored %d, want 4 (the refused publish stored nothing)", n)
+	}
+	if got := e.metric("msync_logic_rate_limited_total", map[string]string{"kind": "publishes"}); got != 1 {
+		t.Fatalf("rate_limited_total{publishes} = %v", got)
 	}
 }

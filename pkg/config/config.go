@@ -291,6 +291,8 @@ func (f *File) Validate() error {
 		switch {
 		case k.Key == "" || len(k.Bizs) == 0:
 			errs = append(errs, fmt.Errorf("api_keys[%d]: needs key and bizs", i))
+		case k.PublishesPerS < 0 || k.BytesPerS < 0:
+			errs = append(errs, fmt.Errorf("api_keys[%d]: publishes_per_s, bytes_per_s: must not be negative", i))
 		case f.Dev:
 		case k.Key == DevAPIKey:
 			errs = append(errs, fmt.Errorf("api_keys[%d]: %q is the published development key: allowed only with dev: true", i, DevAPIKey))
