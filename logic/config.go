@@ -100,6 +100,11 @@ type Config struct {
 	Gatherer prometheus.Gatherer
 	// Now is the clock used for validity and filters. Nil means time.Now.
 	Now func() time.Time
+	// PublicOps serves /metrics and the Mount handlers to every caller.
+	// False (zero): only to callers connecting from loopback, so exposing
+	// the API port does not expose biz names, traffic or the development
+	// page; scrape /metrics from this machine or set it.
+	PublicOps bool
 	// Mount serves extra handlers on the API's listener, keyed by a path
 	// prefix that starts and ends with "/" (e.g. "/demo/" for the
 	// development page of package web). A prefix may not be "/", hold

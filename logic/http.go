@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"sort"
 	"strconv"
@@ -74,7 +75,7 @@ func (l *Logic) routes() http.Handler {
 	route("POST /v1/users/{user}/revoke_tokens", "revoke_tokens", l.handleRevokeTokens)
 	route("GET /healthz", "healthz", l.handleHealthz)
 	mux.Handle("GET /metrics", l.instrument("metrics",
-		promhttp.HandlerFor(l.gather, promhttp.HandlerOpts{ErrorLog: slogPrinter{l}}).ServeHTTP))
+		l.opsOnly(promhttp.HandlerFor(l.gather, promhttp.HandlerOpts{ErrorLog: slogPrinter{l}}).ServeHTTP)))
 	// Method-less patterns catch the other methods of known paths (the
 	// method-qualified ones above are more specific), so they get a JSON 405
 	// instead of the mux's plain-text one.
@@ -92,12 +93,27 @@ func (l *Logic) routes() http.Handler {
 		})
 	}
 	for prefix, h := range l.cfg.Mount { // validated: literal, no overlap with the routes above
-		route(prefix, "mount", h.ServeHTTP)
+		route(prefix, "mount", l.opsOnly(h.ServeHTTP))
 	}
 	route("/", "other", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, errorf(http.StatusNotFound, CodeNotFound, "no route for %s %s", r.Method, r.URL.Path))
 	})
 	return mux
+}
+
+// opsOnly serves h to loopback callers only, unless Config.PublicOps.
+func (l *Logic) opsOnly(h http.HandlerFunc) http.HandlerFunc {
+	if l.cfg.PublicOps {
+		return h
+	}
+	return func(w http.ResponseWriter, r *http.Request) {
+		host, _, err := net.SplitHostPort(r.RemoteAddr)
+		if ip := net.ParseIP(host); err != nil || ip == nil || !ip.IsLoopback() {
+			writeError(w, errorf(http.StatusNotFound, CodeNotFound, "no route for %s %s", r.Method, r.URL.Path))
+			return
+		}
+		h(w, r)
+	}
 }
 
 type slogPrinter struct{ l *Logic }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -151,5 +152,36 @@ func TestPublishRateLimit(t *testing.T) {
 	}
 	if got := e.metric("msync_logic_rate_limited_total", map[string]string{"kind": "publishes"}); got != 1 {
 		t.Fatalf("rate_limited_total{publishes} = %v", got)
+	}
+}
+
+// Security review #15: /metrics (biz names, traffic) and mounted pages are
+// served to loopback callers only unless PublicOps is set. Only loopback can
+// be dialled on this machine, so the foreign peer is a request on the real
+// handler with a documentation-range remote address.
+func TestOpsEndpointsLoopbackOnly(t *testing.T) {
+	for _, public := range []bool{false, true} {
+		e := newEnv(t, func(c *logic.Config) {
+			c.PublicOps = public
+			c.Mount = map[string]http.Handler{"/demo/": http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("demo")) })}
+		})
+		for _, path := range []string{"/metrics", "/demo/"} {
+			for _, peer := range []string{"127.0.0.1:5000", "[::1]:5000", "192.0.2.7:5000"} {
+				r := httptest.NewRequest("GET", path, nil)
+				r.RemoteAddr = peer
+				w := httptest.NewRecorder()
+				e.l.Handler().ServeHTTP(w, r)
+				want := 200
+				if !public && peer == "192.0.2.7:5000" {
+					want = 404
+				}
+				if w.Code != want {
+					t.Errorf("public %v: GET %s from %s = %d, want %d", public, path, peer, w.Code, want)
+				}
+			}
+		}
+		if status, _ := e.do("GET", "/healthz", "", ""); status != 200 { // over a real socket
+			t.Fatalf("healthz = %d", status)
+		}
 	}
 }

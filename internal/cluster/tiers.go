@@ -267,6 +267,7 @@ func LogicConfig(f *config.File, bizs *biz.Registry, tokens *auth.Tokens, log *s
 	}
 	return logic.Config{
 		RateLimits:     limits,
+		PublicOps:      f.Logic.PublicOps,
 		HTTPAddr:       f.Logic.HTTPAddr,
 		Bizs:           bizs,
 		Tokens:         tokens,

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"time"
 
@@ -137,6 +138,10 @@ type Logic struct {
 	// MaxPushPayload bounds a POST /v1/push payload in bytes; zero 32 KiB.
 	MaxPushPayload int    `yaml:"max_push_payload"`
 	GRPCAddr       string `yaml:"grpc_addr"` // cluster mode: the Logic gRPC service comets call; zero ":3112"
+
+	// PublicOps serves /metrics and /demo/ of the HTTP listener to every
+	// caller; zero false: to loopback callers only.
+	PublicOps bool `yaml:"public_ops"`
 }
 
 // Job configures the push tier.
@@ -336,6 +341,9 @@ func (f *File) Validate() error {
 			errs = append(errs, fmt.Errorf("%s: must not be negative", name))
 		}
 	}
+	if f.Pprof != "" && !loopbackAddr(f.Pprof) {
+		errs = append(errs, fmt.Errorf("pprof %q: serves profiles and the command line, so it must be a loopback address like 127.0.0.1:6060", f.Pprof))
+	}
 	if f.Comet.RenewInterval < 0 || f.Job.Refresh < 0 {
 		errs = append(errs, errors.New("comet.renew_interval, job.refresh: must not be negative"))
 	}
@@ -440,6 +448,19 @@ func (r *RocketMQ) validate() []error {
 		errs = append(errs, fmt.Errorf("queue.rocketmq.consume_from %q: want first or last", r.ConsumeFrom))
 	}
 	return errs
+}
+
+// loopbackAddr reports whether a listen address binds loopback only.
+func loopbackAddr(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 // SlogLevel parses Log.Level.
