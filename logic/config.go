@@ -39,6 +39,9 @@ type Config struct {
 	Tokens *auth.Tokens
 	// APIKeys checks business API keys. Required.
 	APIKeys *auth.APIKeys
+	// RateLimits are per API key budgets on the publish endpoints (429 with
+	// Retry-After beyond them), keyed by the key. Zero: no limits.
+	RateLimits map[string]RateLimit
 	// DeviceBinding says how a session's device id is bound to its user
 	// (principals.go): DeviceBindingOwner or DeviceBindingToken. Zero means
 	// DeviceBindingOwner.
@@ -110,6 +113,11 @@ type Config struct {
 	// TicketTTL is how long a ticket is valid; Renew replaces a ticket past
 	// half of it, so a live session never sees one expire. Zero means 24h.
 	TicketTTL time.Duration
+	// PublicOps serves /metrics and the Mount handlers to every caller.
+	// False (zero): only to callers connecting from loopback, so exposing
+	// the API port does not expose biz names, traffic or the development
+	// page; scrape /metrics from this machine or set it.
+	PublicOps bool
 	// Mount serves extra handlers on the API's listener, keyed by a path
 	// prefix that starts and ends with "/" (e.g. "/demo/" for the
 	// development page of package web). A prefix may not be "/", hold
@@ -216,6 +224,12 @@ func (c *Config) validate() error {
 	}
 	if c.DeviceBinding != DeviceBindingOwner && c.DeviceBinding != DeviceBindingToken {
 		errs = append(errs, fmt.Errorf("DeviceBinding %q: want %q or %q", c.DeviceBinding, DeviceBindingOwner, DeviceBindingToken))
+	}
+	for _, rl := range c.RateLimits {
+		if rl.PublishesPerSecond < 0 || rl.BytesPerSecond < 0 {
+			errs = append(errs, errors.New("RateLimits: rates must not be negative"))
+			break
+		}
 	}
 	if c.JanitorBatch < 0 {
 		errs = append(errs, fmt.Errorf("JanitorBatch %d: want > 0", c.JanitorBatch))

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"sort"
 	"strconv"
@@ -32,7 +33,13 @@ const (
 	// CodeOutcomeUnknown (504): the store did not confirm a write in time;
 	// it may be stored. Retry with the same dedup_key.
 	CodeOutcomeUnknown = "outcome_unknown"
-	CodeInternal       = "internal"
+	// CodeInsufficientStorage (507): the store's disk is full; nothing was
+	// stored, reads still work.
+	CodeInsufficientStorage = "insufficient_storage"
+	// CodeRateLimited (429, with Retry-After): the API key is over its
+	// publish budget (Config.RateLimits); nothing was stored.
+	CodeRateLimited = "rate_limited"
+	CodeInternal    = "internal"
 )
 
 // apiError is an error a business caller sees, with its HTTP status.
@@ -68,7 +75,7 @@ func (l *Logic) routes() http.Handler {
 	route("POST /v1/users/{user}/revoke_tokens", "revoke_tokens", l.handleRevokeTokens)
 	route("GET /healthz", "healthz", l.handleHealthz)
 	mux.Handle("GET /metrics", l.instrument("metrics",
-		promhttp.HandlerFor(l.gather, promhttp.HandlerOpts{ErrorLog: slogPrinter{l}}).ServeHTTP))
+		l.opsOnly(promhttp.HandlerFor(l.gather, promhttp.HandlerOpts{ErrorLog: slogPrinter{l}}).ServeHTTP)))
 	// Method-less patterns catch the other methods of known paths (the
 	// method-qualified ones above are more specific), so they get a JSON 405
 	// instead of the mux's plain-text one.
@@ -86,12 +93,27 @@ func (l *Logic) routes() http.Handler {
 		})
 	}
 	for prefix, h := range l.cfg.Mount { // validated: literal, no overlap with the routes above
-		route(prefix, "mount", h.ServeHTTP)
+		route(prefix, "mount", l.opsOnly(h.ServeHTTP))
 	}
 	route("/", "other", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, errorf(http.StatusNotFound, CodeNotFound, "no route for %s %s", r.Method, r.URL.Path))
 	})
 	return mux
+}
+
+// opsOnly serves h to loopback callers only, unless Config.PublicOps.
+func (l *Logic) opsOnly(h http.HandlerFunc) http.HandlerFunc {
+	if l.cfg.PublicOps {
+		return h
+	}
+	return func(w http.ResponseWriter, r *http.Request) {
+		host, _, err := net.SplitHostPort(r.RemoteAddr)
+		if ip := net.ParseIP(host); err != nil || ip == nil || !ip.IsLoopback() {
+			writeError(w, errorf(http.StatusNotFound, CodeNotFound, "no route for %s %s", r.Method, r.URL.Path))
+			return
+		}
+		h(w, r)
+	}
 }
 
 type slogPrinter struct{ l *Logic }
@@ -210,6 +232,9 @@ func (l *Logic) handlePublish(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	op, aerr := l.prepare(key, &req, l.cfg.Now())
+	if aerr == nil {
+		aerr = l.allow(w, key, 1, len(op.Payload))
+	}
 	if aerr != nil {
 		writeError(w, aerr)
 		return
@@ -289,7 +314,15 @@ func (l *Logic) handleBatch(w http.ResponseWriter, r *http.Request) {
 		ops = append(ops, op)
 		idx = append(idx, i)
 	}
+	size := 0
+	for _, op := range ops {
+		size += len(op.Payload)
+	}
 	if len(ops) > 0 {
+		if aerr := l.allow(w, key, len(ops), size); aerr != nil {
+			writeError(w, aerr)
+			return
+		}
 		// One Append for every valid item: one group commit, and ids in
 		// item order within each channel.
 		results, aerr := l.publish(r.Context(), ops)

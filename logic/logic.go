@@ -43,6 +43,8 @@ type Logic struct {
 	order *sendOrder
 	// repair holds the channels whose tail is re-pushed (repair.go).
 	repair repairs
+	// limiters are the per API key budgets (ratelimit.go); read-only.
+	limiters map[string]*limiter
 	// lateSlots bounds the goroutines awaiting late appends (repair.go).
 	lateSlots chan struct{}
 
@@ -89,6 +91,7 @@ func New(cfg Config) (*Logic, error) {
 	l.repair.pending = make(map[string]repairState)
 	l.lateSlots = make(chan struct{}, maxLateAppends)
 	l.health.checks = cfg.Health
+	l.limiters = newLimiters(cfg.RateLimits, cfg.Now())
 	l.bg, l.bgCancel = context.WithCancel(context.Background())
 	l.handler = l.routes()
 	l.srv = &http.Server{

@@ -25,6 +25,7 @@ type metrics struct {
 	httpRequests   *prometheus.CounterVec // by route, code
 	repairs        *prometheus.CounterVec // by result
 	lateAppends    prometheus.Counter
+	rateLimited    *prometheus.CounterVec // by kind
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -64,7 +65,9 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	}
 	m.lateAppends = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
 		Name: "late_appends_total", Help: "Appends answered 504 outcome_unknown whose write landed afterwards and was queued then."})
-	for _, c := range []prometheus.Collector{m.lateAppends, m.repairs, m.published, m.duplicates, m.publishSecs, m.storeErrors, m.queueFailures, m.orderTimeouts,
+	m.rateLimited = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
+		Name: "rate_limited_total", Help: "Publish requests answered 429 because their API key was over its budget, by kind (publishes, bytes)."}, []string{"kind"})
+	for _, c := range []prometheus.Collector{m.rateLimited, m.lateAppends, m.repairs, m.published, m.duplicates, m.publishSecs, m.storeErrors, m.queueFailures, m.orderTimeouts,
 		m.connects, m.replaced, m.syncs, m.syncOplogs, m.acks, m.ticketRefusals, m.expired, m.httpRequests} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("logic: register metrics: %w", err)

@@ -228,6 +228,10 @@ func (l *Logic) storeError(op string, err error) *apiError {
 		l.log.Error("store rejected a request logic built", "op", op, "err", err)
 		return errorf(http.StatusInternalServerError, CodeInternal, "internal error")
 	}
+	if errors.Is(err, store.ErrInsufficientStorage) {
+		l.log.Error("store refuses writes: disk full", "op", op, "err", err)
+		return errorf(http.StatusInsufficientStorage, CodeInsufficientStorage, "the store's disk is full, nothing was stored: retry later (with the same dedup_key)")
+	}
 	if errors.Is(err, store.ErrOutcomeUnknown) {
 		l.log.Warn("store call gave up mid-write", "op", op, "err", err)
 		return errorf(http.StatusGatewayTimeout, CodeOutcomeUnknown, "the store did not confirm the write in time: it may or may not be stored; retry with the same dedup_key, which returns the stored id if it was")

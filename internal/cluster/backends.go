@@ -34,7 +34,8 @@ type closer = func(ctx context.Context) error
 // (dir: the directory after --data).
 func PebbleConfig(s config.Store, dir string, log *slog.Logger) pebble.Config {
 	return pebble.Config{Dir: dir, Logger: log,
-		CacheSize: int64(s.CacheMB) << 20, MemTableSize: int64(s.MemtableMB) << 20}
+		CacheSize: int64(s.CacheMB) << 20, MemTableSize: int64(s.MemtableMB) << 20,
+		MinFreeBytes: int64(s.MinFreeMB) << 20, MaxChannels: s.MaxChannels}
 }
 
 // openStore opens the store selected by store.backend.

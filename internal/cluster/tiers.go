@@ -281,7 +281,15 @@ func CometConfig(f *config.File, log *slog.Logger) (comet.Config, error) {
 // LogicConfig maps the file onto logic.Config; Store, Queue, Directory,
 // metrics and mounts are the caller's.
 func LogicConfig(f *config.File, bizs *biz.Registry, tokens *auth.Tokens, log *slog.Logger) logic.Config {
+	limits := make(map[string]logic.RateLimit)
+	for _, k := range f.APIKeys {
+		if k.PublishesPerS > 0 || k.BytesPerS > 0 {
+			limits[k.Key] = logic.RateLimit{PublishesPerSecond: k.PublishesPerS, BytesPerSecond: k.BytesPerS}
+		}
+	}
 	return logic.Config{
+		RateLimits:     limits,
+		PublicOps:      f.Logic.PublicOps,
 		HTTPAddr:       f.Logic.HTTPAddr,
 		Bizs:           bizs,
 		Tokens:         tokens,

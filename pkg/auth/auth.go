@@ -207,6 +207,10 @@ const MinAPIKeyLen = 24
 type APIKey struct {
 	Key  string   `yaml:"key"`
 	Bizs []string `yaml:"bizs"`
+	// PublishesPerS and BytesPerS budget the key's publishes (items per
+	// second, payload bytes per second; 429 beyond). Zero: unlimited.
+	PublishesPerS float64 `yaml:"publishes_per_s"`
+	BytesPerS     float64 `yaml:"bytes_per_s"`
 }
 
 // APIKeys checks bearer keys.

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"time"
@@ -195,6 +196,10 @@ type Logic struct {
 	// MaxPushPayload bounds a POST /v1/push payload in bytes; zero 32 KiB.
 	MaxPushPayload int    `yaml:"max_push_payload"`
 	GRPCAddr       string `yaml:"grpc_addr"` // cluster mode: the Logic gRPC service comets call; zero "127.0.0.1:3112"; beyond loopback only with rpc_tls
+
+	// PublicOps serves /metrics and /demo/ of the HTTP listener to every
+	// caller; zero false: to loopback callers only.
+	PublicOps bool `yaml:"public_ops"`
 }
 
 // Job configures the push tier.
@@ -220,6 +225,13 @@ type Store struct {
 	// write load (docs/benchmarks.md, reconnect storm).
 	MemtableMB int       `yaml:"memtable_mb"`
 	Cassandra  Cassandra `yaml:"cassandra"` // used when backend is cassandra
+
+	// MinFreeMB: below this much free disk space Pebble writes are refused
+	// (publish answers 507) and reads go on; zero 128, negative: no check.
+	MinFreeMB int `yaml:"min_free_mb"`
+	// MaxChannels caps the channels whose id state Pebble keeps in memory
+	// (about 230 bytes each); zero 262144.
+	MaxChannels int `yaml:"max_channels"`
 }
 
 // Cassandra configures the cassandra store backend and `msync migrate`.
@@ -342,6 +354,8 @@ func (f *File) Validate() error {
 		switch {
 		case k.Key == "" || len(k.Bizs) == 0:
 			errs = append(errs, fmt.Errorf("api_keys[%d]: needs key and bizs", i))
+		case k.PublishesPerS < 0 || k.BytesPerS < 0:
+			errs = append(errs, fmt.Errorf("api_keys[%d]: publishes_per_s, bytes_per_s: must not be negative", i))
 		case f.Dev:
 		case k.Key == DevAPIKey:
 			errs = append(errs, fmt.Errorf("api_keys[%d]: %q is the published development key: allowed only with dev: true", i, DevAPIKey))
@@ -360,6 +374,9 @@ func (f *File) Validate() error {
 	}
 	switch f.Store.Backend {
 	case "pebble":
+		if f.Store.MaxChannels < 0 {
+			errs = append(errs, errors.New("store.max_channels: must not be negative"))
+		}
 		if f.Store.CacheMB < 0 || f.Store.MemtableMB < 0 || f.Store.MemtableMB >= 4096 {
 			errs = append(errs, fmt.Errorf("store.cache_mb %d, store.memtable_mb %d: want >= 0 (memtable below 4096)",
 				f.Store.CacheMB, f.Store.MemtableMB))
@@ -383,6 +400,9 @@ func (f *File) Validate() error {
 		if v < 0 {
 			errs = append(errs, fmt.Errorf("%s: must not be negative", name))
 		}
+	}
+	if f.Pprof != "" && !loopbackAddr(f.Pprof) {
+		errs = append(errs, fmt.Errorf("pprof %q: serves profiles and the command line, so it must be a loopback address like 127.0.0.1:6060", f.Pprof))
 	}
 	if f.Comet.RenewInterval < 0 || f.Job.Refresh < 0 {
 		errs = append(errs, errors.New("comet.renew_interval, job.refresh: must not be negative"))
@@ -491,6 +511,19 @@ func (r *RocketMQ) validate() []error {
 		errs = append(errs, fmt.Errorf("queue.rocketmq.consume_from %q: want first or last", r.ConsumeFrom))
 	}
 	return errs
+}
+
+// loopbackAddr reports whether a listen address binds loopback only.
+func loopbackAddr(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 // SlogLevel parses Log.Level.

@@ -104,3 +104,14 @@ func TestDevOnlyCredentials(t *testing.T) {
 		t.Fatalf("production config: %v", err)
 	}
 }
+
+// Security review #15: pprof serves profiles and the command line, so it
+// may bind loopback only.
+func TestPprofLoopbackOnly(t *testing.T) {
+	const rest = "dev: true\nsecret: a-private-secret-0123\napi_keys: [{key: k, bizs: ['*']}]\nbizs: [{name: demo}]\n"
+	for addr, ok := range map[string]bool{"127.0.0.1:6060": true, "[::1]:6060": true, "localhost:6060": true, ":6060": false, "0.0.0.0:6060": false, "10.1.2.3:6060": false} {
+		if _, err := Parse([]byte("pprof: \"" + addr + "\"\n" + rest)); (err == nil) != ok {
+			t.Errorf("pprof %q: err %v, want ok=%v", addr, err, ok)
+		}
+	}
+}

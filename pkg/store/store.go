@@ -21,6 +21,10 @@ var (
 	ErrClosed = errors.New("store: closed")
 	// ErrInvalid: the request is malformed (no channel, id set by caller ...).
 	ErrInvalid = errors.New("store: invalid request")
+	// ErrInsufficientStorage: the backend refuses writes because its disk is
+	// (nearly) full; nothing of the call was stored, and reads still work.
+	// Errors carrying it also carry ErrUnavailable.
+	ErrInsufficientStorage = errors.New("store: insufficient storage")
 	// ErrOutcomeUnknown: the call gave up (its ctx ended) while its write was
 	// in flight, so the ops may or may not be stored. Unlike ErrUnavailable
 	// this does not mean "nothing was stored": a retry with the same dedup

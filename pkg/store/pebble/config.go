@@ -4,6 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2/vfs"
 )
 
 // Config configures Open. Zero values take the defaults documented on each
@@ -38,6 +41,18 @@ type Config struct {
 	// dropped and re-read from disk on next use (one Get). Zero means
 	// 262144 (about 60 MiB).
 	MaxChannels int
+	// MinFreeBytes is the free disk space below which writes (appends, sync
+	// points, owners) are refused with store.ErrInsufficientStorage while
+	// reads go on: a full disk would otherwise fail a WAL write, which
+	// Pebble treats as fatal (the process stops, and crash-loops while the
+	// disk stays full). Zero means 128 MiB; negative disables the check.
+	MinFreeBytes int64
+	// DiskCheckInterval is how often free space is re-read (statfs).
+	// Zero means 1s.
+	DiskCheckInterval time.Duration
+	// FS is the file system Pebble runs on. Nil means the OS's (vfs.Default);
+	// tests inject one reporting a full disk.
+	FS vfs.FS
 }
 
 const (
@@ -67,6 +82,15 @@ func (c Config) withDefaults() Config {
 	}
 	if c.MemTableSize == 0 {
 		c.MemTableSize = defaultMemTable
+	}
+	if c.MinFreeBytes == 0 {
+		c.MinFreeBytes = 128 << 20
+	}
+	if c.DiskCheckInterval == 0 {
+		c.DiskCheckInterval = time.Second
+	}
+	if c.FS == nil {
+		c.FS = vfs.Default
 	}
 	if c.MaxChannels == 0 {
 		c.MaxChannels = 1 << 18

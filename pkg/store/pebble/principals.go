@@ -53,6 +53,9 @@ func (s *Store) ClaimDevice(ctx context.Context, device, user string, takeover b
 	case !errors.Is(err, pebbledb.ErrNotFound):
 		return "", fmt.Errorf("%w: device owner: %w", store.ErrUnavailable, err)
 	}
+	if err := s.checkSpace(); err != nil {
+		return "", err
+	}
 	if err := s.db.Set(key, []byte(user), pebbledb.Sync); err != nil {
 		return "", fmt.Errorf("%w: device owner: %w", store.ErrUnavailable, err)
 	}
@@ -81,6 +84,9 @@ func (s *Store) SetTokensNotBefore(ctx context.Context, user string, t time.Time
 	}
 	if uint64(t.Unix()) <= cur {
 		return nil
+	}
+	if err := s.checkSpace(); err != nil {
+		return err
 	}
 	if err := s.db.Set(key, encodeUint64(uint64(t.Unix())), pebbledb.Sync); err != nil {
 		return fmt.Errorf("%w: tokens not-before: %w", store.ErrUnavailable, err)

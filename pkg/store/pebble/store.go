@@ -64,6 +64,9 @@ type Store struct {
 		maxGroup                                   atomic.Int64
 	}
 
+	// disk caches the free-space check (diskspace.go).
+	disk diskState
+
 	// testHookCommitted, when set before the first Append, runs on the writer
 	// goroutine after a group's synced commit returned and before the
 	// watermark moves. Tests use it to hold a group in that window.
@@ -101,6 +104,7 @@ type Stats struct {
 	MaxGroup   int    // most oplogs written by one commit
 	Evictions  uint64 // channel states dropped from memory by the MaxChannels cap
 	Channels   int    // channel states in memory now
+	LowDisk    bool   // writes are refused: free disk space below MinFreeBytes
 }
 
 // Open opens (or creates) the database in cfg.Dir and starts the writer.
@@ -119,6 +123,7 @@ func Open(cfg Config) (*Store, error) {
 		Logger:                      pebbleLogger{cfg.Logger},
 		MemTableSize:                uint64(cfg.MemTableSize),
 		MemTableStopWritesThreshold: memTableStopWrites,
+		FS:                          cfg.FS,
 	})
 	if err != nil {
 		cache.Unref()
@@ -170,6 +175,7 @@ func (s *Store) Stats() Stats {
 		MaxGroup:   int(s.stats.maxGroup.Load()),
 		Evictions:  s.stats.evictions.Load(),
 		Channels:   s.channels(),
+		LowDisk:    s.disk.low.Load(),
 	}
 }
 
@@ -204,6 +210,9 @@ func (s *Store) Append(ctx context.Context, ops []*oplog.Oplog) ([]store.AppendR
 		}
 		s.mu.RUnlock()
 		return []store.AppendResult{}, nil
+	}
+	if err := s.checkSpace(); err != nil {
+		return nil, err
 	}
 	// Encode on the caller's goroutine: the writer never touches the caller's
 	// messages, so a caller that gave up on ctx can reuse them safely.
@@ -512,6 +521,9 @@ func (s *Store) SaveSyncPoints(ctx context.Context, points []store.SyncPoint) er
 	}
 	if b.Empty() {
 		return nil
+	}
+	if err := s.checkSpace(); err != nil {
+		return err
 	}
 	if err := b.Commit(pebbledb.NoSync); err != nil {
 		return fmt.Errorf("%w: sync points: %w", store.ErrUnavailable, err)
