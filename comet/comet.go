@@ -45,6 +45,7 @@ type Comet struct {
 	pool    *ants.PoolWithFuncGeneric[*session]
 	acks    ackBatcher
 	global  globalIndex      // global channel -> sessions (global.go)
+	rpc     *rpcRouter       // rpc.go: upstreams and their calls
 	now     func() time.Time // tests move the clock for validity windows
 
 	// Traffic control (limits.go) and pacing: a session holds back live
@@ -123,6 +124,9 @@ func New(cfg Config) (*Comet, error) {
 		wq = gateway.DefaultWriteQueueBytes
 	}
 	c.paceLive, c.paceBacklog = wq/2, wq/4
+	if c.rpc, err = newRPCRouter(c, cfg.Upstreams, wq/2); err != nil {
+		return nil, err
+	}
 	for _, col := range []prometheus.Collector{
 		newLimitsCollector(&c.limited, cfg.ID),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "msync_comet_connections",
@@ -479,6 +483,10 @@ wait:
 		}
 	}
 
+	// Sessions ended cancel their calls; this waits for the goroutines.
+	if err := c.rpc.stop(ctx); err != nil {
+		errs = append(errs, err)
+	}
 	close(c.quit) // the ack flusher flushes a last time before it returns
 	c.wg.Wait()
 	c.cancelBase()

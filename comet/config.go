@@ -64,6 +64,12 @@ type Config struct {
 	ReorderWindow time.Duration
 	// Workers bounds the session task pool (ants); zero 4096.
 	Workers int
+	// Upstreams are the services REQUEST frames may call (rpc.go); nil:
+	// every REQUEST is answered 601. Comet.SetUpstreams replaces them.
+	Upstreams []Upstream
+	// MaxRequests is how many REQUESTs one session may have in flight, told
+	// in AuthReply.max_requests; zero 16, at most 256.
+	MaxRequests int
 	// Limits is the traffic control of device connections (limits.go);
 	// the connection caps are Gateway.MaxConns and Gateway.MaxConnsPerIP.
 	Limits Limits
@@ -133,6 +139,9 @@ func (cfg Config) withDefaults() (Config, error) {
 		cfg.Workers = defaultWorkers
 	}
 	cfg.Limits = cfg.Limits.withDefaults()
+	if cfg.MaxRequests == 0 {
+		cfg.MaxRequests = defaultMaxRequests
+	}
 	if cfg.ReorderWindow == 0 {
 		cfg.ReorderWindow = defaultReorderWindow
 	}
@@ -159,6 +168,8 @@ func (cfg Config) withDefaults() (Config, error) {
 			ErrBadConfig, cfg.HeartbeatMin, cfg.HeartbeatInterval, cfg.HeartbeatMax)
 	case cfg.Limits.FrameBurst < 0, cfg.Limits.ByteBurst < 0, cfg.Limits.AuthBurstPerIP < 0, cfg.Limits.SyncReqBurst < 0:
 		return cfg, fmt.Errorf("%w: Limits bursts must not be negative", ErrBadConfig)
+	case cfg.MaxRequests < 0 || cfg.MaxRequests > maxMaxRequests:
+		return cfg, fmt.Errorf("%w: MaxRequests %d: want 1-%d", ErrBadConfig, cfg.MaxRequests, maxMaxRequests)
 	case cfg.MaxRooms < 0:
 		return cfg, fmt.Errorf("%w: MaxRooms %d: want > 0", ErrBadConfig, cfg.MaxRooms)
 	}

@@ -45,7 +45,7 @@ type metrics struct {
 }
 
 // opSlots covers every op of protocol version 1; the last slot counts the rest.
-const opSlots = 16
+const opSlots = 18
 
 func opSlot(op protocol.Op) int {
 	if op.Known() && int(op) < opSlots-1 {

@@ -51,6 +51,10 @@ const (
 	evReorder // a channel's reorder window ended (reorder.go)
 	evDrained // the connection's write queue drained (Conn.NotifyDrained)
 	evLimit   // a frame limit was passed (limits.go); channel holds the limit name
+
+	// evResponse: an RPC call finished (rpc.go); frame.Seq is the request
+	// id, frame.Body the encoded RESPONSE frame.
+	evResponse
 )
 
 // event is one input of a session, handled in arrival order.
@@ -107,6 +111,7 @@ type session struct {
 	ticket     atomic.Pointer[[]byte]
 	hbDeadline atomic.Int64 // liveness deadline in ns; 0 before AUTH
 	rooms      sessionRooms // rooms.go: PUSH readiness and room membership
+	rpc        sessionRPC   // rpc.go: requests in flight (drain task)
 
 	mu struct {
 		sync.Mutex
@@ -364,6 +369,8 @@ func (s *session) handle(ev *event) {
 	case evLimit:
 		code, msg := limitError(ev.channel)
 		s.fail(ev.frame.Seq, code, msg, ErrOverload)
+	case evResponse:
+		s.handleResponse(ev) // rpc.go
 	case evDrained:
 		// Nothing to do here: the round ends with syncNeeded, which sends
 		// what waited for room in the write queue.
@@ -398,6 +405,8 @@ func (s *session) handleFrame(f protocol.Frame) {
 		s.handleAck(f)
 	case protocol.OpSyncReq:
 		s.handleSyncReq(f)
+	case protocol.OpRequest:
+		s.handleRequest(f) // rpc.go
 	case protocol.OpError:
 		// A client may say why it is leaving; it closes the connection itself.
 		var e wirepb.Error
@@ -460,7 +469,8 @@ func (s *session) handleAuth(f protocol.Frame) {
 		base = time.Duration(reply.HeartbeatMs) * time.Millisecond
 	}
 	s.heartbeat = s.c.heartbeatFor(a.HeartbeatMs, base) // rooms.go: the client's wish within bounds
-	out := &wirepb.AuthReply{User: reply.User, Session: s.key, HeartbeatMs: uint32(s.heartbeat / time.Millisecond)}
+	out := &wirepb.AuthReply{User: reply.User, Session: s.key, HeartbeatMs: uint32(s.heartbeat / time.Millisecond),
+		MaxRequests: uint32(s.c.cfg.MaxRequests)}
 	for _, cs := range reply.Channels {
 		if !s.chans.add(newChannel(cs.Biz, cs.Channel, cs.From)) {
 			continue // listed twice
@@ -1017,6 +1027,7 @@ func (s *session) finish(err error) {
 	s.c.removeSession(s)
 	s.stopWakes()
 	s.stopReorders()
+	s.endRPC() // rpc.go
 	for _, ch := range s.chans.order {
 		if isGlobal(ch.name) {
 			s.c.global.remove(ch.name, s)

@@ -18,7 +18,7 @@ address, businesses publish over HTTP to the logic address, oplogs are stored in
 a Pebble directory and pushed through an in-process queue. Needs no other
 server. Stop it with Ctrl-C (SIGINT) or SIGTERM: it closes connections (clients
 reconnect and resync) and flushes the store. Nothing acknowledged is lost, also
-on kill -9.
+on kill -9. SIGHUP re-reads the upstreams (RPC services) of the config file.
 
 Example:
   msync all -c configs/msync.yaml --data ./data
@@ -52,6 +52,7 @@ func runAll(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	log.Info("msync all-in-one started",
 		"comet_tcp", node.Comet.Addr().String(), "logic_http", node.Logic.HTTPAddr().String(), "data", dir)
+	cluster.ReloadOnHangup(ctx, node.Comet, *cfgPath, log) // ends with ctx
 	<-ctx.Done()
 	log.Info("shutting down")
 	sctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)

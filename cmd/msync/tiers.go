@@ -30,7 +30,8 @@ comet.http_addr when set. The flags override the file, so one file serves
 several comets on one machine (ids must be unique).
 
 Ctrl-C (SIGINT) or SIGTERM closes the device connections (devices reconnect
-to another comet and resync) and stops.
+to another comet and resync) and stops. SIGHUP re-reads the upstreams (RPC
+services) of the config file.
 
 Example (the mixed local cluster, see 'make cluster'):
   msync comet -c configs/cluster-comet.yaml --id comet-2 --addr :3103 --grpc 127.0.0.1:3104 --http 127.0.0.1:3202
@@ -69,6 +70,7 @@ func runComet(ctx context.Context, args []string, stderr io.Writer) error {
 		attrs = append(attrs, "http", n.OpsAddr.String())
 	}
 	log.Info("msync comet started", attrs...)
+	cluster.ReloadOnHangup(ctx, n.Comet, *cfgPath, log) // ends with ctx
 	return waitAndStop(ctx, log, n.Shutdown)
 }
 

@@ -274,6 +274,8 @@ func CometConfig(f *config.File, log *slog.Logger) (comet.Config, error) {
 		PageLimit:         uint32(f.Comet.PageLimit),
 		AckTimeout:        time.Duration(f.Comet.AckTimeout),
 		Logger:            log.With("tier", "comet"),
+		Upstreams:         Upstreams(f),
+		MaxRequests:       f.Comet.MaxRequests,
 	}
 	return c, CometTransports(&c.Gateway, f.Comet)
 }

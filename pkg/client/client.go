@@ -65,7 +65,8 @@ type Client struct {
 	pmu    sync.Mutex
 	points map[string]uint64 // channel -> sync point, mirrors Store
 
-	rooms roomSet // realtime.go: rooms joined on every connection
+	rooms   roomSet // realtime.go: rooms joined on every connection
+	callers callers // call.go: the session calls go to
 }
 
 // New returns a Client for the comet at addr: "host:port" (TCP),

@@ -50,6 +50,7 @@ type session struct {
 	wg      sync.WaitGroup
 
 	volatile volatileQueue // volatile.go: non-persistent bizs' oplogs
+	calls    callTable     // call.go: requests in flight
 }
 
 // runSession connects, authenticates and serves one session until it ends.
@@ -82,6 +83,7 @@ func (c *Client) runSession(parent context.Context, token string) (time.Duration
 	defer func() {
 		c.connected.Store(false)
 		s.detachRooms() // realtime.go
+		s.detachCalls() // call.go
 		cancel(nil)
 		stop()
 		_ = conn.Close()
@@ -221,7 +223,8 @@ func (s *session) setup(r *pb.AuthReply) {
 		s.wg.Go(w.run)
 	}
 	s.wg.Go(s.heartbeatLoop)
-	s.attachRooms() // realtime.go: join the app's rooms on this connection
+	s.attachRooms()              // realtime.go: join the app's rooms on this connection
+	s.attachCalls(r.MaxRequests) // call.go
 }
 
 func (s *session) setHeartbeat(ms uint32) {
@@ -316,6 +319,10 @@ func (s *session) readLoop() error {
 			}
 		case protocol.OpRoomReply:
 			// Confirms a ROOM_JOIN/ROOM_LEAVE; refusals come as ERROR.
+		case protocol.OpResponse:
+			if err := s.handleResponse(f); err != nil { // call.go
+				return err
+			}
 		default:
 			// Ops of later protocol versions. Ignoring them keeps old apps
 			// working with newer servers.

@@ -9,14 +9,17 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
+	"sort"
 	"time"
 
 	"gopkg.in/yaml.v3"
 
 	"github.com/msync/msync/pkg/auth"
 	"github.com/msync/msync/pkg/biz"
+	"github.com/msync/msync/pkg/protocol"
 )
 
 // ErrInvalid wraps every validation problem.
@@ -56,7 +59,44 @@ type File struct {
 	// RPCTLS turns on mutual TLS between the tiers of a cluster (gRPC).
 	// Without it gRPC only listens on loopback.
 	RPCTLS RPCTLS `yaml:"rpc_tls"`
+	// Upstreams are the business services devices may call over their
+	// connection (REQUEST frames, docs/protocol.md §17), by service name.
+	// Re-read on SIGHUP by msync all and msync comet. Zero: none (every
+	// REQUEST is answered 601).
+	Upstreams map[string]Upstream `yaml:"upstreams"`
 }
+
+// Upstream is one service of `upstreams:`; Parse fills the defaults.
+type Upstream struct {
+	// URL is the base URL paths are appended to: http:// (HTTP/1.1), h2c://
+	// (HTTP/2 cleartext) or https://. Required.
+	URL              string          `yaml:"url"`
+	Timeout          Duration        `yaml:"timeout"`            // one call; zero 5s
+	MaxInFlight      int             `yaml:"max_in_flight"`      // calls in flight per comet; zero 256
+	MaxRequestBytes  int             `yaml:"max_request_bytes"`  // request body; zero 32 KiB, at most 60 KiB
+	MaxResponseBytes int             `yaml:"max_response_bytes"` // answer, body and headers; zero 256 KiB (at most half comet.write_queue_bytes)
+	IdentityHeaders  IdentityHeaders `yaml:"identity_headers"`
+}
+
+// IdentityHeaders name the headers carrying the session's verified identity;
+// clients' own copies are removed.
+type IdentityHeaders struct {
+	User       string `yaml:"user"`        // zero X-Msync-User
+	Device     string `yaml:"device"`      // zero X-Msync-Device
+	Platform   string `yaml:"platform"`    // zero X-Msync-Platform
+	AppVersion string `yaml:"app_version"` // zero X-Msync-App-Version
+}
+
+// Upstream defaults (Parse fills them in; the comet applies the same).
+const (
+	DefaultUpstreamTimeout  = 5 * time.Second
+	DefaultUpstreamInFlight = 256
+	DefaultUpstreamRequest  = 32 << 10
+	DefaultUpstreamResponse = 256 << 10
+	MaxUpstreamRequestBytes = 60 << 10
+	DefaultMaxRequests      = 16
+	maxRequestsPerSession   = 256
+)
 
 // RPCTLS is the tier-to-tier mutual TLS material: a CA every tier trusts
 // and this process's certificate, whose URI SANs name its role (logic,
@@ -147,6 +187,9 @@ type Comet struct {
 	// Limits is the traffic control of device connections; each over-limit
 	// answer has its own wire code (docs/protocol.md §6 and §13).
 	Limits CometLimits `yaml:"limits"`
+	// MaxRequests is how many REQUEST frames (RPC, docs/protocol.md §17) a
+	// session may have in flight, told in AUTH_REPLY; zero 16, at most 256.
+	MaxRequests int `yaml:"max_requests"`
 	// Cluster mode (msync comet): where this comet serves its gRPC push API,
 	// the address registered for job to dial (zero: grpc_addr, with an
 	// unspecified host replaced by this machine's first non-loopback IP),
@@ -333,6 +376,68 @@ func (f *File) defaults() {
 	def(&f.Queue.Backend, "memory")
 	def(&f.Queue.RocketMQ.Topic, "msync_push")
 	def(&f.Queue.RocketMQ.Group, "msync_job")
+	if f.Comet.MaxRequests == 0 {
+		f.Comet.MaxRequests = DefaultMaxRequests
+	}
+	for name, u := range f.Upstreams {
+		u.defaults()
+		f.Upstreams[name] = u
+	}
+}
+
+func (u *Upstream) defaults() {
+	if u.Timeout == 0 {
+		u.Timeout = Duration(DefaultUpstreamTimeout)
+	}
+	if u.MaxInFlight == 0 {
+		u.MaxInFlight = DefaultUpstreamInFlight
+	}
+	if u.MaxRequestBytes == 0 {
+		u.MaxRequestBytes = DefaultUpstreamRequest
+	}
+	if u.MaxResponseBytes == 0 {
+		u.MaxResponseBytes = DefaultUpstreamResponse
+	}
+	h := &u.IdentityHeaders
+	for _, d := range []struct {
+		p *string
+		v string
+	}{{&h.User, "X-Msync-User"}, {&h.Device, "X-Msync-Device"},
+		{&h.Platform, "X-Msync-Platform"}, {&h.AppVersion, "X-Msync-App-Version"}} {
+		if *d.p == "" {
+			*d.p = d.v
+		}
+	}
+}
+
+// validateUpstreams checks what the file can; the comet re-checks
+// everything (header names, the response limit against its write queue).
+func (f *File) validateUpstreams() []error {
+	var errs []error
+	if f.Comet.MaxRequests < 0 || f.Comet.MaxRequests > maxRequestsPerSession {
+		errs = append(errs, fmt.Errorf("comet.max_requests %d: want 1-%d", f.Comet.MaxRequests, maxRequestsPerSession))
+	}
+	names := make([]string, 0, len(f.Upstreams))
+	for n := range f.Upstreams {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		u := f.Upstreams[name]
+		if !protocol.ValidServiceName(name) {
+			errs = append(errs, fmt.Errorf("upstreams: name %q: want 1-%d of [A-Za-z0-9_.-]", name, protocol.MaxServiceName))
+		}
+		if p, err := url.Parse(u.URL); err != nil || (p.Scheme != "http" && p.Scheme != "https" && p.Scheme != "h2c") || p.Host == "" {
+			errs = append(errs, fmt.Errorf("upstreams.%s.url %q: want http://, h2c:// or https:// with a host", name, u.URL))
+		}
+		if u.Timeout < 0 || u.MaxInFlight < 0 || u.MaxResponseBytes < 0 {
+			errs = append(errs, fmt.Errorf("upstreams.%s: timeout, max_in_flight, max_response_bytes must not be negative", name))
+		}
+		if u.MaxRequestBytes < 0 || u.MaxRequestBytes > MaxUpstreamRequestBytes {
+			errs = append(errs, fmt.Errorf("upstreams.%s.max_request_bytes %d: want 0-%d (a REQUEST must fit a 64 KiB frame)", name, u.MaxRequestBytes, MaxUpstreamRequestBytes))
+		}
+	}
+	return errs
 }
 
 // Validate lists every problem of f at once.
@@ -415,6 +520,7 @@ func (f *File) Validate() error {
 	if t := f.RPCTLS; t.Dir == "" && t.Enabled() && (t.CAFile == "" || t.CertFile == "" || t.KeyFile == "") {
 		errs = append(errs, errors.New("rpc_tls: set dir, or all of ca_file, cert_file and key_file"))
 	}
+	errs = append(errs, f.validateUpstreams()...)
 	if _, err := biz.NewRegistry(f.Bizs); err != nil {
 		errs = append(errs, err)
 	}

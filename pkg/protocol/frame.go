@@ -35,6 +35,8 @@ const (
 	OpRoomLeave      Op = 11
 	OpRoomReply      Op = 12
 	OpError          Op = 14
+	OpRequest        Op = 15 // request.go: RPC to a business upstream
+	OpResponse       Op = 16
 )
 
 var opNames = map[Op]string{
@@ -42,6 +44,7 @@ var opNames = map[Op]string{
 	OpHeartbeatReply: "HEARTBEAT_REPLY", OpAck: "ACK", OpSync: "SYNC",
 	OpSyncReq: "SYNC_REQ", OpPush: "PUSH", OpRoomJoin: "ROOM_JOIN", OpKick: "KICK",
 	OpRoomLeave: "ROOM_LEAVE", OpRoomReply: "ROOM_REPLY", OpError: "ERROR",
+	OpRequest: "REQUEST", OpResponse: "RESPONSE",
 }
 
 func (o Op) String() string {

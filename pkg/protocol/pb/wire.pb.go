@@ -188,8 +188,12 @@ type AuthReply struct {
 	HeartbeatMs uint32 `protobuf:"varint,3,opt,name=heartbeat_ms,json=heartbeatMs,proto3" json:"heartbeat_ms,omitempty"`
 	// channels the session will sync, one per accepted biz, with the point the
 	// server starts from.
-	Channels      []*ChannelInfo `protobuf:"bytes,4,rep,name=channels,proto3" json:"channels,omitempty"`
-	Rejected      []*RejectedBiz `protobuf:"bytes,5,rep,name=rejected,proto3" json:"rejected,omitempty"`
+	Channels []*ChannelInfo `protobuf:"bytes,4,rep,name=channels,proto3" json:"channels,omitempty"`
+	Rejected []*RejectedBiz `protobuf:"bytes,5,rep,name=rejected,proto3" json:"rejected,omitempty"`
+	// max_requests is how many REQUEST frames the session may have in flight
+	// (sent, no RESPONSE yet); a REQUEST beyond it is answered with status
+	// 604. Zero: the server does not serve REQUEST (an older server).
+	MaxRequests   uint32 `protobuf:"varint,6,opt,name=max_requests,json=maxRequests,proto3" json:"max_requests,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -257,6 +261,13 @@ func (x *AuthReply) GetRejected() []*RejectedBiz {
 		return x.Rejected
 	}
 	return nil
+}
+
+func (x *AuthReply) GetMaxRequests() uint32 {
+	if x != nil {
+		return x.MaxRequests
+	}
+	return 0
 }
 
 type ChannelInfo struct {
@@ -1000,6 +1011,182 @@ func (x *Room) GetRoom() string {
 	return ""
 }
 
+// Request (op REQUEST) asks the comet to call a business service (an
+// upstream) on the device's behalf; the comet answers with a Response of the
+// same id. See docs/protocol.md §17.
+type Request struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// id is chosen by the client, non-zero and unique among its requests in
+	// flight on this connection; the Response carries it back.
+	Id uint32 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	// service names an upstream of the server's configuration.
+	Service string `protobuf:"bytes,2,opt,name=service,proto3" json:"service,omitempty"`
+	// method is the HTTP method: GET, POST (empty means POST), PUT, PATCH or DELETE.
+	Method string `protobuf:"bytes,3,opt,name=method,proto3" json:"method,omitempty"`
+	// path is appended to the service's base URL; it starts with "/" and may
+	// carry a query.
+	Path string `protobuf:"bytes,4,opt,name=path,proto3" json:"path,omitempty"`
+	// headers are passed to the upstream (at most 16, names are HTTP tokens).
+	Headers map[string]string `protobuf:"bytes,5,rep,name=headers,proto3" json:"headers,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Body    []byte            `protobuf:"bytes,6,opt,name=body,proto3" json:"body,omitempty"`
+	// timeout_ms is how long the client will wait (0: the service's timeout);
+	// the server gives up at the smaller of the two.
+	TimeoutMs     uint32 `protobuf:"varint,7,opt,name=timeout_ms,json=timeoutMs,proto3" json:"timeout_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Request) Reset() {
+	*x = Request{}
+	mi := &file_pkg_protocol_pb_wire_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Request) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Request) ProtoMessage() {}
+
+func (x *Request) ProtoReflect() protoreflect.Message {
+	mi := &file_pkg_protocol_pb_wire_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Request.ProtoReflect.Descriptor instead.
+func (*Request) Descriptor() ([]byte, []int) {
+	return file_pkg_protocol_pb_wire_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *Request) GetId() uint32 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *Request) GetService() string {
+	if x != nil {
+		return x.Service
+	}
+	return ""
+}
+
+func (x *Request) GetMethod() string {
+	if x != nil {
+		return x.Method
+	}
+	return ""
+}
+
+func (x *Request) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *Request) GetHeaders() map[string]string {
+	if x != nil {
+		return x.Headers
+	}
+	return nil
+}
+
+func (x *Request) GetBody() []byte {
+	if x != nil {
+		return x.Body
+	}
+	return nil
+}
+
+func (x *Request) GetTimeoutMs() uint32 {
+	if x != nil {
+		return x.TimeoutMs
+	}
+	return 0
+}
+
+// Response (op RESPONSE) answers the Request with the same id. Responses
+// come in any order.
+type Response struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    uint32                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	// status is the upstream's HTTP status (100-599), or one of msync's own
+	// (600-699) when the upstream did not answer.
+	Status        uint32            `protobuf:"varint,2,opt,name=status,proto3" json:"status,omitempty"`
+	Headers       map[string]string `protobuf:"bytes,3,rep,name=headers,proto3" json:"headers,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Body          []byte            `protobuf:"bytes,4,opt,name=body,proto3" json:"body,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Response) Reset() {
+	*x = Response{}
+	mi := &file_pkg_protocol_pb_wire_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Response) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Response) ProtoMessage() {}
+
+func (x *Response) ProtoReflect() protoreflect.Message {
+	mi := &file_pkg_protocol_pb_wire_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Response.ProtoReflect.Descriptor instead.
+func (*Response) Descriptor() ([]byte, []int) {
+	return file_pkg_protocol_pb_wire_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *Response) GetId() uint32 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *Response) GetStatus() uint32 {
+	if x != nil {
+		return x.Status
+	}
+	return 0
+}
+
+func (x *Response) GetHeaders() map[string]string {
+	if x != nil {
+		return x.Headers
+	}
+	return nil
+}
+
+func (x *Response) GetBody() []byte {
+	if x != nil {
+		return x.Body
+	}
+	return nil
+}
+
 var File_pkg_protocol_pb_wire_proto protoreflect.FileDescriptor
 
 const file_pkg_protocol_pb_wire_proto_rawDesc = "" +
@@ -1016,13 +1203,14 @@ const file_pkg_protocol_pb_wire_proto_rawDesc = "" +
 	"\fheartbeat_ms\x18\a \x01(\rR\vheartbeatMs\"8\n" +
 	"\fChannelPoint\x12\x18\n" +
 	"\achannel\x18\x01 \x01(\tR\achannel\x12\x0e\n" +
-	"\x02id\x18\x02 \x01(\x04R\x02id\"\xcc\x01\n" +
+	"\x02id\x18\x02 \x01(\x04R\x02id\"\xef\x01\n" +
 	"\tAuthReply\x12\x12\n" +
 	"\x04user\x18\x01 \x01(\tR\x04user\x12\x18\n" +
 	"\asession\x18\x02 \x01(\tR\asession\x12!\n" +
 	"\fheartbeat_ms\x18\x03 \x01(\rR\vheartbeatMs\x126\n" +
 	"\bchannels\x18\x04 \x03(\v2\x1a.msync.wire.v1.ChannelInfoR\bchannels\x126\n" +
-	"\brejected\x18\x05 \x03(\v2\x1a.msync.wire.v1.RejectedBizR\brejected\"M\n" +
+	"\brejected\x18\x05 \x03(\v2\x1a.msync.wire.v1.RejectedBizR\brejected\x12!\n" +
+	"\fmax_requests\x18\x06 \x01(\rR\vmaxRequests\"M\n" +
 	"\vChannelInfo\x12\x10\n" +
 	"\x03biz\x18\x01 \x01(\tR\x03biz\x12\x18\n" +
 	"\achannel\x18\x02 \x01(\tR\achannel\x12\x12\n" +
@@ -1070,7 +1258,27 @@ const file_pkg_protocol_pb_wire_proto_rawDesc = "" +
 	"\x04code\x18\x01 \x01(\rR\x04code\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\"\x1a\n" +
 	"\x04Room\x12\x12\n" +
-	"\x04room\x18\x01 \x01(\tR\x04roomB(Z&github.com/msync/msync/pkg/protocol/pbb\x06proto3"
+	"\x04room\x18\x01 \x01(\tR\x04room\"\x8d\x02\n" +
+	"\aRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\rR\x02id\x12\x18\n" +
+	"\aservice\x18\x02 \x01(\tR\aservice\x12\x16\n" +
+	"\x06method\x18\x03 \x01(\tR\x06method\x12\x12\n" +
+	"\x04path\x18\x04 \x01(\tR\x04path\x12=\n" +
+	"\aheaders\x18\x05 \x03(\v2#.msync.wire.v1.Request.HeadersEntryR\aheaders\x12\x12\n" +
+	"\x04body\x18\x06 \x01(\fR\x04body\x12\x1d\n" +
+	"\n" +
+	"timeout_ms\x18\a \x01(\rR\ttimeoutMs\x1a:\n" +
+	"\fHeadersEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xc2\x01\n" +
+	"\bResponse\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\rR\x02id\x12\x16\n" +
+	"\x06status\x18\x02 \x01(\rR\x06status\x12>\n" +
+	"\aheaders\x18\x03 \x03(\v2$.msync.wire.v1.Response.HeadersEntryR\aheaders\x12\x12\n" +
+	"\x04body\x18\x04 \x01(\fR\x04body\x1a:\n" +
+	"\fHeadersEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B(Z&github.com/msync/msync/pkg/protocol/pbb\x06proto3"
 
 var (
 	file_pkg_protocol_pb_wire_proto_rawDescOnce sync.Once
@@ -1084,7 +1292,7 @@ func file_pkg_protocol_pb_wire_proto_rawDescGZIP() []byte {
 	return file_pkg_protocol_pb_wire_proto_rawDescData
 }
 
-var file_pkg_protocol_pb_wire_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_pkg_protocol_pb_wire_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_pkg_protocol_pb_wire_proto_goTypes = []any{
 	(*Auth)(nil),           // 0: msync.wire.v1.Auth
 	(*ChannelPoint)(nil),   // 1: msync.wire.v1.ChannelPoint
@@ -1102,20 +1310,26 @@ var file_pkg_protocol_pb_wire_proto_goTypes = []any{
 	(*Kick)(nil),           // 13: msync.wire.v1.Kick
 	(*Error)(nil),          // 14: msync.wire.v1.Error
 	(*Room)(nil),           // 15: msync.wire.v1.Room
+	(*Request)(nil),        // 16: msync.wire.v1.Request
+	(*Response)(nil),       // 17: msync.wire.v1.Response
+	nil,                    // 18: msync.wire.v1.Request.HeadersEntry
+	nil,                    // 19: msync.wire.v1.Response.HeadersEntry
 }
 var file_pkg_protocol_pb_wire_proto_depIdxs = []int32{
-	1, // 0: msync.wire.v1.Auth.points:type_name -> msync.wire.v1.ChannelPoint
-	3, // 1: msync.wire.v1.AuthReply.channels:type_name -> msync.wire.v1.ChannelInfo
-	4, // 2: msync.wire.v1.AuthReply.rejected:type_name -> msync.wire.v1.RejectedBiz
-	7, // 3: msync.wire.v1.ChannelPage.oplogs:type_name -> msync.wire.v1.Oplog
-	8, // 4: msync.wire.v1.Sync.pages:type_name -> msync.wire.v1.ChannelPage
-	1, // 5: msync.wire.v1.Ack.points:type_name -> msync.wire.v1.ChannelPoint
-	1, // 6: msync.wire.v1.SyncReq.points:type_name -> msync.wire.v1.ChannelPoint
-	7, // [7:7] is the sub-list for method output_type
-	7, // [7:7] is the sub-list for method input_type
-	7, // [7:7] is the sub-list for extension type_name
-	7, // [7:7] is the sub-list for extension extendee
-	0, // [0:7] is the sub-list for field type_name
+	1,  // 0: msync.wire.v1.Auth.points:type_name -> msync.wire.v1.ChannelPoint
+	3,  // 1: msync.wire.v1.AuthReply.channels:type_name -> msync.wire.v1.ChannelInfo
+	4,  // 2: msync.wire.v1.AuthReply.rejected:type_name -> msync.wire.v1.RejectedBiz
+	7,  // 3: msync.wire.v1.ChannelPage.oplogs:type_name -> msync.wire.v1.Oplog
+	8,  // 4: msync.wire.v1.Sync.pages:type_name -> msync.wire.v1.ChannelPage
+	1,  // 5: msync.wire.v1.Ack.points:type_name -> msync.wire.v1.ChannelPoint
+	1,  // 6: msync.wire.v1.SyncReq.points:type_name -> msync.wire.v1.ChannelPoint
+	18, // 7: msync.wire.v1.Request.headers:type_name -> msync.wire.v1.Request.HeadersEntry
+	19, // 8: msync.wire.v1.Response.headers:type_name -> msync.wire.v1.Response.HeadersEntry
+	9,  // [9:9] is the sub-list for method output_type
+	9,  // [9:9] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_pkg_protocol_pb_wire_proto_init() }
@@ -1129,7 +1343,7 @@ func file_pkg_protocol_pb_wire_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_pkg_protocol_pb_wire_proto_rawDesc), len(file_pkg_protocol_pb_wire_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   16,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
