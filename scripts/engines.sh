@@ -141,7 +141,9 @@ stop_pid() { # name pidfile marker grace
 wait_for() {
   local name="$1" pf="$2" marker="$3" log="$4" check="$5" start=$SECONDS
   while ! "$check"; do
-    if ! alive "$pf" "$marker"; then
+    # kill -0, not alive: until the launching subshell has exec'd java its
+    # command line lacks the marker (a fresh child's pid is not recycled).
+    if ! kill -0 "$(cat "$pf")" 2>/dev/null; then
       say "$name: exited during start-up; last lines of $log:"
       tail -n 30 "$log" >&2 || true
       exit 1
