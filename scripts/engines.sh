@@ -24,6 +24,8 @@
 #   MSYNC_BROKER_PORT             broker port (10911); the broker also binds
 #                                 PORT-2 (fast channel) and PORT+1 (HA)
 #   MSYNC_BROKER_HEAP             broker heap (512m)
+#   MSYNC_ENGINES_FRESH=1         `up` first deletes the data of the engines it starts
+#                                 (test-integration does: a node with old data starts slower)
 #   MSYNC_ENGINES_TIMEOUT         seconds to wait for each engine (480; a cold
 #                                 Cassandra took 188s at load average 80)
 set -euo pipefail
@@ -45,8 +47,10 @@ say() { echo "engines: $*" >&2; }
 die() { echo "engines: $*" >&2; exit 1; }
 
 [[ "$PAXOS" == v1 || "$PAXOS" == v2 ]] || die "MSYNC_CASSANDRA_PAXOS=$PAXOS: want v1 or v2"
-for p in CQL_PORT STORAGE_PORT NS_PORT BROKER_PORT TIMEOUT; do
-  [[ "${!p}" =~ ^[1-9][0-9]{0,4}$ ]] || die "$p=${!p}: want a number (see the header of $0 for the variables)"
+for p in CQL_PORT:MSYNC_CASSANDRA_PORT STORAGE_PORT:MSYNC_CASSANDRA_STORAGE_PORT NS_PORT:MSYNC_NAMESRV_PORT \
+  BROKER_PORT:MSYNC_BROKER_PORT TIMEOUT:MSYNC_ENGINES_TIMEOUT; do
+  v="${p%%:*}"
+  [[ "${!v}" =~ ^[1-9][0-9]{0,4}$ ]] || die "${p#*:}=${!v}: want a number (see the header of $0 for the variables)"
 done
 (( BROKER_PORT > 2 && BROKER_PORT < 65535 )) || die "MSYNC_BROKER_PORT=$BROKER_PORT: want 3..65534 (the broker also binds PORT-2 and PORT+1)"
 [[ "$DIR" = /* ]] || DIR="$PWD/$DIR"
@@ -228,6 +232,7 @@ cassandra_up() {
   check_port "$CQL_PORT" "Cassandra CQL" MSYNC_CASSANDRA_PORT
   check_port "$STORAGE_PORT" "Cassandra storage" MSYNC_CASSANDRA_STORAGE_PORT
   resolve cassandra
+  [[ "${MSYNC_ENGINES_FRESH:-}" != 1 ]] || rm -rf "$C/data"
   cassandra_conf
   local jamm; jamm="$(ls "$C"/lib/jamm-*.jar 2>/dev/null | head -n1)"
   [[ -n "$jamm" ]] || die "cassandra: no jamm jar in $C/lib: remove $C/lib and retry"
@@ -340,7 +345,10 @@ EOF
 
 rmq_start() { # name home mainclass logback args...
   local name="$1" home="$2" main="$3" logback="$4" heap="$5"; shift 5
-  (cd "$home" && exec "$JAVA" -server -Xms"$heap" -Xmx"$heap" -XX:+UseG1GC -XX:-OmitStackTraceInFastThrow \
+  # C1 only and the serial GC: far less CPU at start on a loaded machine; a
+  # test broker's load never needs C2 or G1.
+  (cd "$home" && exec "$JAVA" -server -Xms"$heap" -Xmx"$heap" -XX:+UseSerialGC -XX:TieredStopAtLevel=1 \
+    -XX:-OmitStackTraceInFastThrow \
     -XX:+ExitOnOutOfMemoryError "${RMQ_OPENS[@]}" \
     -Duser.home="$home" -Drocketmq.home.dir="$home" -Djava.io.tmpdir="$R/tmp" \
     -Drmq.logback.configurationFile="$logback" \
@@ -369,6 +377,7 @@ broker_up() {
   check_port "$(( BROKER_PORT - 2 ))" "RocketMQ broker fast channel, MSYNC_BROKER_PORT-2" MSYNC_BROKER_PORT
   check_port "$(( BROKER_PORT + 1 ))" "RocketMQ broker HA, MSYNC_BROKER_PORT+1" MSYNC_BROKER_PORT
   resolve rocketmq
+  [[ "${MSYNC_ENGINES_FRESH:-}" != 1 ]] || rm -rf "$R/store"
   rocketmq_conf
   rmq_start broker "$R/broker" org.apache.rocketmq.broker.BrokerStartup rmq.broker.logback.xml "$B_HEAP" \
     -c "$R/broker.conf"

@@ -50,7 +50,7 @@ if (( ${#want[@]} > 0 )); then
     esac
   done
   start=$SECONDS
-  envs="$("$ENGINES" up "${want[@]}")"
+  envs="$(MSYNC_ENGINES_FRESH=1 "$ENGINES" up "${want[@]}")"
   echo "test-integration: engines up in $(( SECONDS - start ))s" >&2
   [[ -n "$hosts" ]] || hosts="$(sed -n 's/^MSYNC_CASSANDRA_HOSTS=//p' <<<"$envs")"
   [[ -n "$namesrv" ]] || namesrv="$(sed -n 's/^MSYNC_ROCKETMQ_NAMESRV=//p' <<<"$envs")"

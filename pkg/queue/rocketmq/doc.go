@@ -47,6 +47,9 @@
 //   - On the first route lookup the client publishes the topic's queues
 //     before the broker's address, so concurrent first sends fail; the
 //     Producer sends one message at a time until one succeeded.
+//   - A broker behind on sends answers SYSTEM_BUSY (flow control) and stores
+//     nothing; the client's retries come at once and meet the same, so the
+//     Producer backs off and resends until SendTimeout.
 //   - A send that times out is retried by the client at once, and each retry
 //     is written although the context expired: one timed-out Send can store
 //     1+Retries copies (consumers dedupe; a slow broker gets more load).

@@ -3,8 +3,10 @@ package rocketmq
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	rmq "github.com/apache/rocketmq-client-go/v2"
 	"github.com/apache/rocketmq-client-go/v2/primitive"
@@ -152,6 +154,19 @@ func (p *Producer) send(ctx context.Context, m queue.Message) error {
 		msg.WithKeys([]string{m.Key})
 	}
 	res, err := p.p.SendSync(ctx, msg)
+	// A broker that is behind (its send queue waited longer than
+	// waitTimeMillsInSendQueue, or the page cache is busy) answers
+	// SYSTEM_BUSY without storing: "start flow control for a while". The
+	// client's own retries follow at once and meet the same; back off and
+	// resend until SendTimeout instead (seen on a loaded machine).
+	for wait := busyBackoff; err != nil && brokerBusy(err); wait = min(2*wait, maxBusyBackoff) {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w: topic=%s key=%q: broker busy until the send timeout: %w", ErrSend, p.cfg.Topic, m.Key, err)
+		case <-time.After(wait):
+		}
+		res, err = p.p.SendSync(ctx, msg)
+	}
 	if err != nil && noRoute(err) {
 		return fmt.Errorf("%w: %w", ErrSend, p.cfg.noTopic(err))
 	}
@@ -165,6 +180,17 @@ func (p *Producer) send(ctx context.Context, m queue.Message) error {
 	}
 	return nil
 }
+
+// busyBackoff and maxBusyBackoff bound the pause before resending a message
+// the broker refused as busy.
+const (
+	busyBackoff    = 20 * time.Millisecond
+	maxBusyBackoff = 500 * time.Millisecond
+)
+
+// brokerBusy reports the broker's SYSTEM_BUSY (response code 2; v2.1.2
+// returns it as "CODE: 2, DESC: ..." with no type).
+func brokerBusy(err error) bool { return strings.Contains(err.Error(), "CODE: 2, DESC:") }
 
 // Shutdown rejects new Sends, waits for in-flight ones and stops the client,
 // bounded by ctx (on expiry it returns ctx's error; the client is stopped in

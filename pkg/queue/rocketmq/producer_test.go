@@ -191,6 +191,38 @@ func TestProducerBoundedRetries(t *testing.T) {
 	}
 }
 
+// SYSTEM_BUSY (flow control) stores nothing: the producer backs off and
+// resends until the broker accepts, within SendTimeout, and fails with
+// ErrSend when the broker stays busy.
+func TestProducerBrokerBusy(t *testing.T) {
+	var busy atomic.Int32
+	busy.Store(5) // refusals before the broker accepts
+	srv := startRemoting(t, "t1", 4, func(sentMsg) (int, time.Duration) {
+		if busy.Add(-1) >= 0 {
+			return resSystemBusy, 0
+		}
+		return resSuccess, 0
+	})
+	p := newTestProducer(t, Config{NameServers: []string{srv.nsAddr()}, Topic: "t1", Retries: -1, SendTimeout: 5 * time.Second})
+	if err := p.Send(context.Background(), queue.Message{Key: "k", Value: []byte("v")}); err != nil {
+		t.Fatalf("Send after 5 busy answers = %v, want nil", err)
+	}
+	if _, sent := srv.snapshot(); len(sent) != 1 {
+		t.Fatalf("%d messages stored, want 1", len(sent))
+	}
+
+	busy.Store(1 << 30) // busy for good
+	p2 := newTestProducer(t, Config{NameServers: []string{srv.nsAddr()}, Topic: "t1", Retries: -1, SendTimeout: 300 * time.Millisecond})
+	start := time.Now()
+	err := p2.Send(context.Background(), queue.Message{Key: "k", Value: []byte("w")})
+	if !errors.Is(err, ErrSend) || !strings.Contains(err.Error(), "busy") {
+		t.Fatalf("Send to a broker busy for good = %v, want ErrSend saying busy", err)
+	}
+	if el := time.Since(start); el > 3*time.Second {
+		t.Fatalf("Send took %v, want it bounded by SendTimeout (300ms)", el)
+	}
+}
+
 func TestProducerSendTimeout(t *testing.T) {
 	srv := startRemoting(t, "t1", 4, func(m sentMsg) (int, time.Duration) {
 		if string(m.Body) == "slow" {

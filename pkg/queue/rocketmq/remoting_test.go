@@ -53,6 +53,7 @@ const (
 
 	resSuccess          = 0
 	resSystemError      = 1
+	resSystemBusy       = 2
 	resNotSupported     = 3
 	resTopicNotExist    = 17
 	resPullNotFound     = 19
