@@ -238,6 +238,7 @@ func (ch *chaos) killComet(*testing.T) {
 func (ch *chaos) engines(t *testing.T, args ...string) {
 	t.Helper()
 	cmd := exec.Command(ch.ctl, args...)
+	cmd.Env = append(os.Environ(), "MSYNC_ENGINES_FRESH=0") // a restart keeps the data
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("%s %v: %v\n%s", ch.ctl, args, err, out)
 	}
