@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -254,7 +255,18 @@ func (ch *chaos) restartBroker(t *testing.T) {
 func (ch *chaos) stopCassandra(t *testing.T) {
 	ch.engines(t, "down", "cassandra")
 	ch.cassandraDown.Store(true)
-	time.Sleep(20 * time.Second)
+	time.Sleep(10 * time.Second)
+	// /healthz of a logic names the store as the dependency that is down.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	var health map[string]string
+	code, err := do(ctx, "GET", ch.c.apis[0]+"/healthz", "", nil, &health)
+	cancel()
+	if err != nil || code != 503 || !strings.HasPrefix(health["store"], "down: ") {
+		t.Errorf("logic /healthz with Cassandra stopped = %d %v %v, want 503 with store down", code, health, err)
+	} else {
+		ch.logf("logic /healthz with Cassandra stopped: %d %v", code, health)
+	}
+	time.Sleep(10 * time.Second)
 	ch.cassandraDown.Store(false)
 	ch.engines(t, "up", "cassandra")
 	if ch.during503.Load() == 0 {
