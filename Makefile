@@ -23,7 +23,7 @@ help:
 	@echo "make test-integration  conformance suites against real Cassandra/RocketMQ (starts them unless MSYNC_* env names running ones)"
 	@echo "make engines-up        start Cassandra 5.0 + RocketMQ 5.3 on 127.0.0.1 from Maven Central jars (./.engines; needs JDK 17, Maven)"
 	@echo "make engines-down      stop them"
-	@echo "make chaos             6-minute chaos run of the cluster on the real engines (kill -9 of each tier, broker restart, Cassandra stop)"
+	@echo "make chaos             8-minute chaos run of the cluster on the real engines (kill -9 of each tier, broker restart, Cassandra stop)"
 	@echo "make generate          regenerate protobuf code (needs protoc; output is committed)"
 	@echo "make clean             remove bin/ and ./data"
 
@@ -78,7 +78,7 @@ test-integration:
 # MSYNC_ENGINES_DIR and the other variables).
 # The long chaos run on the real engines (e2e/chaos_real_test.go; a short one is in test-integration).
 chaos:
-	MSYNC_CHAOS_DURATION=6m MSYNC_CHAOS_CHANNELS=240 MSYNC_CHAOS_RATE=350 MSYNC_CHAOS_MIN_OPLOGS=50000 INTEGRATION_PKGS=./e2e/ INTEGRATION_RUN=TestChaosReal INTEGRATION_TIMEOUT=40m scripts/test-integration.sh
+	MSYNC_CHAOS_DURATION=8m MSYNC_CHAOS_CHANNELS=240 MSYNC_CHAOS_RATE=350 MSYNC_CHAOS_MIN_OPLOGS=50000 INTEGRATION_PKGS=./e2e/ INTEGRATION_RUN=TestChaosReal INTEGRATION_TIMEOUT=40m scripts/test-integration.sh
 
 engines-up:
 	scripts/engines.sh up

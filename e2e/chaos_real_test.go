@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -238,6 +239,7 @@ func (ch *chaos) killComet(*testing.T) {
 func (ch *chaos) engines(t *testing.T, args ...string) {
 	t.Helper()
 	cmd := exec.Command(ch.ctl, args...)
+	cmd.Env = append(os.Environ(), "MSYNC_ENGINES_FRESH=0") // a restart keeps the data
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("%s %v: %v\n%s", ch.ctl, args, err, out)
 	}
@@ -253,7 +255,18 @@ func (ch *chaos) restartBroker(t *testing.T) {
 func (ch *chaos) stopCassandra(t *testing.T) {
 	ch.engines(t, "down", "cassandra")
 	ch.cassandraDown.Store(true)
-	time.Sleep(20 * time.Second)
+	time.Sleep(10 * time.Second)
+	// /healthz of a logic names the store as the dependency that is down.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	var health map[string]string
+	code, err := do(ctx, "GET", ch.c.apis[0]+"/healthz", "", nil, &health)
+	cancel()
+	if err != nil || code != 503 || !strings.HasPrefix(health["store"], "down: ") {
+		t.Errorf("logic /healthz with Cassandra stopped = %d %v %v, want 503 with store down", code, health, err)
+	} else {
+		ch.logf("logic /healthz with Cassandra stopped: %d %v", code, health)
+	}
+	time.Sleep(10 * time.Second)
 	ch.cassandraDown.Store(false)
 	ch.engines(t, "up", "cassandra")
 	if ch.during503.Load() == 0 {

@@ -237,7 +237,7 @@ func (l *Logic) storeError(op string, err error) *apiError {
 		return errorf(http.StatusGatewayTimeout, CodeOutcomeUnknown, "the store did not confirm the write in time: it may or may not be stored; retry with the same dedup_key, which returns the stored id if it was")
 	}
 	l.log.Warn("store call failed", "op", op, "err", err)
-	return errorf(http.StatusServiceUnavailable, CodeUnavailable, "store unavailable, nothing was stored: retry (with the same dedup_key to stay idempotent)")
+	return errorf(http.StatusServiceUnavailable, CodeUnavailable, "store unavailable: the oplog was not acknowledged and may or may not be stored; retry with the same dedup_key (the same id comes back if it was)")
 }
 
 // publish appends ops durably (one store call, one group commit), then
