@@ -152,6 +152,20 @@ class MsyncClient(address: String, options: Options) : AutoCloseable {
         wake.trySend(Unit)
     }
 
+    /** [updateUser] with a token the app already has (e.g. from its login response). */
+    fun updateUser(token: String) {
+        if (token.isEmpty()) throw BadOptionsException("empty token")
+        synchronized(lock) {
+            check(!closed) { "client closed" }
+            this.token = token
+            userSet = true
+            stopped = false
+            skipBackoff = true
+            current?.end(LifecycleException(LifecycleException.Reason.USER_UPDATED))
+        }
+        wake.trySend(Unit)
+    }
+
     /** Logout: disconnect and stop until [updateUser]. Sync points are kept (channels are per user). */
     fun clearUser() {
         synchronized(lock) {

@@ -1,6 +1,5 @@
 package io.msync.client
 
-import kotlinx.coroutines.runBlocking
 import org.junit.jupiter.api.AfterAll
 import org.junit.jupiter.api.Assertions.assertEquals
 import org.junit.jupiter.api.Assertions.assertTrue
@@ -198,7 +197,7 @@ class ServerTest {
             c.clearUser()
             eventually("cleared") { !c.connected }
             server.publish("demo", "life", "while logged out")
-            runBlocking { c.updateUser() }
+            c.updateUser(server.token("life"))
             eventually("after login") { rec.ops.size == 4 }
             assertDense(rec.ids(), 4, "lifecycle")
         }

@@ -169,6 +169,9 @@ class MsyncServer(
         val pb = ProcessBuilder(msyncBinary.path, "all", "-c", configFile.path, "--data", File(dataDir, "store").path)
             .redirectErrorStream(true).redirectOutput(ProcessBuilder.Redirect.appendTo(logFile))
         proc = pb.start()
+        // A test JVM that dies must not leave msync running.
+        val p = proc!!
+        Runtime.getRuntime().addShutdownHook(Thread { p.destroyForcibly() })
         eventually("msync to serve /healthz and the comet port (log: ${logFile.path})\n${logTail()}", 30_000) {
             check(proc!!.isAlive) { "msync exited with ${proc!!.exitValue()}:\n${logTail()}" }
             healthy() && canConnect(cometPort) && (tls == null || canConnect(tlsPort))
