@@ -2,9 +2,10 @@ package auth
 
 import (
 	"errors"
-	"github.com/golang-jwt/jwt/v5"
 	"testing"
 	"time"
+
+	"github.com/golang-jwt/jwt/v5"
 )
 
 func TestTokens(t *testing.T) {
@@ -32,6 +33,23 @@ func TestTokens(t *testing.T) {
 	tk.now = func() time.Time { return time.Now().Add(2 * time.Hour) }
 	if _, err := tk.Verify(tok); !errors.Is(err, ErrTokenExpired) {
 		t.Fatalf("expired: %v", err)
+	}
+}
+
+// Security review #14: keys are matched by digest over every key; a key
+// that is a prefix or an extension of a configured one does not match.
+func TestAPIKeysExactMatchOnly(t *testing.T) {
+	k := NewAPIKeys([]APIKey{{Key: "first-key-0123456789abcdef", Bizs: []string{"a"}}, {Key: "second-key-0123456789abcdef", Bizs: []string{"b"}}})
+	for _, key := range []string{"first-key", "first-key-0123456789abcdef0", "second-key-0123456789abcde"} {
+		if err := k.Check(key, ""); !errors.Is(err, ErrAPIKey) {
+			t.Errorf("Check(%q) = %v, want ErrAPIKey", key, err)
+		}
+	}
+	if err := k.Check("second-key-0123456789abcdef", "b"); err != nil {
+		t.Errorf("second key for its biz: %v", err)
+	}
+	if err := k.Check("second-key-0123456789abcdef", "a"); !errors.Is(err, ErrAPIKey) {
+		t.Errorf("second key for the first key's biz: %v", err)
 	}
 }
 
