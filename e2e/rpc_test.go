@@ -32,7 +32,7 @@ type rpcUpstream struct {
 
 type echoAnswer struct {
 	User, Device, Platform, Version string
-	Method, Path, Body               string
+	Method, Path, Body              string
 }
 
 func startRPCUpstream(t *testing.T) *rpcUpstream {
