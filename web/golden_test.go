@@ -87,6 +87,16 @@ func goldenFrames(t *testing.T) []goldenFrame {
 		{name: "push-volatile", op: protocol.OpPush, m: &pb.Push{Biz: "typing", Payload: []byte(`{"who":"bob"}`), CreatedMs: 1763780000001}},
 		{name: "auth-heartbeat", op: protocol.OpAuth, seq: 1, m: &pb.Auth{Token: "t", Device: "d", Bizs: []string{"demo"}, HeartbeatMs: 5000}},
 		{name: "heartbeat-wish", op: protocol.OpHeartbeat, seq: 6, m: &pb.Heartbeat{IntervalMs: 15000}},
+		// RPC (docs/protocol.md §17): the doc's test vectors, then edge cases.
+		// Maps have one entry: Go's map order on the wire is unspecified.
+		{name: "request-doc", op: protocol.OpRequest, seq: 9, m: &pb.Request{Id: 7, Service: "orders", Path: "/v1/list",
+			Headers: map[string]string{"accept": "json"}, Body: []byte(`{}`)}},
+		{name: "response-doc", op: protocol.OpResponse, seq: 9, m: &pb.Response{Id: 7, Status: 200,
+			Headers: map[string]string{"content-type": "json"}, Body: []byte(`[1]`)}},
+		{name: "response-timeout", op: protocol.OpResponse, seq: 10, m: &pb.Response{Id: 8, Status: 603}},
+		{name: "auth-reply-rpc", op: protocol.OpAuthReply, seq: 1, m: &pb.AuthReply{User: "alice", Session: "k1", HeartbeatMs: 30000, MaxRequests: 16}},
+		{name: "request-full", op: protocol.OpRequest, seq: 4294967295, m: &pb.Request{Id: 4294967295, Service: "u.v-1", Method: "PATCH",
+			Path: "/ü?q=☃", Headers: map[string]string{"x-empty": ""}, Body: []byte{0, 0xff}, TimeoutMs: 1500}},
 	}
 	marshal := protojson.MarshalOptions{EmitUnpopulated: true}
 	var out []goldenFrame

@@ -14,7 +14,7 @@
 import {
   Op, opName, MAX_CLIENT_FRAME, DEFAULT_MAX_FRAME, HEADER_SIZE, decodeFrames, encodeFrame,
   encodeAuth, encodePoints, encodeHeartbeat, decodeAuthReply, decodeHeartbeatReply, decodeSync,
-  decodeKick, decodeError, decodePush,
+  decodeKick, decodeError, decodePush, encodeRequest, decodeResponse,
 } from './codec.js';
 import { MemoryStore } from './store.js';
 
@@ -55,6 +55,8 @@ const MAX_VOLATILE_QUEUED = 256;
  *   closed, background, user_cleared, user_updated  (the app asked)
  *   server (ERROR frame), kicked (KICK frame)        code = wire code
  *   protocol, transport, timeout, token, options
+ *   call (msync answered a call() itself: status 601-609, see .status and
+ *   .retryable), call_lost, bad_request, rpc_unsupported
  */
 export class MsyncError extends Error {
   constructor(kind, message, code = 0) {
@@ -217,6 +219,7 @@ export class MsyncClient {
     this.wakeUp = null; // resolves the connection loop's wait
     this.done = null; // the loop's promise
     this.isConnected = false;
+    this.calls = new CallRouter(this);
   }
 
   /** registerBiz routes biz's oplogs to handler(oplog, {signal}); call before start. */
@@ -242,9 +245,27 @@ export class MsyncClient {
   /** close ends the connection, stops reconnecting and resolves when every loop and handler stopped. */
   async close() {
     this.state.closed = true;
+    this.calls.close();
     this.session?.end(new MsyncError('closed', 'client closed'));
     this.#wake();
     if (this.done) await this.done;
+  }
+
+  /**
+   * call sends a REQUEST to a service of the server's upstreams over the
+   * connection (docs/protocol.md §17) and resolves with the upstream's answer
+   * {status, headers, body (Uint8Array), text}. While disconnected it waits
+   * for the next session. It rejects with MsyncError kind 'call' (msync's
+   * own status 601-609, .status, .retryable), 'timeout' (the deadline
+   * passed), 'call_lost' (the connection ended first: the upstream may have
+   * run it), 'bad_request' (refused locally, nothing sent), 'rpc_unsupported'
+   * or 'closed'.
+   *   path     appended to the service's base URL; starts with "/"
+   *   body     Uint8Array or string
+   *   opts     {method ('POST'), headers ({}), timeoutMs (10000)}
+   */
+  call(service, path, body, opts = {}) {
+    return this.calls.call(service, path, body, opts);
   }
 
   /** connected reports whether a session is authenticated right now. */
@@ -492,6 +513,7 @@ class Session {
     clearTimeout(this.hbTimer);
     clearTimeout(this.readTimer);
     this.abort.abort(cause);
+    this.c.calls.detach(this);
     if (this.ws) {
       this.ws.onmessage = null;
       try {
@@ -631,6 +653,7 @@ class Session {
     for (const w of this.workers.values()) w.start();
     this.armRead();
     this.armHeartbeat();
+    c.calls.attach(this, r.maxRequests);
   }
 
   setHeartbeat(ms) {
@@ -683,6 +706,9 @@ class Session {
           break;
         case Op.PUSH:
           this.onPush(decodePush(f.body));
+          break;
+        case Op.RESPONSE:
+          this.c.calls.onResponse(this, decodeResponse(f.body));
           break;
         default:
           // ROOM_REPLY and ops of later versions: ignoring them keeps old
@@ -911,5 +937,130 @@ class Worker {
     this.lastReqPoint = point;
     this.lastReqAt = now;
     this.s.send(Op.SYNC_REQ, encodePoints({ points: [{ channel: this.channel, id: point }] }));
+  }
+}
+
+// ---- RPC over the connection (docs/protocol.md §17) ----
+
+export const DEFAULT_CALL_TIMEOUT = 10_000;
+const CALL_METHODS = new Set(['', 'GET', 'POST', 'PUT', 'PATCH', 'DELETE']);
+const HOP_HEADERS = new Set(['connection', 'content-length', 'host', 'keep-alive', 'proxy-authorization',
+  'proxy-connection', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'http2-settings']);
+const TOKEN_RE = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,64}$/;
+const SERVICE_RE = /^[A-Za-z0-9_.-]{1,64}$/;
+
+// checkRequest mirrors pkg/protocol.CheckRequest: what the server answers 608.
+export function checkRequest(m) {
+  if (!CALL_METHODS.has(m.method)) return `method ${m.method}: want GET, POST, PUT, PATCH or DELETE`;
+  const p = m.path;
+  if (typeof p !== 'string' || p[0] !== '/' || encoder.encode(p).length > 2048) return 'path: must start with / and be at most 2048 bytes';
+  const route = p.split('?', 1)[0];
+  if (route.includes('..') || route.includes('//') || /[\\#]/.test(p)) return `path ${p}: no '..', '//', '\\' or '#'`;
+  if (/[\x00-\x20\x7f]/.test(p)) return 'path: control character or space';
+  const hs = Object.entries(m.headers ?? {});
+  if (hs.length > 16) return `headers: ${hs.length}, at most 16`;
+  for (const [k, v] of hs) {
+    if (!TOKEN_RE.test(k)) return `header name ${k}: want an HTTP token of at most 64 bytes`;
+    if (HOP_HEADERS.has(k.toLowerCase())) return `header ${k}: a hop-by-hop header cannot be set`;
+    if (typeof v !== 'string' || encoder.encode(v).length > 1024 || /[\r\n\0]/.test(v)) return `header ${k}: value over 1024 bytes or with CR, LF or NUL`;
+  }
+  return '';
+}
+
+// CallRouter sends calls on the current session, at most its max_requests
+// in flight (a slot is held until the server answers, also after the caller
+// gave up: the server counts it until then), queues the rest, and matches
+// RESPONSE frames to callers by id, in any order.
+class CallRouter {
+  constructor(client) {
+    this.c = client;
+    this.s = null; // the authenticated session
+    this.max = 0;
+    this.nextId = 0;
+    this.pending = new Map(); // id -> job, in flight on this.s
+    this.queue = []; // jobs waiting for a session or a slot
+  }
+
+  call(service, path, body, opts) {
+    const m = { service, method: opts.method ?? '', path, headers: opts.headers ?? {}, body: typeof body === 'string' ? encoder.encode(body) : (body ?? new Uint8Array(0)) };
+    const bad = !SERVICE_RE.test(service ?? '') ? `service ${JSON.stringify(service)}: want 1-64 of [A-Za-z0-9_.-]` : checkRequest(m);
+    if (bad) return Promise.reject(new MsyncError('bad_request', bad));
+    if (m.body.length + 1024 > MAX_CLIENT_FRAME) return Promise.reject(new MsyncError('bad_request', `body of ${m.body.length} bytes does not fit a frame`));
+    if (this.c.state.closed) return Promise.reject(new MsyncError('closed', 'client closed'));
+    const timeoutMs = opts.timeoutMs || DEFAULT_CALL_TIMEOUT;
+    return new Promise((resolve, reject) => {
+      const job = { m, deadline: Date.now() + timeoutMs, resolve, reject, done: false };
+      job.timer = setTimeout(() => {
+        const i = this.queue.indexOf(job);
+        if (i >= 0) this.queue.splice(i, 1);
+        this.finish(job, null, new MsyncError('timeout', `no answer within ${timeoutMs} ms`));
+      }, timeoutMs);
+      this.queue.push(job);
+      this.pump();
+    });
+  }
+
+  finish(job, value, err) {
+    if (job.done) return;
+    job.done = true;
+    clearTimeout(job.timer);
+    if (err) job.reject(err);
+    else job.resolve(value);
+  }
+
+  attach(s, max) {
+    this.s = s;
+    this.max = max;
+    this.pending = new Map();
+    this.pump();
+  }
+
+  detach(s) {
+    if (this.s !== s) return;
+    this.s = null;
+    for (const job of this.pending.values()) this.finish(job, null, new MsyncError('call_lost', 'connection lost before the answer'));
+    this.pending.clear();
+  }
+
+  close() {
+    for (const job of this.queue.splice(0)) this.finish(job, null, new MsyncError('closed', 'client closed'));
+  }
+
+  pump() {
+    const s = this.s;
+    if (!s) return;
+    if (this.max === 0) {
+      for (const job of this.queue.splice(0)) this.finish(job, null, new MsyncError('rpc_unsupported', 'server does not serve RPC'));
+      return;
+    }
+    while (this.pending.size < this.max && this.queue.length > 0) {
+      const job = this.queue.shift();
+      if (job.done) continue;
+      let id;
+      do { id = this.nextId = (this.nextId + 1) >>> 0; } while (id === 0 || this.pending.has(id));
+      this.pending.set(id, job);
+      const timeoutMs = Math.max(1, job.deadline - Date.now());
+      if (!s.send(Op.REQUEST, encodeRequest({ ...job.m, id, timeoutMs }))) return; // the session ended: detach failed it
+    }
+  }
+
+  onResponse(s, r) {
+    if (this.s !== s) return;
+    const job = this.pending.get(r.id);
+    if (!job) {
+      this.c.log.warn('msync: RESPONSE for no request in flight; ignored', r.id);
+      return;
+    }
+    this.pending.delete(r.id);
+    if (r.status >= 100 && r.status < 600) {
+      const body = r.body;
+      this.finish(job, { status: r.status, headers: r.headers, body, get text() { return textDecoder.decode(body); } });
+    } else {
+      const e = new MsyncError('call', `call refused: status ${r.status}: ${textDecoder.decode(r.body)}`);
+      e.status = r.status;
+      e.retryable = [602, 603, 604, 605, 609].includes(r.status);
+      this.finish(job, null, e);
+    }
+    this.pump();
   }
 }

@@ -32,6 +32,8 @@ export const Op = Object.freeze({
   ROOM_LEAVE: 11,
   ROOM_REPLY: 12,
   ERROR: 14,
+  REQUEST: 15,
+  RESPONSE: 16,
 });
 
 const opNames = new Map(Object.entries(Op).map(([k, v]) => [v, k]));
@@ -323,12 +325,13 @@ export function encodeAuthReply(m) {
       x.stringField(2, r.reason);
     });
   }
+  w.uintField(6, m.maxRequests);
   return w.finish();
 }
 
 export function decodeAuthReply(b) {
-  return decodeMessage(b, { user: '', session: '', heartbeatMs: 0, channels: [], rejected: [] }, {
-    1: str('user'), 2: str('session'), 3: u('heartbeatMs'),
+  return decodeMessage(b, { user: '', session: '', heartbeatMs: 0, channels: [], rejected: [], maxRequests: 0 }, {
+    1: str('user'), 2: str('session'), 3: u('heartbeatMs'), 6: u('maxRequests'),
     4: msgList('channels', (x) => decodeMessage(x, { biz: '', channel: '', from: 0 }, { 1: str('biz'), 2: str('channel'), 3: u('from') })),
     5: msgList('rejected', (x) => decodeMessage(x, { biz: '', reason: '' }, { 1: str('biz'), 2: str('reason') })),
   });
@@ -437,6 +440,63 @@ export function encodePush(m) {
 export function decodePush(b) {
   return decodeMessage(b, { room: '', payload: new Uint8Array(0), createdMs: 0, biz: '' }, {
     1: str('room'), 2: bin('payload'), 3: i64('createdMs'), 4: str('biz'),
+  });
+}
+
+// map<string, string> (RPC headers): one entry message per key. Go writes
+// key and value even when empty, and so does this; entries are written in
+// sorted key order (Go's order is unspecified, so only single-entry maps are
+// byte-identical test vectors).
+function writeStringMap(w, field, m) {
+  for (const k of Object.keys(m ?? {}).sort()) {
+    w.messageField(field, (x) => {
+      const kb = textEncoder.encode(k);
+      const vb = textEncoder.encode(m[k]);
+      x.tag(1, 2); x.varint(kb.length); x.bytes(kb);
+      x.tag(2, 2); x.varint(vb.length); x.bytes(vb);
+    });
+  }
+}
+
+const strMap = (name) => [2, (r, t) => {
+  const e = decodeMessage(r.lengthDelimited(), { key: '', value: '' }, { 1: str('key'), 2: str('value') });
+  t[name][e.key] = e.value;
+}];
+
+const asBytes = (b) => (typeof b === 'string' ? textEncoder.encode(b) : b);
+
+/** Request (op REQUEST, docs/protocol.md §17). */
+export function encodeRequest(m) {
+  const w = new Writer();
+  w.uintField(1, m.id);
+  w.stringField(2, m.service);
+  w.stringField(3, m.method);
+  w.stringField(4, m.path);
+  writeStringMap(w, 5, m.headers);
+  w.bytesField(6, asBytes(m.body));
+  w.uintField(7, m.timeoutMs);
+  return w.finish();
+}
+
+export function decodeRequest(b) {
+  return decodeMessage(b, { id: 0, service: '', method: '', path: '', headers: {}, body: new Uint8Array(0), timeoutMs: 0 }, {
+    1: u('id'), 2: str('service'), 3: str('method'), 4: str('path'), 5: strMap('headers'), 6: bin('body'), 7: u('timeoutMs'),
+  });
+}
+
+/** Response (op RESPONSE). */
+export function encodeResponse(m) {
+  const w = new Writer();
+  w.uintField(1, m.id);
+  w.uintField(2, m.status);
+  writeStringMap(w, 3, m.headers);
+  w.bytesField(4, asBytes(m.body));
+  return w.finish();
+}
+
+export function decodeResponse(b) {
+  return decodeMessage(b, { id: 0, status: 0, headers: {}, body: new Uint8Array(0) }, {
+    1: u('id'), 2: u('status'), 3: strMap('headers'), 4: bin('body'),
   });
 }
 

@@ -7,6 +7,7 @@ import {
   Op, CodecError, decodeFrames, encodeFrame, encodeAuth, decodeAuth, encodePoints, decodePoints,
   encodeAuthReply, decodeAuthReply, encodeHeartbeat, decodeHeartbeat, encodeHeartbeatReply,
   decodeHeartbeatReply, encodeSync, decodeSync, encodeCoded, decodeKick, decodeError, encodePush, decodePush,
+  encodeRequest, decodeRequest, encodeResponse, decodeResponse,
 } from '../src/codec.js';
 
 const golden = JSON.parse(readFileSync(new URL('../testdata/frames.json', import.meta.url), 'utf8'));
@@ -22,6 +23,8 @@ const codecs = {
   [Op.PUSH]: [decodePush, encodePush],
   [Op.KICK]: [decodeKick, encodeCoded],
   [Op.ERROR]: [decodeError, encodeCoded],
+  [Op.REQUEST]: [decodeRequest, encodeRequest],
+  [Op.RESPONSE]: [decodeResponse, encodeResponse],
 };
 
 const hex = (b) => Buffer.from(b).toString('hex');

@@ -2,7 +2,7 @@
 // FakeNet.WebSocket as its constructor, and the test plays the comet through
 // the FakeConn objects it hands out (push frames, expect frames, drop).
 import {
-  Op, opName, decodeFrames, encodeFrame, decodeAuth, decodePoints, decodeHeartbeat,
+  Op, opName, decodeFrames, encodeFrame, decodeAuth, decodePoints, decodeHeartbeat, decodeRequest,
 } from '../src/codec.js';
 
 const decoders = {
@@ -10,6 +10,7 @@ const decoders = {
   [Op.ACK]: decodePoints,
   [Op.SYNC_REQ]: decodePoints,
   [Op.HEARTBEAT]: decodeHeartbeat,
+  [Op.REQUEST]: decodeRequest,
 };
 
 // waitFor polls cond every 5 ms until it is truthy or ms pass.
