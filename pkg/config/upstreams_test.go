@@ -16,7 +16,7 @@ func TestUpstreamsExampleAndDefaults(t *testing.T) {
 	if !ok || u.URL != "http://127.0.0.1:8080" || f.Comet.MaxRequests != 16 {
 		t.Fatalf("example upstreams %+v, max_requests %d", f.Upstreams, f.Comet.MaxRequests)
 	}
-	f, err = Parse([]byte("secret: 0123456789abcdefgh\napi_keys: [{key: k, bizs: [a]}]\nbizs: [{name: a}]\nupstreams: {s1: {url: 'h2c://127.0.0.1:1'}}\n"))
+	f, err = Parse([]byte("secret: 0123456789abcdefgh\ndev: true\napi_keys: [{key: k, bizs: [a]}]\nbizs: [{name: a}]\nupstreams: {s1: {url: 'h2c://127.0.0.1:1'}}\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
