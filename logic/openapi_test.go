@@ -146,6 +146,10 @@ func TestOpenAPI(t *testing.T) {
 		{name: "kick", method: "POST", path: "/v1/kick", key: "all-key", body: `{"device":"phone-1","reason":"logged out"}`, status: 200},
 		{name: "kick long reason", method: "POST", path: "/v1/kick", key: "all-key", body: `{"device":"phone-1","reason":"` + strings.Repeat("r", 257) + `"}`, status: 400, badRequest: true},
 		{name: "kick no key", method: "POST", path: "/v1/kick", body: `{"device":"phone-1"}`, status: 401},
+		{name: "revoke tokens", method: "POST", path: "/v1/users/carol/revoke_tokens", key: "all-key", body: `{}`, status: 200},
+		{name: "revoke tokens bad before", method: "POST", path: "/v1/users/carol/revoke_tokens", key: "all-key", body: `{"before":"yesterday"}`, status: 400, badRequest: true},
+		{name: "revoke tokens no key", method: "POST", path: "/v1/users/carol/revoke_tokens", body: `{}`, status: 401},
+		{name: "revoke tokens key not allowed every biz", method: "POST", path: "/v1/users/carol/revoke_tokens", key: "chat-key", body: `{}`, status: 403},
 		{name: "kick key not allowed every biz", method: "POST", path: "/v1/kick", key: "chat-key", body: `{"device":"phone-1"}`, status: 403},
 		{name: "kick offline", method: "POST", path: "/v1/kick", key: "all-key", body: `{"device":"tablet"}`, status: 404},
 
