@@ -604,7 +604,6 @@ type soakDevice struct {
 	mu       sync.Mutex
 	c        *client.Client
 	instance int
-	offline  bool // Background()ed by the churn
 	busy     bool // a churn action owns it
 }
 

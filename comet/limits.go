@@ -182,9 +182,8 @@ type limitCounters struct {
 
 // limitsCollector exports limitCounters as msync_comet_limited_total.
 type limitsCollector struct {
-	lc     *limitCounters
-	labels prometheus.Labels
-	desc   *prometheus.Desc
+	lc   *limitCounters
+	desc *prometheus.Desc
 }
 
 func newLimitsCollector(lc *limitCounters, cometID string) *limitsCollector {
