@@ -75,6 +75,7 @@ queue:
 const realHead = `
 secret: ` + testSecret + `
 log: {level: info, format: json}
+dev: true # short test keys
 api_keys:
   - {key: test-key, bizs: ["*"]}
 bizs:

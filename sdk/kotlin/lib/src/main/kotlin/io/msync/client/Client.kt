@@ -325,11 +325,11 @@ class MsyncClient(address: String, options: Options) : AutoCloseable {
 
     private fun point(channel: String): Long? = synchronized(pointsLock) { points[channel] }
 
-    /** Moves channel's point to [id] (never back) and saves it. Only the channel's worker calls it. */
-    private fun advance(channel: String, id: Long) {
+    /** Moves channel's point to [id] (never back, unless [rewind]) and saves it. Only the channel's worker calls it. */
+    private fun advance(channel: String, id: Long, rewind: Boolean = false) {
         synchronized(pointsLock) {
             val cur = points[channel]
-            if (cur != null && cur >= id) return
+            if (!rewind && cur != null && cur >= id) return
             points[channel] = id
         }
         try {
@@ -600,6 +600,18 @@ class MsyncClient(address: String, options: Options) : AutoCloseable {
             /** The client rules of docs/protocol.md §8. */
             private suspend fun process(p: ChannelPage) {
                 var pt = pointNow()
+                if (p.upto < p.after) {
+                    // A rewind page: our point is ahead of everything the server
+                    // holds. Adopt the server's max only if the page answers the
+                    // point we hold (a stale one is ignored), as the Go SDK does.
+                    if (p.after == pt) {
+                        log.log(Level.WARN, "$channel: sync point $pt ahead of the server; rewinding to ${p.upto}", null)
+                        advance(channel, p.upto, rewind = true)
+                        emit(Event.Rewound(biz, channel, pt, p.upto))
+                        s.send(Op.ACK, Points(listOf(ChannelPoint(channel, p.upto))))
+                    }
+                    return
+                }
                 if (p.after > pt) { // gap: something between pt and after never arrived
                     requestSync(pt, false)
                     return

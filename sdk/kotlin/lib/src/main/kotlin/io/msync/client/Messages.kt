@@ -81,23 +81,26 @@ data class RejectedBiz(val biz: String, val reason: String) : WireMessage {
 data class AuthReply(
     val user: String = "", val session: String = "", val heartbeatMs: Int = 0,
     val channels: List<ChannelInfo> = emptyList(), val rejected: List<RejectedBiz> = emptyList(),
+    /** RPC requests the session may have in flight (docs/protocol.md §17); this SDK sends none yet. */
+    val maxRequests: Int = 0,
 ) : WireMessage {
     override fun size() = stringSize(1, user) + stringSize(2, session) + uintSize(3, heartbeatMs.toLong() and 0xffffffffL) +
-        channels.sumOf { messageSize(4, it) } + rejected.sumOf { messageSize(5, it) }
+        channels.sumOf { messageSize(4, it) } + rejected.sumOf { messageSize(5, it) } + uintSize(6, maxRequests.toLong() and 0xffffffffL)
 
     override fun writeTo(w: ProtoWriter) {
         w.string(1, user); w.string(2, session); w.uint(3, heartbeatMs.toLong() and 0xffffffffL)
         for (c in channels) w.message(4, c)
         for (x in rejected) w.message(5, x)
+        w.uint(6, maxRequests.toLong() and 0xffffffffL)
     }
 
     companion object {
         fun decode(f: Frame): AuthReply {
             val r = reader(f)
-            var user = ""; var session = ""; var hb = 0
+            var user = ""; var session = ""; var hb = 0; var maxReq = 0
             val chans = ArrayList<ChannelInfo>(); val rej = ArrayList<RejectedBiz>()
             while (r.next()) when (r.field) {
-                1 -> user = r.string(); 2 -> session = r.string(); 3 -> hb = r.uint32()
+                1 -> user = r.string(); 2 -> session = r.string(); 3 -> hb = r.uint32(); 6 -> maxReq = r.uint32()
                 4 -> {
                     val s = r.sub(); var biz = ""; var ch = ""; var from = 0L
                     while (s.next()) when (s.field) { 1 -> biz = s.string(); 2 -> ch = s.string(); 3 -> from = s.id(); else -> s.skip() }
@@ -110,7 +113,7 @@ data class AuthReply(
                 }
                 else -> r.skip()
             }
-            return AuthReply(user, session, hb, chans, rej)
+            return AuthReply(user, session, hb, chans, rej, maxReq)
         }
     }
 }

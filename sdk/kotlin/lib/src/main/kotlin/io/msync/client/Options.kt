@@ -117,6 +117,15 @@ sealed class Event {
     /** The server skipped [count] older oplogs of [channel] by the biz's backlog policy (latest:N). */
     data class Skipped(val biz: String, val channel: String, val count: Long) : Event()
 
+    /**
+     * The sync point of [channel] was above everything the server holds (its
+     * store was reset, or the point came from another deployment): the SDK
+     * moved it back [from] -> [to] (docs/protocol.md, rewind page). Ids above
+     * [to] will be used again for new oplogs: an app that keys data by oplog
+     * id should refresh that channel's data.
+     */
+    data class Rewound(val biz: String, val channel: String, val from: Long, val to: Long) : Event()
+
     /** The server does not sync these bizs (unknown to it). */
     data class AuthRejected(val rejected: List<RejectedBiz>) : Event()
 

@@ -151,6 +151,22 @@ class ServerTest {
         }
     }
 
+    @Test fun pointAheadOfTheServerIsRewoundAndNewOplogsArrive() {
+        repeat(3) { server.publish("demo", "ahead", "a$it") }
+        // A point from another deployment (or before a store reset): 1000 > max id 3.
+        val store = MemoryStore().apply { save("demo/u/ahead", 1000) }
+        val ev = Events(); val rec = Recorder()
+        testClient(server, "ahead", "ahead-d1", mapOf("demo" to rec.handler), ev, store = store).use { c ->
+            c.start()
+            eventually("rewound to the server's max") { c.syncPoint("demo/u/ahead") == 3L }
+            assertEquals(listOf(Event.Rewound("demo", "demo/u/ahead", 1000, 3)), ev.of<Event.Rewound>())
+            assertEquals(3L, store.load()["demo/u/ahead"], "the rewound point is saved")
+            assertEquals(4L, server.publish("demo", "ahead", "a4"))
+            eventually("the next oplog reaches the handler") { rec.ops.size >= 1 }
+            assertEquals(listOf(4L), rec.ids())
+        }
+    }
+
     @Test fun latestNBacklogReportsSkipped() {
         repeat(20) { server.publish("latest", "skip", "s$it") }
         val ev = Events(); val rec = Recorder()

@@ -142,6 +142,7 @@ class MsyncServer(
           |""".trimMargin()
         configFile.writeText("""
             |secret: $SECRET
+            |dev: true  # short test API key
             |log: {level: warn}
             |api_keys:
             |  - {key: $API_KEY, bizs: ["*"]}
@@ -152,6 +153,7 @@ class MsyncServer(
             |  auth_timeout: 3s
             |  ack_timeout: 10s
             |  page_limit: $pageLimit
+            |  client_rooms: ["*"]
             |$extraComet
             |$tlsYaml
             |logic:
