@@ -253,6 +253,8 @@ class ServerTest {
             repeat(5) { server.publish("demo", "restart", "r$it") }
             eventually("oplog 3 failed a few times") { failing.get() >= 3 }
             assertEquals(2L, c.syncPoint("demo/u/restart"))
+            // The comet saves ACKs in the background; wait until the server holds 2.
+            eventually("server-side point 2") { serverPoint("restart-d1", "demo/u/restart") == 2L }
         }
         // A new process that lost its local points (MemoryStore): the server
         // starts from what this device acked, which must not include 3.
