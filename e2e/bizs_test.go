@@ -4,10 +4,10 @@ import (
 	"context"
 	"fmt"
 	"slices"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/msync/msync/internal/testutil"
 	"github.com/msync/msync/pkg/client"
 	"github.com/msync/msync/pkg/directory"
 	"github.com/msync/msync/pkg/protocol"
@@ -268,42 +268,28 @@ func TestBizLatestNSkippedSDK(t *testing.T) {
 	for range 10 {
 		n.publish(t, map[string]any{"biz": "recent", "user": "erin", "payload": "r"})
 	}
-	var mu sync.Mutex
-	var got []uint64
-	var skipped []client.Event
+	var got recorder[client.Oplog]
+	var skippedEvents recorder[client.Event]
 	tok := n.token(t, "erin")
-	c, err := client.New(n.Comet.Addr().String(), client.Options{
+	c := startSDK(t, n.Comet.Addr().String(), client.Options{
 		TokenProvider: func(context.Context) (string, error) { return tok, nil },
 		Device:        "erin-1", Platform: "ios", AppVersion: "1.0.0",
 		OnEvent: func(e client.Event) {
 			if e.Kind == client.EventSkipped {
-				mu.Lock()
-				skipped = append(skipped, e)
-				mu.Unlock()
+				skippedEvents.add(e)
 			}
 		},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := c.RegisterBiz("recent", func(_ context.Context, op client.Oplog) error {
-		mu.Lock()
-		got = append(got, op.ID)
-		mu.Unlock()
+	}, map[string]client.Handler{"recent": oplogs(&got)})
+	testutil.Eventually(t, 5*time.Second, 5*time.Millisecond, func() error {
+		if p := c.SyncPoint(ch); p != 10 {
+			return fmt.Errorf("SDK sync point %d, want 10; handler got %v", p, idsOf(got.all()))
+		}
 		return nil
-	}); err != nil {
-		t.Fatal(err)
+	})
+	if ids := idsOf(got.all()); !slices.Equal(ids, []uint64{8, 9, 10}) {
+		t.Fatalf("handler got %v, want [8 9 10]", ids)
 	}
-	if err := c.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = c.Close() })
-	eventually(t, 5*time.Second, "sdk point 10", func() bool { return c.SyncPoint(ch) == 10 })
-	mu.Lock()
-	defer mu.Unlock()
-	if !slices.Equal(got, []uint64{8, 9, 10}) {
-		t.Fatalf("handler got %v, want [8 9 10]", got)
-	}
+	skipped := skippedEvents.all()
 	if len(skipped) != 1 || skipped[0].Count != 7 || skipped[0].Channel != ch || skipped[0].Biz != "recent" {
 		t.Fatalf("skipped events %+v, want one with count 7", skipped)
 	}
@@ -506,28 +492,12 @@ func TestBizNonPersistent(t *testing.T) {
 	bob := dial(t, n)
 	bob.authAs(n.token(t, "bob"), "bob-1", "ios", "1.0.0", "live")
 
-	var mu sync.Mutex
-	var sdkGot []client.Oplog
+	var sdkOps recorder[client.Oplog]
 	tok := n.token(t, "liv")
-	c, err := client.New(n.Comet.Addr().String(), client.Options{
+	c := startSDK(t, n.Comet.Addr().String(), client.Options{
 		TokenProvider: func(context.Context) (string, error) { return tok, nil },
 		Device:        "liv-sdk", Platform: "android", AppVersion: "1.0.0",
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := c.RegisterBiz("live", func(_ context.Context, op client.Oplog) error {
-		mu.Lock()
-		sdkGot = append(sdkGot, op)
-		mu.Unlock()
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = c.Close() })
+	}, map[string]client.Handler{"live": oplogs(&sdkOps)})
 	eventually(t, 5*time.Second, "sdk connected", c.Connected)
 
 	for i := range 3 {
@@ -545,14 +515,17 @@ func TestBizNonPersistent(t *testing.T) {
 			t.Fatalf("push %d: biz %q payload %q", i, p.Biz, p.Payload)
 		}
 	}
-	eventually(t, 5*time.Second, "sdk handler", func() bool { mu.Lock(); defer mu.Unlock(); return len(sdkGot) == 3 })
-	mu.Lock()
-	for i, op := range sdkGot {
+	testutil.Eventually(t, 5*time.Second, 5*time.Millisecond, func() error {
+		if got := sdkOps.all(); len(got) != 3 {
+			return fmt.Errorf("SDK handler got %d oplogs, want 3: %+v", len(got), got)
+		}
+		return nil
+	})
+	for i, op := range sdkOps.all() {
 		if op.Biz != "live" || op.ID != 0 || string(op.Payload) != fmt.Sprintf("p%d", i) {
 			t.Fatalf("sdk oplog %d: %+v", i, op)
 		}
 	}
-	mu.Unlock()
 	bob.barrier()
 	a1.barrier()
 	for _, d := range []*device{a1, bob} {

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/msync/msync/internal/testutil"
 	"github.com/msync/msync/pkg/client"
 	"github.com/msync/msync/pkg/oplog"
 	"github.com/msync/msync/pkg/protocol"
@@ -548,45 +549,25 @@ func TestSDKRewindsPointAheadOfChannel(t *testing.T) {
 	if err := store.Save(ch, 1000); err != nil {
 		t.Fatal(err)
 	}
-	var mu sync.Mutex
-	var got []uint64
-	var rewound []client.Event
-	c, err := client.New(n.Comet.Addr().String(), client.Options{
+	var got recorder[client.Oplog]
+	var rewoundEvents recorder[client.Event]
+	c := startSDK(t, n.Comet.Addr().String(), client.Options{
 		TokenProvider: func(context.Context) (string, error) { return n.token(t, "sdkahead"), nil },
 		Device:        "sdk-ahead",
 		Store:         store,
 		OnEvent: func(e client.Event) {
 			if e.Kind == client.EventRewound {
-				mu.Lock()
-				rewound = append(rewound, e)
-				mu.Unlock()
+				rewoundEvents.add(e)
 			}
 		},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := c.RegisterBiz("demo", func(_ context.Context, o client.Oplog) error {
-		mu.Lock()
-		got = append(got, o.ID)
-		mu.Unlock()
+	}, map[string]client.Handler{"demo": oplogs(&got)})
+	testutil.Eventually(t, waitFor, 5*time.Millisecond, func() error {
+		if ev := rewoundEvents.all(); len(ev) != 1 {
+			return fmt.Errorf("%d rewound events, want 1: %+v", len(ev), ev)
+		}
 		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = c.Shutdown(ctx)
 	})
-	eventually(t, waitFor, "EventRewound", func() bool {
-		mu.Lock()
-		defer mu.Unlock()
-		return len(rewound) == 1
-	})
+	rewound := rewoundEvents.all()
 	if e := rewound[0]; e.Channel != ch || e.From != 1000 || e.To != 3 {
 		t.Fatalf("rewound event %+v", e)
 	}
@@ -595,9 +576,10 @@ func TestSDKRewindsPointAheadOfChannel(t *testing.T) {
 	}
 	n.publish(t, toUser("sdkahead", "new4"))
 	n.publish(t, toUser("sdkahead", "new5"))
-	eventually(t, waitFor, "ids 4, 5", func() bool {
-		mu.Lock()
-		defer mu.Unlock()
-		return fmt.Sprint(got) == "[4 5]"
+	testutil.Eventually(t, waitFor, 5*time.Millisecond, func() error {
+		if ids := idsOf(got.all()); fmt.Sprint(ids) != "[4 5]" {
+			return fmt.Errorf("handler got ids %v, want [4 5]", ids)
+		}
+		return nil
 	})
 }

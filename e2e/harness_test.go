@@ -21,7 +21,9 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/msync/msync/internal/cluster"
+	"github.com/msync/msync/internal/testutil"
 	"github.com/msync/msync/pkg/auth"
+	"github.com/msync/msync/pkg/client"
 	"github.com/msync/msync/pkg/config"
 	"github.com/msync/msync/pkg/protocol"
 	"github.com/msync/msync/pkg/protocol/pb"
@@ -551,15 +553,89 @@ func head(ids []uint64) []uint64 {
 	return ids
 }
 
+// eventually polls cond (testutil.Eventually with a condition that only
+// says whether it holds; prefer testutil.Eventually with an error saying
+// what was seen where the state is worth printing).
 func eventually(t testing.TB, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+	testutil.Eventually(t, timeout, 5*time.Millisecond, func() error {
+		if !cond() {
+			return fmt.Errorf("still waiting for %s", what)
 		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return nil
+	})
 }
+
+// ---- Go SDK clients ----
+
+// recorder collects what an SDK client hands the test (oplogs, events,
+// pushes), from the client's goroutines.
+type recorder[T any] struct {
+	mu  sync.Mutex
+	got []T
+}
+
+func (r *recorder[T]) add(v T) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.got = append(r.got, v)
+}
+
+// all is a copy of what was recorded so far.
+func (r *recorder[T]) all() []T {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]T(nil), r.got...)
+}
+
+// oplogs is a biz handler recording every oplog into r.
+func oplogs(r *recorder[client.Oplog]) client.Handler {
+	return func(_ context.Context, op client.Oplog) error { r.add(op); return nil }
+}
+
+// idsOf lists the ids of ops.
+func idsOf(ops []client.Oplog) []uint64 {
+	out := make([]uint64, len(ops))
+	for i, op := range ops {
+		out[i] = op.ID
+	}
+	return out
+}
+
+// newSDK builds a Go SDK client of addr with opts and bizs registered, not
+// started; it is shut down (bounded) when the test ends.
+func newSDK(t testing.TB, addr string, opts client.Options, bizs map[string]client.Handler) *client.Client {
+	t.Helper()
+	c, err := client.New(addr, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, h := range bizs {
+		if err := c.RegisterBiz(name, h); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := c.Shutdown(ctx); err != nil {
+			t.Errorf("SDK client %s: shutdown: %v", opts.Device, err)
+		}
+	})
+	return c
+}
+
+// startSDK is newSDK, started.
+func startSDK(t testing.TB, addr string, opts client.Options, bizs map[string]client.Handler) *client.Client {
+	t.Helper()
+	c := newSDK(t, addr, opts, bizs)
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// ignore is a biz handler that takes every oplog and keeps nothing.
+func ignore(context.Context, client.Oplog) error { return nil }
 
 func protocolMarshal(m proto.Message) ([]byte, error) { return proto.Marshal(m) }

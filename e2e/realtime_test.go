@@ -6,11 +6,11 @@ import (
 	"net/http"
 	"slices"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/msync/msync/internal/testutil"
 	"github.com/msync/msync/pkg/client"
 	"github.com/msync/msync/pkg/protocol"
 	"github.com/msync/msync/pkg/protocol/pb"
@@ -505,10 +505,9 @@ func TestRealtimeBadInput(t *testing.T) {
 // them again after a reconnect (here: a kick).
 func TestRealtimeSDK(t *testing.T) {
 	n := startRealtimeNode(t)
-	var mu sync.Mutex
-	var got []client.Push
+	var got recorder[client.Push]
 	var connects atomic.Int32
-	c, err := client.New(n.Comet.Addr().String(), client.Options{
+	c := newSDK(t, n.Comet.Addr().String(), client.Options{
 		TokenProvider: func(context.Context) (string, error) { return n.token(t, "alice"), nil },
 		Device:        "sdk-1",
 		Heartbeat:     3 * time.Second,
@@ -519,18 +518,8 @@ func TestRealtimeSDK(t *testing.T) {
 				connects.Add(1)
 			}
 		},
-		OnPush: func(p client.Push) {
-			mu.Lock()
-			got = append(got, p)
-			mu.Unlock()
-		},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := c.RegisterBiz("demo", func(context.Context, client.Oplog) error { return nil }); err != nil {
-		t.Fatal(err)
-	}
+		OnPush: got.add,
+	}, map[string]client.Handler{"demo": ignore})
 	if err := c.JoinRoom("lobby"); err != nil {
 		t.Fatal(err)
 	}
@@ -540,18 +529,9 @@ func TestRealtimeSDK(t *testing.T) {
 	if err := c.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		if err := c.Shutdown(ctx); err != nil {
-			t.Errorf("client shutdown: %v", err)
-		}
-	})
 	pushesOf := func() []string {
-		mu.Lock()
-		defer mu.Unlock()
 		var out []string
-		for _, p := range got {
+		for _, p := range got.all() {
 			out = append(out, p.Room+"|"+string(p.Payload))
 			if p.Created.IsZero() {
 				t.Errorf("push %q without created time", p.Payload)
@@ -563,16 +543,15 @@ func TestRealtimeSDK(t *testing.T) {
 	// app's first calls: push to the room every 100ms until one arrives.
 	pushUntil := func(what string, body map[string]any, want string) {
 		t.Helper()
-		deadline := time.Now().Add(10 * time.Second)
-		for !slices.Contains(pushesOf(), want) {
-			if time.Now().After(deadline) {
-				t.Fatalf("timed out waiting for %s; got %q", what, pushesOf())
-			}
+		testutil.Eventually(t, 10*time.Second, 0, func() error {
 			n.push(t, body)
-			for end := time.Now().Add(100 * time.Millisecond); time.Now().Before(end) && !slices.Contains(pushesOf(), want); {
-				time.Sleep(5 * time.Millisecond)
-			}
-		}
+			return testutil.Poll(100*time.Millisecond, 5*time.Millisecond, func() error {
+				if got := pushesOf(); !slices.Contains(got, want) {
+					return fmt.Errorf("%s: SDK got pushes %q", what, got)
+				}
+				return nil
+			})
+		})
 	}
 	eventually(t, 5*time.Second, "connected", func() bool { return connects.Load() == 1 })
 	pushUntil("room push via SDK", map[string]any{"room": "lobby", "payload": "hello"}, "lobby|hello")

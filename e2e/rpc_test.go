@@ -122,22 +122,11 @@ func TestRPCConcurrentCallsFromManyDevices(t *testing.T) {
 	clients := make([]*client.Client, devices)
 	for i := range clients {
 		user := fmt.Sprintf("user%d", i%10) // several devices per user
-		c, err := client.New(n.Comet.Addr().String(), client.Options{
+		clients[i] = startSDK(t, n.Comet.Addr().String(), client.Options{
 			TokenProvider: func(context.Context) (string, error) { return n.token(t, user), nil },
 			Device:        fmt.Sprintf("rpc-dev-%d", i), Platform: "android", AppVersion: "3.1.4",
 			BackoffMin: 10 * time.Millisecond, BackoffMax: 100 * time.Millisecond,
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := c.RegisterBiz("demo", func(context.Context, client.Oplog) error { return nil }); err != nil {
-			t.Fatal(err)
-		}
-		if err := c.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = c.Close() })
-		clients[i] = c
+		}, map[string]client.Handler{"demo": ignore})
 	}
 	var wg sync.WaitGroup
 	errs := make(chan error, devices*perDevice)
@@ -320,19 +309,9 @@ func TestRPCBadInput(t *testing.T) {
 func TestRPCSDKCallError(t *testing.T) {
 	u := startRPCUpstream(t)
 	n := startRPCNode(t, u)
-	c, err := client.New(n.Comet.Addr().String(), client.Options{
+	c := startSDK(t, n.Comet.Addr().String(), client.Options{
 		TokenProvider: func(context.Context) (string, error) { return n.token(t, "dave"), nil }, Device: "sdk-err",
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := c.RegisterBiz("demo", func(context.Context, client.Oplog) error { return nil }); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	}, map[string]client.Handler{"demo": ignore})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	var ce *client.CallError

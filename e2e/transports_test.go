@@ -16,6 +16,7 @@ import (
 	"github.com/gobwas/ws"
 
 	"github.com/msync/msync/internal/testcert"
+	"github.com/msync/msync/internal/testutil"
 	"github.com/msync/msync/pkg/client"
 	"github.com/msync/msync/pkg/oplog"
 	"github.com/msync/msync/pkg/protocol"
@@ -165,19 +166,14 @@ func TestTransportsSameChannel(t *testing.T) {
 		"tls": "tls://" + a.TLS.String(),
 		"wss": "wss://" + a.TLSWS.String(), // path defaults to /sub
 	}
-	type sdkGot struct {
-		mu  sync.Mutex
-		ids []uint64
-		pay map[uint64]string
-	}
-	got := map[string]*sdkGot{}
+	got := map[string]*recorder[client.Oplog]{}
 	var online sync.WaitGroup
 	for name, addr := range sdkAddrs {
-		g := &sdkGot{pay: map[uint64]string{}}
+		g := &recorder[client.Oplog]{}
 		online.Add(1)
 		connected := sync.OnceFunc(online.Done)
 		got[name] = g
-		c, err := client.New(addr, client.Options{
+		startSDK(t, addr, client.Options{
 			TokenProvider: func(context.Context) (string, error) { return tok, nil },
 			Device:        "sdk-" + name,
 			TLSConfig:     cert.Client(),
@@ -188,29 +184,7 @@ func TestTransportsSameChannel(t *testing.T) {
 					connected()
 				}
 			},
-		})
-		if err != nil {
-			t.Fatalf("%s: %v", name, err)
-		}
-		if err := c.RegisterBiz("demo", func(_ context.Context, op client.Oplog) error {
-			g.mu.Lock()
-			defer g.mu.Unlock()
-			g.ids = append(g.ids, op.ID)
-			g.pay[op.ID] = string(op.Payload)
-			return nil
-		}); err != nil {
-			t.Fatal(err)
-		}
-		if err := c.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() {
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			if err := c.Shutdown(ctx); err != nil {
-				t.Errorf("%s: SDK shutdown: %v", name, err)
-			}
-		})
+		}, map[string]client.Handler{"demo": oplogs(g)})
 	}
 	// Publish once every SDK session is up, so most oplogs travel as live
 	// pushes rather than backlog pages.
@@ -224,21 +198,21 @@ func TestTransportsSameChannel(t *testing.T) {
 		t.Logf("%s raw device: %d oplogs in order", name, total)
 	}
 	for name, g := range got {
-		eventually(t, waitFor, name+" SDK oplogs", func() bool {
-			g.mu.Lock()
-			defer g.mu.Unlock()
-			return len(g.ids) >= total
+		testutil.Eventually(t, waitFor, 5*time.Millisecond, func() error {
+			if n := len(g.all()); n < total {
+				return fmt.Errorf("%s SDK: %d of %d oplogs", name, n, total)
+			}
+			return nil
 		})
-		g.mu.Lock()
-		if len(g.ids) != total {
-			t.Fatalf("%s SDK: %d oplogs, want %d", name, len(g.ids), total)
+		ops := g.all()
+		if len(ops) != total {
+			t.Fatalf("%s SDK: %d oplogs, want %d", name, len(ops), total)
 		}
-		for i, id := range g.ids {
-			if id != uint64(i+1) || g.pay[id] != payloads[id] {
-				t.Fatalf("%s SDK: position %d has id %d payload %q", name, i, id, g.pay[id])
+		for i, op := range ops {
+			if op.ID != uint64(i+1) || string(op.Payload) != payloads[op.ID] {
+				t.Fatalf("%s SDK: position %d has id %d payload %q", name, i, op.ID, op.Payload)
 			}
 		}
-		g.mu.Unlock()
 	}
 }
 

@@ -75,9 +75,14 @@ func hammer(t *testing.T, sc *gateway.Conn, writers, per int) {
 	wg.Wait()
 }
 
+// idle is the auth and write timeout of the concurrent-write tests: they
+// never authenticate, and under -race on a loaded machine they run far
+// longer than the 10s defaults, which then closed their connections.
+const idle = 10 * time.Minute
+
 func TestConcurrentWritesOneConn(t *testing.T) {
 	h := newHandler()
-	s := start(t, gateway.Config{WriteQueueBytes: 256 << 20}, h)
+	s := start(t, gateway.Config{WriteQueueBytes: 256 << 20, AuthTimeout: idle, WriteTimeout: idle}, h)
 	c := dial(t, s)
 	sc := recvOpen(t, h)
 	const writers, per = 32, 2000
@@ -89,7 +94,7 @@ func TestConcurrentWritesOneConn(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-	case <-time.After(60 * time.Second):
+	case <-time.After(5 * time.Minute):
 		t.Fatal("reader did not finish")
 	}
 	if st := s.Stats(); st.FramesOut != writers*per {
@@ -101,7 +106,7 @@ func TestConcurrentWritesOneConn(t *testing.T) {
 // connections queue on the backlog while others drain.
 func TestConcurrentWritesManyConns(t *testing.T) {
 	h := newHandler()
-	s := start(t, gateway.Config{WriteQueueBytes: 64 << 20, Workers: 4}, h)
+	s := start(t, gateway.Config{WriteQueueBytes: 64 << 20, Workers: 4, AuthTimeout: idle, WriteTimeout: idle}, h)
 	const conns, writers, per = 48, 8, 300
 	clients := make([]net.Conn, conns)
 	servers := make([]*gateway.Conn, conns)

@@ -80,6 +80,9 @@ type Config struct {
 	// deadlines and bounded write queue, more memory per connection. Zero
 	// means no listener.
 	TLSAddr, TLSWSAddr string
+
+	// now replaces the deadline wheel's clock (tests: see export_test.go).
+	now func() int64
 }
 
 // DefaultWriteQueueBytes is Config.WriteQueueBytes when zero.

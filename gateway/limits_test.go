@@ -2,12 +2,14 @@ package gateway_test
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/msync/msync/gateway"
+	"github.com/msync/msync/internal/testutil"
 	"github.com/msync/msync/pkg/protocol"
 )
 
@@ -60,7 +62,12 @@ func TestQueuedCountsBytesBeingWrittenAndNotifyDrained(t *testing.T) {
 	c.NotifyDrained()
 	// The queue empties into the drain at once; the drain then stays
 	// blocked on the peer, and Queued must still count what it holds.
-	time.Sleep(200 * time.Millisecond)
+	testutil.Eventually(t, 10*time.Second, time.Millisecond, func() error {
+		if f := s.Stats().Flushes; f == 0 {
+			return fmt.Errorf("the drain has not written yet (%d flushes, Queued %d)", f, c.Queued())
+		}
+		return nil
+	})
 	if q := c.Queued(); q < len(frame) {
 		t.Fatalf("Queued %d while the peer reads nothing, want at least one frame (%d)", q, len(frame))
 	}

@@ -21,6 +21,7 @@ import (
 // is closing the rest is discarded. Returning with half a frame buffered
 // would spin a core at 100%.
 func (s *Server) onRequest(ctx context.Context, nc netpoll.Connection) error {
+	s.stats.requests.Add(1)
 	r := nc.Reader()
 	cc, ok := ctx.(*connCtx)
 	if !ok { // rejected in OnConnect (shutdown); netpoll still delivers input once

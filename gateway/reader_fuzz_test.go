@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"strings"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/gobwas/ws"
 
+	"github.com/msync/msync/internal/testutil"
 	"github.com/msync/msync/pkg/protocol"
 	"github.com/msync/msync/pkg/protocol/pb"
 )
@@ -548,10 +550,13 @@ func FuzzNetpollStream(f *testing.F) {
 		want := refStream(in, fuzzMaxFrame)
 		var back []byte
 		if want.eof {
-			deadline := time.Now().Add(10 * time.Second)
-			for len(h.got()) < len(want.frames) && time.Now().Before(deadline) {
-				time.Sleep(time.Millisecond)
-			}
+			// A timeout is reported below, comparing what arrived.
+			_ = testutil.Poll(10*time.Second, time.Millisecond, func() error {
+				if n := len(h.got()); n < len(want.frames) {
+					return fmt.Errorf("%d of %d frames", n, len(want.frames))
+				}
+				return nil
+			})
 			_ = tcp.Close()
 		} else {
 			_ = tcp.SetReadDeadline(time.Now().Add(10 * time.Second))

@@ -101,6 +101,7 @@ type counters struct {
 	flushes                                atomic.Uint64
 	slowConsumer, deadline, badFrames      atomic.Uint64
 	deferred, handshakes                   atomic.Uint64
+	requests                               atomic.Uint64 // onRequest calls, for the no-spin test
 }
 
 // New checks cfg and returns a Server that is not listening yet. It starts
@@ -126,7 +127,7 @@ func New(cfg Config, h Handler) (*Server, error) {
 		wsDone:    make(chan struct{}),
 		upgrader:  newUpgrader(cfg.WSPath),
 	}
-	s.wheel, err = wheel.New(wheel.Config{Tick: cfg.Tick, Expire: func(e *wheel.Entry) { e.Value.(*Conn).expire(e) }})
+	s.wheel, err = wheel.New(wheel.Config{Tick: cfg.Tick, Now: cfg.now, Expire: func(e *wheel.Entry) { e.Value.(*Conn).expire(e) }})
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
 	}

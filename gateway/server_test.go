@@ -13,6 +13,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/msync/msync/gateway"
+	"github.com/msync/msync/internal/testutil"
 	"github.com/msync/msync/pkg/protocol"
 )
 
@@ -269,31 +270,42 @@ func TestAuthTimeout(t *testing.T) {
 	}
 }
 
+// TestHeartbeatDeadline runs the deadline wheel on a clock the test moves:
+// heartbeats keep extending the deadline far past the auth timeout, the
+// deadline does not fire before hb has passed since the last one, and it
+// fires once it has.
 func TestHeartbeatDeadline(t *testing.T) {
 	h := newHandler()
-	const hb = 400 * time.Millisecond
+	const hb, tick = 400 * time.Millisecond, 10 * time.Millisecond
 	h.onFrame = func(c *gateway.Conn, f protocol.Frame) {
 		c.SetDeadline(hb, protocol.CodeHeartbeatTimeout)
 		echo(c, f)
 	}
-	s := start(t, gateway.Config{AuthTimeout: 200 * time.Millisecond, Tick: 10 * time.Millisecond}, h)
+	clk := testutil.NewClock(time.Unix(0, 0))
+	wheelNow := func() int64 { return clk.Now().UnixNano() + 1 }
+	s := start(t, gateway.WithClock(gateway.Config{AuthTimeout: 200 * time.Millisecond, Tick: tick}, wheelNow), h)
 	c := dial(t, s)
 	recvOpen(t, h)
-	// 1.2s of heartbeats every 50ms: far past the auth timeout and the
-	// heartbeat deadline, so only the extensions keep it alive.
-	var last time.Time
-	for begin := time.Now(); time.Since(begin) < 1200*time.Millisecond; {
+	// 1.2s of heartbeats every 50ms (wheel time): far past the auth timeout
+	// and the heartbeat deadline, so only the extensions keep it alive.
+	for range 24 {
 		send(t, c, protocol.AppendFrame(nil, protocol.OpHeartbeat, 1, nil))
-		last = time.Now()
 		if f := mustReadFrame(t, c); f.Op != protocol.OpHeartbeatReply {
-			t.Fatalf("got %s while heartbeating", f.Op)
+			t.Fatalf("got %s while heartbeating at wheel time %v", f.Op, clk.Now().Sub(time.Unix(0, 0)))
 		}
-		time.Sleep(50 * time.Millisecond)
+		clk.Add(50 * time.Millisecond)
+		gateway.AdvanceWheel(s)
 	}
+	// The last heartbeat set the deadline 50ms ago; just short of hb
+	// after it, nothing has expired.
+	clk.Add(hb - 50*time.Millisecond - 2*tick)
+	gateway.AdvanceWheel(s)
+	if got := s.Stats().DeadlineCloses; got != 0 {
+		t.Fatalf("%d deadline closes %v after the last heartbeat, before %v", got, hb-2*tick, hb)
+	}
+	clk.Add(3 * tick)
+	gateway.AdvanceWheel(s)
 	expectError(t, c, 5*time.Second, protocol.CodeHeartbeatTimeout)
-	if el := time.Since(last); el < hb {
-		t.Fatalf("heartbeat deadline fired %v after the last heartbeat, before %v", el, hb)
-	}
 	expectEOF(t, c)
 	if ev := recvClose(t, h, 5*time.Second); !errors.Is(ev.err, gateway.ErrDeadline) {
 		t.Fatalf("OnClose err %v", ev.err)
@@ -316,14 +328,22 @@ func TestAckDeadline(t *testing.T) {
 		}
 		return h
 	}
-	cfg := gateway.Config{Tick: 10 * time.Millisecond}
+	// The wheel runs on a clock the test moves, so "well past the ack
+	// timeout" is exact however slow the machine.
+	newClock := func() (*testutil.Clock, gateway.Config) {
+		clk := testutil.NewClock(time.Unix(0, 0))
+		return clk, gateway.WithClock(gateway.Config{Tick: 10 * time.Millisecond}, func() int64 { return clk.Now().UnixNano() + 1 })
+	}
 
 	t.Run("expires", func(t *testing.T) {
 		h := newAckHandler()
+		clk, cfg := newClock()
 		s := start(t, cfg, h)
 		c := dial(t, s)
 		send(t, c, protocol.AppendFrame(nil, protocol.OpSyncReq, 1, nil))
 		mustReadFrame(t, c)
+		clk.Add(ackTimeout + 20*time.Millisecond)
+		gateway.AdvanceWheel(s)
 		expectError(t, c, 5*time.Second, protocol.CodeAckTimeout)
 		expectEOF(t, c)
 		if ev := recvClose(t, h, 5*time.Second); !errors.Is(ev.err, gateway.ErrAckDeadline) {
@@ -332,6 +352,7 @@ func TestAckDeadline(t *testing.T) {
 	})
 	t.Run("cleared", func(t *testing.T) {
 		h := newAckHandler()
+		clk, cfg := newClock()
 		s := start(t, cfg, h)
 		c := dial(t, s)
 		send(t, c, protocol.AppendFrame(nil, protocol.OpSyncReq, 1, nil))
@@ -339,7 +360,8 @@ func TestAckDeadline(t *testing.T) {
 		mustReadFrame(t, c)
 		mustReadFrame(t, c)
 		// Well past the ack timeout the connection still answers.
-		time.Sleep(3 * ackTimeout)
+		clk.Add(3 * ackTimeout)
+		gateway.AdvanceWheel(s)
 		send(t, c, protocol.AppendFrame(nil, protocol.OpHeartbeat, 3, nil))
 		if f := mustReadFrame(t, c); f.Op != protocol.OpHeartbeatReply || f.Seq != 3 {
 			t.Fatalf("got %s seq %d, want HEARTBEAT_REPLY 3", f.Op, f.Seq)
@@ -400,10 +422,13 @@ func TestPeerClose(t *testing.T) {
 
 // TestPartialFrameDoesNotSpin holds half a frame on the server past
 // ReadTimeout and checks the connection is closed for it, and that the
-// wait burned no CPU: returning from OnRequest with buffered bytes makes
-// netpoll call it again at once, which spins a core.
+// wait did not spin: returning from OnRequest with buffered bytes makes
+// netpoll call it again at once, thousands of times a second.
 func TestPartialFrameDoesNotSpin(t *testing.T) {
 	frame := protocol.AppendFrame(nil, protocol.OpSync, 5, make([]byte, 4000))
+	// A few calls per wait is netpoll handing the bytes over in pieces; a
+	// spin is orders of magnitude more.
+	const maxCalls = 20
 	tests := []struct {
 		name string
 		part []byte
@@ -418,18 +443,18 @@ func TestPartialFrameDoesNotSpin(t *testing.T) {
 			s := start(t, gateway.Config{ReadTimeout: rt}, h)
 			c := dial(t, s)
 			recvOpen(t, h)
-			cpu0, t0 := cpuTime(t), time.Now()
+			calls0, t0 := gateway.OnRequestCalls(s), time.Now()
 			send(t, c, tt.part)
 			ev := recvClose(t, h, 5*time.Second)
-			cpu, wall := cpuTime(t)-cpu0, time.Since(t0)
+			calls, wall := gateway.OnRequestCalls(s)-calls0, time.Since(t0)
 			if !errors.Is(ev.err, gateway.ErrReadTimeout) {
 				t.Fatalf("OnClose err %v", ev.err)
 			}
 			if wall < rt {
 				t.Fatalf("closed after %v, before ReadTimeout %v", wall, rt)
 			}
-			if cpu > wall/3 {
-				t.Fatalf("process used %v CPU during a %v wait: OnRequest is spinning", cpu, wall)
+			if calls > maxCalls {
+				t.Fatalf("OnRequest ran %d times during a %v wait: it is spinning", calls, wall)
 			}
 			expectEOF(t, c)
 		})
@@ -440,16 +465,23 @@ func TestPartialFrameDoesNotSpin(t *testing.T) {
 		c := dial(t, s)
 		recvOpen(t, h)
 		send(t, c, frame[:2000])
-		time.Sleep(50 * time.Millisecond) // let the server start waiting for the rest
-		cpu0, t0 := cpuTime(t), time.Now()
+		testutil.Eventually(t, 10*time.Second, time.Millisecond, func() error {
+			if n := gateway.OnRequestCalls(s); n == 0 {
+				return errors.New("the server has not read the partial frame yet")
+			}
+			return nil
+		})
+		calls0 := gateway.OnRequestCalls(s)
 		_ = c.Close()
 		ev := recvClose(t, h, 5*time.Second)
 		if !errors.Is(ev.err, gateway.ErrPeerClosed) {
 			t.Fatalf("OnClose err %v", ev.err)
 		}
-		time.Sleep(300 * time.Millisecond) // a spin would show up here
-		if cpu, wall := cpuTime(t)-cpu0, time.Since(t0); cpu > wall/3 {
-			t.Fatalf("process used %v CPU in %v after the peer left", cpu, wall)
+		// A deliberate gap, waiting for nothing to happen: a spin would
+		// call OnRequest thousands of times in it.
+		time.Sleep(100 * time.Millisecond)
+		if calls := gateway.OnRequestCalls(s) - calls0; calls > maxCalls {
+			t.Fatalf("OnRequest ran %d times after the peer left: it is spinning", calls)
 		}
 	})
 }
@@ -604,7 +636,10 @@ func TestShutdown(t *testing.T) {
 
 func TestShutdownContextExpires(t *testing.T) {
 	h := newHandler()
-	cfg := gateway.Config{Addr: "127.0.0.1:0", Logger: testLogger(t), WriteQueueBytes: 128 << 20, WriteTimeout: 2 * time.Second}
+	// WriteTimeout is far longer than the test may take: a Shutdown that
+	// waited for the stuck flush instead of dropping it would show.
+	const writeTimeout = 2 * time.Minute
+	cfg := gateway.Config{Addr: "127.0.0.1:0", Logger: testLogger(t), WriteQueueBytes: 128 << 20, WriteTimeout: writeTimeout}
 	s, err := gateway.New(cfg, h)
 	if err != nil {
 		t.Fatal(err)
@@ -624,10 +659,10 @@ func TestShutdownContextExpires(t *testing.T) {
 	if err := s.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("Shutdown err %v, want DeadlineExceeded", err)
 	}
-	if el := time.Since(begin); el > 2*time.Second {
-		t.Fatalf("Shutdown took %v after its context expired", el)
+	if el := time.Since(begin); el > writeTimeout/2 {
+		t.Fatalf("Shutdown took %v after its context expired: it waited for the flush", el)
 	}
-	if ev := recvClose(t, h, time.Second); !errors.Is(ev.err, gateway.ErrShutdown) {
+	if ev := recvClose(t, h, 10*time.Second); !errors.Is(ev.err, gateway.ErrShutdown) {
 		t.Fatalf("OnClose err %v", ev.err)
 	}
 	_ = c.Close()

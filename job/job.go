@@ -238,41 +238,29 @@ func (j *Job) routeOplog(ctx context.Context, b *batch, op *oplog.Oplog) {
 		j.bad("oplog with a bad channel", "channel", op.Channel, "id", op.Id, "err", err)
 		return
 	}
-	var sessions []directory.Session
-	switch kind {
-	case oplog.KindUser:
-		s, ok := b.users[owner]
-		if !ok {
-			s, err = j.cfg.Directory.ByUser(ctx, owner)
-			b.users[owner] = s
-		}
-		sessions = s
-	case oplog.KindDevice:
-		s, ok := b.devices[owner]
-		if !ok {
-			var one directory.Session
-			one, err = j.cfg.Directory.ByDevice(ctx, owner)
-			if err == nil {
-				s = []directory.Session{one}
-			} else if errors.Is(err, directory.ErrNotFound) {
-				err = nil // offline: it syncs on connect
-			}
-			b.devices[owner] = s
-		}
-		sessions = s
-	default:
+	if kind != oplog.KindUser && kind != oplog.KindDevice {
 		// Global channel: every comet gets it (Comet.Broadcast); each comet
 		// delivers it to its sessions that sync the channel.
 		b.globals = append(b.globals, op)
 		return
 	}
+	user, device := owner, ""
+	if kind == oplog.KindDevice {
+		user, device = "", owner
+	}
+	sessions, err := j.sessionsOf(ctx, b, user, device) // push.go
 	if err != nil {
 		j.m.directoryErrors.Inc()
 		j.log.Warn("directory lookup failed; devices will catch up by sync", "channel", op.Channel, "id", op.Id, "err", err)
 		return
 	}
-	// Group this oplog's sessions per comet; one item per comet keeps each
-	// comet's items in the batch's order.
+	b.addPushItems(sessions, &pb.PushItem{Oplog: op})
+}
+
+// addPushItems adds item to the batch's Push call of every comet holding
+// one of sessions, with that comet's session keys. One item per comet keeps
+// each comet's items in the batch's order.
+func (b *batch) addPushItems(sessions []directory.Session, item *pb.PushItem) {
 	var comets []string
 	keys := make(map[string][]string, len(sessions))
 	for _, s := range sessions {
@@ -288,7 +276,7 @@ func (j *Job) routeOplog(ctx context.Context, b *batch, op *oplog.Oplog) {
 			b.pushes[comet] = req
 			b.pushOrder = append(b.pushOrder, comet)
 		}
-		req.Items = append(req.Items, &pb.PushItem{Keys: keys[comet], Oplog: op})
+		req.Items = append(req.Items, &pb.PushItem{Keys: keys[comet], Oplog: item.Oplog, Push: item.Push})
 	}
 }
 
@@ -308,39 +296,55 @@ func (j *Job) routeKick(b *batch, k *pb.KickMsg) {
 	req.Keys = append(req.Keys, k.Key)
 }
 
-// dispatch sends every comet call of the batch on the pool and waits for
-// all of them, so the next batch of this partition cannot overtake them.
-func (j *Job) dispatch(ctx context.Context, b *batch) {
-	pool := j.pool()
-	var wg sync.WaitGroup
-	submit := func(what, comet string, call func(pb.CometClient)) {
-		c, ok := j.cfg.Comets.Comet(comet)
-		if !ok {
-			j.m.calls.WithLabelValues(what, "unknown_comet").Inc()
-			j.log.Warn("unknown comet; devices will catch up by sync", "op", what, "comet", comet)
-			return
-		}
-		wg.Add(1)
-		if err := pool.Submit(func() { defer wg.Done(); call(c) }); err != nil {
-			wg.Done()
-			j.m.calls.WithLabelValues(what, "not_submitted").Inc()
-			j.log.Warn("comet call not submitted", "op", what, "comet", comet, "err", err)
-		}
+// cometCalls runs the comet calls of one batch on the worker pool.
+type cometCalls struct {
+	j    *Job
+	pool *ants.Pool
+	wg   sync.WaitGroup
+}
+
+func (j *Job) cometCalls() *cometCalls { return &cometCalls{j: j, pool: j.pool()} }
+
+// submit runs call with comet's client on the pool; an unknown comet or a
+// refused submission is counted under what and logged (the devices catch up
+// by sync).
+func (cs *cometCalls) submit(what, comet string, call func(pb.CometClient)) {
+	c, ok := cs.j.cfg.Comets.Comet(comet)
+	if !ok {
+		cs.j.m.calls.WithLabelValues(what, "unknown_comet").Inc()
+		cs.j.log.Warn("unknown comet; devices will catch up by sync", "op", what, "comet", comet)
+		return
 	}
+	cs.wg.Add(1)
+	if err := cs.pool.Submit(func() { defer cs.wg.Done(); call(c) }); err != nil {
+		cs.wg.Done()
+		cs.j.m.calls.WithLabelValues(what, "not_submitted").Inc()
+		cs.j.log.Warn("comet call not submitted", "op", what, "comet", comet, "err", err)
+	}
+}
+
+// wait returns when every submitted call has finished, so the next batch of
+// the partition cannot overtake them.
+func (cs *cometCalls) wait() { cs.wg.Wait() }
+
+// dispatch sends every comet call of the batch on the pool and waits for
+// all of them.
+func (j *Job) dispatch(ctx context.Context, b *batch) {
+	cs := j.cometCalls()
 	for _, comet := range b.pushOrder {
 		req := b.pushes[comet]
-		submit("push", comet, func(c pb.CometClient) { j.push(ctx, comet, c, req) })
+		cs.submit("push", comet, func(c pb.CometClient) { j.push(ctx, comet, c, req) })
 	}
 	for _, kk := range b.kickOrder {
 		req := b.kicks[kk]
-		submit("kick", kk.comet, func(c pb.CometClient) { j.kickComet(ctx, kk.comet, c, req) })
+		cs.submit("kick", kk.comet, func(c pb.CometClient) { j.kickComet(ctx, kk.comet, c, req) })
 	}
 	if len(b.globals) > 0 {
 		for _, comet := range j.cfg.Comets.IDs() {
-			submit("broadcast", comet, func(c pb.CometClient) { j.broadcastOplogs(ctx, comet, c, b.globals) })
+			cs.submit("broadcast", comet, func(c pb.CometClient) { j.broadcastOplogs(ctx, comet, c, b.globals) })
 		}
 	}
-	wg.Wait()
+	cs.wait()
 }
 
 func (j *Job) push(ctx context.Context, comet string, c pb.CometClient, req *pb.PushReq) {

@@ -3,7 +3,6 @@ package job
 import (
 	"context"
 	"errors"
-	"sync"
 
 	"github.com/msync/msync/pkg/api/pb"
 	"github.com/msync/msync/pkg/directory"
@@ -68,24 +67,7 @@ func (j *Job) routePush(ctx context.Context, b *batch, t *pb.PushTarget) {
 		return
 	}
 	// no room: a direct push; Biz is set for a non-persistent biz's oplog
-	msg := &pb.PushMsg{Payload: t.Msg.Payload, CreatedMs: t.Msg.CreatedMs, Biz: t.Msg.Biz}
-	var comets []string
-	keys := make(map[string][]string, len(sessions))
-	for _, s := range sessions {
-		if _, ok := keys[s.Comet]; !ok {
-			comets = append(comets, s.Comet)
-		}
-		keys[s.Comet] = append(keys[s.Comet], s.Key)
-	}
-	for _, comet := range comets {
-		req := b.pushes[comet]
-		if req == nil {
-			req = &pb.PushReq{}
-			b.pushes[comet] = req
-			b.pushOrder = append(b.pushOrder, comet)
-		}
-		req.Items = append(req.Items, &pb.PushItem{Keys: keys[comet], Push: msg})
-	}
+	b.addPushItems(sessions, &pb.PushItem{Push: &pb.PushMsg{Payload: t.Msg.Payload, CreatedMs: t.Msg.CreatedMs, Biz: t.Msg.Biz}})
 }
 
 // sessionsOf returns the online sessions of user or device, using the
@@ -196,19 +178,10 @@ func (j *Job) broadcastPushes(ctx context.Context, b *batch) {
 // by PushTimeout, and waits for all of them. what labels the metrics.
 func (j *Job) runOnComets(ctx context.Context, what string, comets []string,
 	call func(comet string) func(context.Context, pb.CometClient) error) {
-	pool := j.pool()
-	var wg sync.WaitGroup
+	cs := j.cometCalls() // job.go
 	for _, comet := range comets {
-		c, ok := j.cfg.Comets.Comet(comet)
-		if !ok {
-			j.m.calls.WithLabelValues(what, "unknown_comet").Inc()
-			j.log.Warn("unknown comet", "op", what, "comet", comet)
-			continue
-		}
 		fn := call(comet)
-		wg.Add(1)
-		err := pool.Submit(func() {
-			defer wg.Done()
+		cs.submit(what, comet, func(c pb.CometClient) {
 			cctx, cancel := context.WithTimeout(ctx, j.cfg.PushTimeout)
 			defer cancel()
 			if err := fn(cctx, c); err != nil {
@@ -218,11 +191,6 @@ func (j *Job) runOnComets(ctx context.Context, what string, comets []string,
 			}
 			j.m.calls.WithLabelValues(what, "ok").Inc()
 		})
-		if err != nil {
-			wg.Done()
-			j.m.calls.WithLabelValues(what, "not_submitted").Inc()
-			j.log.Warn("comet call not submitted", "op", what, "comet", comet, "err", err)
-		}
 	}
-	wg.Wait()
+	cs.wait()
 }

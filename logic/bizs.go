@@ -137,55 +137,28 @@ func checkVolatile(b *biz.Biz, req *publishReq) *apiError {
 	return nil
 }
 
-// publishVolatile handles the oplogs of non-persistent bizs among ops: each
-// becomes a non-persistent push (PushTarget with the biz set) to its owner's
-// online devices, or to everyone for a global biz, sent to the queue before
-// the persistent ones are stored; its result has ID 0. done is false when
-// ops holds no such oplog (the caller stores them all). A queue failure is a
-// 503 before anything is stored, so the call can be retried; a store failure
-// after the pushes were queued is a 503 too, and a retry pushes again
-// (non-persistent delivery is at most once per call, not idempotent).
-func (l *Logic) publishVolatile(ctx context.Context, ops []*oplog.Oplog) ([]store.AppendResult, *apiError, bool) {
-	var persistent []*oplog.Oplog
-	var volatile []int
-	for i, op := range ops {
-		if b, err := l.cfg.Bizs.Get(op.Biz); err == nil && !b.Persistent {
-			volatile = append(volatile, i)
-		} else {
-			persistent = append(persistent, op)
-		}
-	}
-	if len(volatile) == 0 {
-		return nil, nil, false
-	}
-	for _, i := range volatile {
+// pushVolatile sends ops[i] for each i in idx, oplogs of non-persistent
+// bizs, as non-persistent pushes (PushTarget with the biz set) to the
+// owner's online devices, or to everyone for a global biz. publish calls it
+// before storing the persistent ones: a queue failure is a 503 before
+// anything is stored, so the call can be retried; a store failure after the
+// pushes were queued is a 503 too, and a retry pushes again (non-persistent
+// delivery is at most once per call, not idempotent).
+func (l *Logic) pushVolatile(ctx context.Context, ops []*oplog.Oplog, idx []int) *apiError {
+	for _, i := range idx {
 		op := ops[i]
 		t, err := volatileTarget(op)
 		if err != nil {
 			l.log.Error("non-persistent oplog with a bad channel", "channel", op.Channel, "err", err)
-			return nil, errorf(http.StatusInternalServerError, CodeInternal, "internal error"), true
+			return errorf(http.StatusInternalServerError, CodeInternal, "internal error")
 		}
 		t.Msg = &pb.PushMsg{Biz: op.Biz, Payload: op.Payload, CreatedMs: op.CreatedMs}
 		if aerr := l.enqueue(ctx, op.Channel, &pb.QueueMsg{Body: &pb.QueueMsg_Push{Push: t}}); aerr != nil { // push.go
-			return nil, aerr, true
+			return aerr
 		}
 		l.m.published.WithLabelValues(op.Biz).Inc()
 	}
-	results := make([]store.AppendResult, len(ops))
-	if len(persistent) > 0 {
-		stored, aerr := l.publish(ctx, persistent)
-		if aerr != nil {
-			return nil, aerr, true
-		}
-		j := 0
-		for i, op := range ops {
-			if j < len(stored) && op == persistent[j] {
-				results[i] = stored[j]
-				j++
-			}
-		}
-	}
-	return results, nil, true
+	return nil
 }
 
 // volatileTarget is whom a non-persistent oplog goes to, from its channel.

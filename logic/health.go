@@ -85,17 +85,19 @@ func (h *health) state(ctx context.Context) (map[string]string, bool) {
 	return out, down
 }
 
-func (l *Logic) handleHealthz(w http.ResponseWriter, r *http.Request) {
+// handleHealthz answers 503 with a JSON report, not an error body, when down.
+func (l *Logic) handleHealthz(w http.ResponseWriter, r *http.Request) *apiError {
 	if l.shutting.Load() {
 		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "shutting_down"})
-		return
+		return nil
 	}
 	rep, down := l.health.state(r.Context())
 	if down {
 		rep["status"] = "unavailable"
 		writeJSON(w, http.StatusServiceUnavailable, rep)
-		return
+		return nil
 	}
 	rep["status"] = "ok"
 	writeJSON(w, http.StatusOK, rep)
+	return nil
 }

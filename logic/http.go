@@ -63,9 +63,14 @@ type errorBody struct {
 	Error *apiError `json:"error"`
 }
 
+// apiHandler is the shape of every route: it writes its success response
+// itself and returns the error for handle to write, so no handler writes an
+// error and forgets to return.
+type apiHandler func(w http.ResponseWriter, r *http.Request) *apiError
+
 func (l *Logic) routes() http.Handler {
 	mux := http.NewServeMux()
-	route := func(pattern, name string, h http.HandlerFunc) {
+	route := func(pattern, name string, h apiHandler) {
 		mux.Handle(pattern, l.instrument(name, h))
 	}
 	route("POST /v1/sync", "sync", l.handlePublish)
@@ -74,8 +79,8 @@ func (l *Logic) routes() http.Handler {
 	route("GET /v1/bizs", "bizs", l.handleBizs)
 	route("POST /v1/users/{user}/revoke_tokens", "revoke_tokens", l.handleRevokeTokens)
 	route("GET /healthz", "healthz", l.handleHealthz)
-	mux.Handle("GET /metrics", l.instrument("metrics",
-		l.opsOnly(promhttp.HandlerFor(l.gather, promhttp.HandlerOpts{ErrorLog: slogPrinter{l}}).ServeHTTP)))
+	route("GET /metrics", "metrics",
+		l.opsOnly(promhttp.HandlerFor(l.gather, promhttp.HandlerOpts{ErrorLog: slogPrinter{l}})))
 	// Method-less patterns catch the other methods of known paths (the
 	// method-qualified ones above are more specific), so they get a JSON 405
 	// instead of the mux's plain-text one.
@@ -87,32 +92,35 @@ func (l *Logic) routes() http.Handler {
 		methods[path] = allow
 	}
 	for path, allow := range methods {
-		route(path, "other", func(w http.ResponseWriter, _ *http.Request) {
+		route(path, "other", func(w http.ResponseWriter, _ *http.Request) *apiError {
 			w.Header().Set("Allow", allow)
-			writeError(w, errorf(http.StatusMethodNotAllowed, CodeMethodNotAllowed, "use %s", allow))
+			return errorf(http.StatusMethodNotAllowed, CodeMethodNotAllowed, "use %s", allow)
 		})
 	}
 	for prefix, h := range l.cfg.Mount { // validated: literal, no overlap with the routes above
-		route(prefix, "mount", l.opsOnly(h.ServeHTTP))
+		route(prefix, "mount", l.opsOnly(h))
 	}
-	route("/", "other", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, errorf(http.StatusNotFound, CodeNotFound, "no route for %s %s", r.Method, r.URL.Path))
+	route("/", "other", func(_ http.ResponseWriter, r *http.Request) *apiError {
+		return noRoute(r)
 	})
 	return mux
 }
 
+func noRoute(r *http.Request) *apiError {
+	return errorf(http.StatusNotFound, CodeNotFound, "no route for %s %s", r.Method, r.URL.Path)
+}
+
 // opsOnly serves h to loopback callers only, unless Config.PublicOps.
-func (l *Logic) opsOnly(h http.HandlerFunc) http.HandlerFunc {
-	if l.cfg.PublicOps {
-		return h
-	}
-	return func(w http.ResponseWriter, r *http.Request) {
-		host, _, err := net.SplitHostPort(r.RemoteAddr)
-		if ip := net.ParseIP(host); err != nil || ip == nil || !ip.IsLoopback() {
-			writeError(w, errorf(http.StatusNotFound, CodeNotFound, "no route for %s %s", r.Method, r.URL.Path))
-			return
+func (l *Logic) opsOnly(h http.Handler) apiHandler {
+	return func(w http.ResponseWriter, r *http.Request) *apiError {
+		if !l.cfg.PublicOps {
+			host, _, err := net.SplitHostPort(r.RemoteAddr)
+			if ip := net.ParseIP(host); err != nil || ip == nil || !ip.IsLoopback() {
+				return noRoute(r)
+			}
 		}
-		h(w, r)
+		h.ServeHTTP(w, r)
+		return nil
 	}
 }
 
@@ -142,12 +150,15 @@ func (w *statusWriter) Write(b []byte) (int, error) {
 
 func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
-// instrument counts requests by route name (a fixed set, so the label's
-// cardinality is bounded whatever paths clients send).
-func (l *Logic) instrument(name string, h http.HandlerFunc) http.Handler {
+// instrument adapts h to http.Handler, writing the error it returns, and
+// counts requests by route name (a fixed set, so the label's cardinality is
+// bounded whatever paths clients send).
+func (l *Logic) instrument(name string, h apiHandler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		sw := &statusWriter{ResponseWriter: w}
-		h(sw, r)
+		if aerr := h(sw, r); aerr != nil {
+			writeError(sw, aerr)
+		}
 		if sw.code == 0 {
 			sw.code = http.StatusOK
 		}
@@ -220,31 +231,28 @@ type publishResult struct {
 	Duplicate bool   `json:"duplicate"`
 }
 
-func (l *Logic) handlePublish(w http.ResponseWriter, r *http.Request) {
+func (l *Logic) handlePublish(w http.ResponseWriter, r *http.Request) *apiError {
 	key, aerr := l.apiKey(r)
 	if aerr != nil {
-		writeError(w, aerr)
-		return
+		return aerr
 	}
 	var req publishReq
 	if aerr := decodeStrict(http.MaxBytesReader(w, r.Body, l.cfg.MaxBodyBytes), &req); aerr != nil {
-		writeError(w, aerr)
-		return
+		return aerr
 	}
 	op, aerr := l.prepare(key, &req, l.cfg.Now())
 	if aerr == nil {
 		aerr = l.allow(w, key, 1, len(op.Payload))
 	}
 	if aerr != nil {
-		writeError(w, aerr)
-		return
+		return aerr
 	}
 	results, aerr := l.publish(r.Context(), []*oplog.Oplog{op})
 	if aerr != nil {
-		writeError(w, aerr)
-		return
+		return aerr
 	}
 	writeJSON(w, http.StatusOK, publishResult{ID: results[0].ID, Channel: op.Channel, Duplicate: results[0].Duplicate})
+	return nil
 }
 
 // decodeBatch decodes a batch body into its items; itemErrs[i] is item i's
@@ -277,24 +285,20 @@ func decodeBatch(r io.Reader) (items []publishReq, itemErrs []*apiError, aerr *a
 	return items, itemErrs, nil
 }
 
-func (l *Logic) handleBatch(w http.ResponseWriter, r *http.Request) {
+func (l *Logic) handleBatch(w http.ResponseWriter, r *http.Request) *apiError {
 	key, aerr := l.apiKey(r)
 	if aerr != nil {
-		writeError(w, aerr)
-		return
+		return aerr
 	}
 	items, itemErrs, aerr := decodeBatch(http.MaxBytesReader(w, r.Body, l.cfg.MaxBodyBytes))
 	if aerr != nil {
-		writeError(w, aerr)
-		return
+		return aerr
 	}
 	switch {
 	case len(items) == 0:
-		writeError(w, badRequest("items: want 1 to %d items", l.cfg.MaxBatch))
-		return
+		return badRequest("items: want 1 to %d items", l.cfg.MaxBatch)
 	case len(items) > l.cfg.MaxBatch:
-		writeError(w, badRequest("items: %d items, over the limit of %d", len(items), l.cfg.MaxBatch))
-		return
+		return badRequest("items: %d items, over the limit of %d", len(items), l.cfg.MaxBatch)
 	}
 	now := l.cfg.Now()
 	// Each result is a publishResult or an errorBody, in item order.
@@ -320,21 +324,20 @@ func (l *Logic) handleBatch(w http.ResponseWriter, r *http.Request) {
 	}
 	if len(ops) > 0 {
 		if aerr := l.allow(w, key, len(ops), size); aerr != nil {
-			writeError(w, aerr)
-			return
+			return aerr
 		}
 		// One Append for every valid item: one group commit, and ids in
 		// item order within each channel.
 		results, aerr := l.publish(r.Context(), ops)
 		if aerr != nil {
-			writeError(w, aerr)
-			return
+			return aerr
 		}
 		for i, res := range results {
 			out[idx[i]] = publishResult{ID: res.ID, Channel: ops[i].Channel, Duplicate: res.Duplicate}
 		}
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"results": out})
+	return nil
 }
 
 type channelState struct {
@@ -344,23 +347,20 @@ type channelState struct {
 	Lag       uint64 `json:"lag"`
 }
 
-func (l *Logic) handleDeviceSync(w http.ResponseWriter, r *http.Request) {
+func (l *Logic) handleDeviceSync(w http.ResponseWriter, r *http.Request) *apiError {
 	key, aerr := l.apiKey(r)
 	if aerr != nil {
-		writeError(w, aerr)
-		return
+		return aerr
 	}
 	device := r.PathValue("device")
 	if err := oplog.ValidID("device", device); err != nil {
-		writeError(w, badRequest("%v", err))
-		return
+		return badRequest("%v", err)
 	}
 	ctx, cancel := l.storeCtx(r.Context())
 	defer cancel()
 	points, err := l.cfg.Store.SyncPoints(ctx, device)
 	if err != nil {
-		writeError(w, l.storeError("sync_points", err))
-		return
+		return l.storeError("sync_points", err)
 	}
 	chans := make([]string, 0, len(points))
 	for ch := range points {
@@ -375,8 +375,7 @@ func (l *Logic) handleDeviceSync(w http.ResponseWriter, r *http.Request) {
 	for _, ch := range chans {
 		maxID, err := l.cfg.Store.MaxID(ctx, ch)
 		if err != nil {
-			writeError(w, l.storeError("max_id", err))
-			return
+			return l.storeError("max_id", err)
 		}
 		st := channelState{Channel: ch, SyncPoint: points[ch], MaxID: maxID}
 		if maxID > st.SyncPoint {
@@ -385,6 +384,7 @@ func (l *Logic) handleDeviceSync(w http.ResponseWriter, r *http.Request) {
 		out = append(out, st)
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"device": device, "channels": out})
+	return nil
 }
 
 type bizInfo struct {
@@ -399,10 +399,9 @@ type bizInfo struct {
 	MaxPayload  int    `json:"max_payload"`
 }
 
-func (l *Logic) handleBizs(w http.ResponseWriter, r *http.Request) {
+func (l *Logic) handleBizs(w http.ResponseWriter, r *http.Request) *apiError {
 	if _, aerr := l.apiKey(r); aerr != nil {
-		writeError(w, aerr)
-		return
+		return aerr
 	}
 	all := l.cfg.Bizs.All()
 	out := make([]bizInfo, 0, len(all))
@@ -412,6 +411,7 @@ func (l *Logic) handleBizs(w http.ResponseWriter, r *http.Request) {
 			MaxPayload: b.MaxPayload})
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"bizs": out})
+	return nil
 }
 
 // formatDuration renders whole days as "7d" (the config syntax), else Go's form.

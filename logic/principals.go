@@ -94,19 +94,17 @@ type revokeReq struct {
 // handleRevokeTokens is POST /v1/users/{user}/revoke_tokens: tokens of the
 // user issued before the cut-off no longer open sessions, and the user's
 // online sessions are closed with 2004 so their SDKs fetch new tokens.
-func (l *Logic) handleRevokeTokens(w http.ResponseWriter, r *http.Request) {
+func (l *Logic) handleRevokeTokens(w http.ResponseWriter, r *http.Request) *apiError {
 	var req revokeReq
-	if !l.adminRequest(w, r, &req) {
-		return
+	if aerr := l.adminRequest(w, r, &req); aerr != nil {
+		return aerr
 	}
 	user := r.PathValue("user")
 	if err := oplog.ValidID("user", user); err != nil {
-		writeError(w, badRequest("%v", err))
-		return
+		return badRequest("%v", err)
 	}
 	if l.cfg.Revocations == nil {
-		writeError(w, errorf(http.StatusNotImplemented, CodeNotSupported, "this store keeps no token cut-offs"))
-		return
+		return errorf(http.StatusNotImplemented, CodeNotSupported, "this store keeps no token cut-offs")
 	}
 	// The next whole second: a token carries iat in seconds, so one issued
 	// earlier in this second is revoked too (a new one minted in this
@@ -115,21 +113,18 @@ func (l *Logic) handleRevokeTokens(w http.ResponseWriter, r *http.Request) {
 	if req.Before != "" {
 		t, err := time.Parse(time.RFC3339Nano, req.Before)
 		if err != nil {
-			writeError(w, badRequest("before: want RFC 3339 (2006-01-02T15:04:05Z): %v", err))
-			return
+			return badRequest("before: want RFC 3339 (2006-01-02T15:04:05Z): %v", err)
 		}
 		cut = t
 	}
 	ctx, cancel := l.storeCtx(r.Context())
 	defer cancel()
 	if err := l.cfg.Revocations.SetTokensNotBefore(ctx, user, cut); err != nil {
-		writeError(w, l.storeError("tokens_not_before", err))
-		return
+		return l.storeError("tokens_not_before", err)
 	}
 	nb, err := l.cfg.Revocations.TokensNotBefore(ctx, user)
 	if err != nil {
-		writeError(w, l.storeError("tokens_not_before", err))
-		return
+		return l.storeError("tokens_not_before", err)
 	}
 	kicked := 0
 	sessions, err := l.cfg.Directory.ByUser(ctx, user)
@@ -143,4 +138,5 @@ func (l *Logic) handleRevokeTokens(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"user": user, "not_before": nb.UTC().Format(time.RFC3339), "kicked": kicked})
+	return nil
 }

@@ -27,17 +27,40 @@ const (
 
 // publishReq is one item of POST /v1/sync and /v1/sync/batch.
 type publishReq struct {
-	Biz           string      `json:"biz"`
-	User          string      `json:"user"`
-	Device        string      `json:"device"`
-	Global        bool        `json:"global"`
-	Payload       *string     `json:"payload"`
-	PayloadBase64 *string     `json:"payload_base64"`
-	DedupKey      string      `json:"dedup_key"`
-	ValidFrom     string      `json:"valid_from"`
-	ValidUntil    string      `json:"valid_until"`
-	TTL           string      `json:"ttl"`
-	Filters       *filtersReq `json:"filters"`
+	Biz    string `json:"biz"`
+	User   string `json:"user"`
+	Device string `json:"device"`
+	Global bool   `json:"global"`
+	payloadFields
+	DedupKey   string      `json:"dedup_key"`
+	ValidFrom  string      `json:"valid_from"`
+	ValidUntil string      `json:"valid_until"`
+	TTL        string      `json:"ttl"`
+	Filters    *filtersReq `json:"filters"`
+}
+
+// payloadFields are the payload of a publish or push item: text in payload,
+// or any bytes in payload_base64; exactly one is set.
+type payloadFields struct {
+	Payload       *string `json:"payload"`
+	PayloadBase64 *string `json:"payload_base64"`
+}
+
+// payloadBytes returns the payload the item carries.
+func (p *payloadFields) payloadBytes() ([]byte, *apiError) {
+	switch {
+	case p.Payload != nil && p.PayloadBase64 != nil:
+		return nil, badRequest("set one of payload and payload_base64, not both")
+	case p.Payload != nil:
+		return []byte(*p.Payload), nil
+	case p.PayloadBase64 != nil:
+		b, err := base64.StdEncoding.DecodeString(*p.PayloadBase64)
+		if err != nil {
+			return nil, badRequest("payload_base64: %v", err)
+		}
+		return b, nil
+	}
+	return nil, badRequest("payload or payload_base64: required")
 }
 
 type filtersReq struct {
@@ -67,20 +90,9 @@ func (l *Logic) prepare(key string, req *publishReq, now time.Time) (*oplog.Oplo
 		return nil, aerr
 	}
 
-	var payload []byte
-	switch {
-	case req.Payload != nil && req.PayloadBase64 != nil:
-		return nil, badRequest("set one of payload and payload_base64, not both")
-	case req.Payload != nil:
-		payload = []byte(*req.Payload)
-	case req.PayloadBase64 != nil:
-		p, err := base64.StdEncoding.DecodeString(*req.PayloadBase64)
-		if err != nil {
-			return nil, badRequest("payload_base64: %v", err)
-		}
-		payload = p
-	default:
-		return nil, badRequest("payload or payload_base64: required")
+	payload, aerr := req.payloadBytes()
+	if aerr != nil {
+		return nil, aerr
 	}
 	if len(payload) > b.MaxPayload {
 		return nil, errorf(http.StatusRequestEntityTooLarge, CodePayloadTooLarge,
@@ -240,12 +252,51 @@ func (l *Logic) storeError(op string, err error) *apiError {
 	return errorf(http.StatusServiceUnavailable, CodeUnavailable, "store unavailable: the oplog was not acknowledged and may or may not be stored; retry with the same dedup_key (the same id comes back if it was)")
 }
 
-// publish appends ops durably (one store call, one group commit), then
-// produces the new ones to the queue. Only the append can fail the call.
+// publish answers ops in order: the oplogs of non-persistent bizs become
+// pushes (pushVolatile, bizs.go), queued first; the others are stored and
+// queued (appendAndQueue). Volatile results have ID 0.
 func (l *Logic) publish(ctx context.Context, ops []*oplog.Oplog) ([]store.AppendResult, *apiError) {
-	if results, aerr, done := l.publishVolatile(ctx, ops); done { // bizs.go
-		return results, aerr
+	persistent, volatile := l.split(ops)
+	if len(volatile) == 0 {
+		return l.appendAndQueue(ctx, ops)
 	}
+	if aerr := l.pushVolatile(ctx, ops, volatile); aerr != nil {
+		return nil, aerr
+	}
+	results := make([]store.AppendResult, len(ops))
+	if len(persistent) == 0 {
+		return results, nil
+	}
+	stored := make([]*oplog.Oplog, len(persistent))
+	for j, i := range persistent {
+		stored[j] = ops[i]
+	}
+	res, aerr := l.appendAndQueue(ctx, stored)
+	if aerr != nil {
+		return nil, aerr
+	}
+	for j, i := range persistent {
+		results[i] = res[j]
+	}
+	return results, nil
+}
+
+// split returns the indexes in ops of the oplogs of persistent bizs and of
+// the others.
+func (l *Logic) split(ops []*oplog.Oplog) (persistent, volatile []int) {
+	for i, op := range ops {
+		if b, err := l.cfg.Bizs.Get(op.Biz); err == nil && !b.Persistent {
+			volatile = append(volatile, i)
+		} else {
+			persistent = append(persistent, i)
+		}
+	}
+	return persistent, volatile
+}
+
+// appendAndQueue appends ops durably (one store call, one group commit),
+// then produces the new ones to the queue. Only the append can fail the call.
+func (l *Logic) appendAndQueue(ctx context.Context, ops []*oplog.Oplog) ([]store.AppendResult, *apiError) {
 	began := time.Now()
 	defer func() { l.m.publishSecs.Observe(time.Since(began).Seconds()) }()
 	turn := l.order.enter(distinctChannels(ops)) // order.go

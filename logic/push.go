@@ -2,7 +2,6 @@ package logic
 
 import (
 	"context"
-	"encoding/base64"
 	"errors"
 	"net/http"
 	"sort"
@@ -39,12 +38,11 @@ const DefaultMaxPushPayload = 32 << 10
 const maxKickReason = 256
 
 type pushReq struct {
-	User          string  `json:"user"`
-	Device        string  `json:"device"`
-	Room          string  `json:"room"`
-	All           bool    `json:"all"`
-	Payload       *string `json:"payload"`
-	PayloadBase64 *string `json:"payload_base64"`
+	User   string `json:"user"`
+	Device string `json:"device"`
+	Room   string `json:"room"`
+	All    bool   `json:"all"`
+	payloadFields
 }
 
 type roomsReq struct {
@@ -60,7 +58,7 @@ type kickReq struct {
 
 // realtimeRoutes registers the endpoints of this file on route, and returns
 // their paths with allowed methods for the JSON 405 answers.
-func (l *Logic) realtimeRoutes(route func(pattern, name string, h http.HandlerFunc)) map[string]string {
+func (l *Logic) realtimeRoutes(route func(pattern, name string, h apiHandler)) map[string]string {
 	route("POST /v1/push", "push", l.handlePush)
 	route("POST /v1/rooms", "rooms", l.handleRooms)
 	route("POST /v1/kick", "kick", l.handleKick)
@@ -90,45 +88,29 @@ func (l *Logic) maxPushPayload() int {
 	return DefaultMaxPushPayload
 }
 
-func (l *Logic) handlePush(w http.ResponseWriter, r *http.Request) {
+func (l *Logic) handlePush(w http.ResponseWriter, r *http.Request) *apiError {
 	var req pushReq
-	if !l.adminRequest(w, r, &req) {
-		return
+	if aerr := l.adminRequest(w, r, &req); aerr != nil {
+		return aerr
 	}
 	target, key, aerr := pushTarget(&req)
 	if aerr != nil {
-		writeError(w, aerr)
-		return
+		return aerr
 	}
-	var payload []byte
-	switch {
-	case req.Payload != nil && req.PayloadBase64 != nil:
-		writeError(w, badRequest("set one of payload and payload_base64, not both"))
-		return
-	case req.Payload != nil:
-		payload = []byte(*req.Payload)
-	case req.PayloadBase64 != nil:
-		p, err := base64.StdEncoding.DecodeString(*req.PayloadBase64)
-		if err != nil {
-			writeError(w, badRequest("payload_base64: %v", err))
-			return
-		}
-		payload = p
-	default:
-		writeError(w, badRequest("payload or payload_base64: required"))
-		return
+	payload, aerr := req.payloadBytes()
+	if aerr != nil {
+		return aerr
 	}
 	if len(payload) > l.maxPushPayload() {
-		writeError(w, errorf(http.StatusRequestEntityTooLarge, CodePayloadTooLarge,
-			"payload is %d bytes, over the push limit of %d", len(payload), l.maxPushPayload()))
-		return
+		return errorf(http.StatusRequestEntityTooLarge, CodePayloadTooLarge,
+			"payload is %d bytes, over the push limit of %d", len(payload), l.maxPushPayload())
 	}
 	target.Msg = &pb.PushMsg{Room: target.Room, Payload: payload, CreatedMs: l.cfg.Now().UnixMilli()}
 	if aerr := l.enqueue(r.Context(), key, &pb.QueueMsg{Body: &pb.QueueMsg_Push{Push: target}}); aerr != nil {
-		writeError(w, aerr)
-		return
+		return aerr
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"queued": true})
+	return nil
 }
 
 // pushTarget validates that exactly one target is set and returns it with
@@ -196,56 +178,49 @@ func (l *Logic) onlineDevice(ctx context.Context, device string) (directory.Sess
 	return s, nil
 }
 
-func (l *Logic) handleRooms(w http.ResponseWriter, r *http.Request) {
+func (l *Logic) handleRooms(w http.ResponseWriter, r *http.Request) *apiError {
 	var req roomsReq
-	if !l.adminRequest(w, r, &req) {
-		return
+	if aerr := l.adminRequest(w, r, &req); aerr != nil {
+		return aerr
 	}
 	if req.Device == "" {
-		writeError(w, badRequest("device: required"))
-		return
+		return badRequest("device: required")
 	}
 	n := len(req.Join) + len(req.Leave)
 	if n == 0 || len(req.Join) > protocol.DefaultMaxRooms || len(req.Leave) > protocol.DefaultMaxRooms {
-		writeError(w, badRequest("join and leave: 1 to %d rooms each, at least one room in all", protocol.DefaultMaxRooms))
-		return
+		return badRequest("join and leave: 1 to %d rooms each, at least one room in all", protocol.DefaultMaxRooms)
 	}
 	for _, room := range append(append([]string(nil), req.Join...), req.Leave...) {
 		if err := protocol.ValidRoom(room); err != nil {
-			writeError(w, badRequest("%v", err))
-			return
+			return badRequest("%v", err)
 		}
 	}
 	if _, aerr := l.onlineDevice(r.Context(), req.Device); aerr != nil {
-		writeError(w, aerr)
-		return
+		return aerr
 	}
 	m := &pb.QueueMsg{Body: &pb.QueueMsg_Rooms{Rooms: &pb.RoomsMsg{Device: req.Device, Join: req.Join, Leave: req.Leave}}}
 	// Keyed by device, like its kicks: a device's room changes stay in order.
 	if aerr := l.enqueue(r.Context(), req.Device, m); aerr != nil {
-		writeError(w, aerr)
-		return
+		return aerr
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"queued": true})
+	return nil
 }
 
-func (l *Logic) handleKick(w http.ResponseWriter, r *http.Request) {
+func (l *Logic) handleKick(w http.ResponseWriter, r *http.Request) *apiError {
 	var req kickReq
-	if !l.adminRequest(w, r, &req) {
-		return
+	if aerr := l.adminRequest(w, r, &req); aerr != nil {
+		return aerr
 	}
 	if req.Device == "" {
-		writeError(w, badRequest("device: required"))
-		return
+		return badRequest("device: required")
 	}
 	if len(req.Reason) > maxKickReason {
-		writeError(w, badRequest("reason: %d bytes, at most %d", len(req.Reason), maxKickReason))
-		return
+		return badRequest("reason: %d bytes, at most %d", len(req.Reason), maxKickReason)
 	}
 	s, aerr := l.onlineDevice(r.Context(), req.Device)
 	if aerr != nil {
-		writeError(w, aerr)
-		return
+		return aerr
 	}
 	reason := req.Reason
 	if reason == "" {
@@ -254,10 +229,10 @@ func (l *Logic) handleKick(w http.ResponseWriter, r *http.Request) {
 	m := &pb.QueueMsg{Body: &pb.QueueMsg_Kick{Kick: &pb.KickMsg{Comet: s.Comet, Key: s.Key,
 		Code: uint32(protocol.CodeKicked), Reason: reason}}}
 	if aerr := l.enqueue(r.Context(), req.Device, m); aerr != nil {
-		writeError(w, aerr)
-		return
+		return aerr
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"queued": true, "comet": s.Comet})
+	return nil
 }
 
 type onlineDevice struct {
@@ -268,21 +243,18 @@ type onlineDevice struct {
 	Since      time.Time `json:"since"`
 }
 
-func (l *Logic) handleOnline(w http.ResponseWriter, r *http.Request) {
+func (l *Logic) handleOnline(w http.ResponseWriter, r *http.Request) *apiError {
 	if aerr := l.adminKey(r); aerr != nil {
-		writeError(w, aerr)
-		return
+		return aerr
 	}
 	user := r.URL.Query().Get("user")
 	if err := oplog.ValidID("user", user); err != nil {
-		writeError(w, badRequest("%v", err))
-		return
+		return badRequest("%v", err)
 	}
 	sessions, err := l.cfg.Directory.ByUser(r.Context(), user)
 	if err != nil {
 		l.log.Warn("directory lookup failed", "user", user, "err", err)
-		writeError(w, errorf(http.StatusServiceUnavailable, CodeUnavailable, "directory unavailable: retry"))
-		return
+		return errorf(http.StatusServiceUnavailable, CodeUnavailable, "directory unavailable: retry")
 	}
 	out := make([]onlineDevice, 0, len(sessions))
 	for _, s := range sessions {
@@ -291,6 +263,7 @@ func (l *Logic) handleOnline(w http.ResponseWriter, r *http.Request) {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Device < out[j].Device })
 	writeJSON(w, http.StatusOK, map[string]any{"user": user, "devices": out})
+	return nil
 }
 
 // bizStats is one biz's counters in GET /v1/stats.
@@ -311,16 +284,14 @@ type bizStats struct {
 // device. Both come from what the store already keeps durably (channel max
 // ids and acked sync points), so counting adds nothing to the publish or ack
 // path.
-func (l *Logic) handleStats(w http.ResponseWriter, r *http.Request) {
+func (l *Logic) handleStats(w http.ResponseWriter, r *http.Request) *apiError {
 	if aerr := l.adminKey(r); aerr != nil {
-		writeError(w, aerr)
-		return
+		return aerr
 	}
 	q := r.URL.Query()
 	user, device := q.Get("user"), q.Get("device")
 	if (user == "") == (device == "") {
-		writeError(w, badRequest("set exactly one of the query parameters user and device"))
-		return
+		return badRequest("set exactly one of the query parameters user and device")
 	}
 	ctx, cancel := l.storeCtx(r.Context())
 	defer cancel()
@@ -330,20 +301,17 @@ func (l *Logic) handleStats(w http.ResponseWriter, r *http.Request) {
 	)
 	if device != "" {
 		if err := oplog.ValidID("device", device); err != nil {
-			writeError(w, badRequest("%v", err))
-			return
+			return badRequest("%v", err)
 		}
 		out, aerr = l.deviceStats(ctx, device)
 	} else {
 		if err := oplog.ValidID("user", user); err != nil {
-			writeError(w, badRequest("%v", err))
-			return
+			return badRequest("%v", err)
 		}
 		out, aerr = l.userStats(ctx, user)
 	}
 	if aerr != nil {
-		writeError(w, aerr)
-		return
+		return aerr
 	}
 	resp := map[string]any{"bizs": out}
 	if device != "" {
@@ -352,6 +320,7 @@ func (l *Logic) handleStats(w http.ResponseWriter, r *http.Request) {
 		resp["user"] = user
 	}
 	writeJSON(w, http.StatusOK, resp)
+	return nil
 }
 
 // deviceStats: every channel the device has a point in, plus the device's own
@@ -440,16 +409,10 @@ func sortedStats(per map[string]*bizStats) []bizStats {
 }
 
 // adminRequest checks the all-biz API key of a cross-biz endpoint and
-// decodes its JSON body strictly into req; on failure it has written the
-// error and returns false.
-func (l *Logic) adminRequest(w http.ResponseWriter, r *http.Request, req any) bool {
+// decodes its JSON body strictly into req.
+func (l *Logic) adminRequest(w http.ResponseWriter, r *http.Request, req any) *apiError {
 	if aerr := l.adminKey(r); aerr != nil {
-		writeError(w, aerr)
-		return false
+		return aerr
 	}
-	if aerr := decodeStrict(http.MaxBytesReader(w, r.Body, l.cfg.MaxBodyBytes), req); aerr != nil {
-		writeError(w, aerr)
-		return false
-	}
-	return true
+	return decodeStrict(http.MaxBytesReader(w, r.Body, l.cfg.MaxBodyBytes), req)
 }

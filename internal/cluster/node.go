@@ -84,14 +84,7 @@ func Start(cfg Config) (n *Node, err error) {
 	}
 	n = &Node{log: log, Registry: prometheus.NewRegistry()}
 	n.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	defer func() {
-		if err != nil {
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			_ = n.Shutdown(ctx)
-			n = nil
-		}
-	}()
+	defer undoOnError(&n, &err)
 
 	if n.Store, err = pebble.Open(PebbleConfig(f.Store, dir, log.With("tier", "store"))); err != nil {
 		return n, fmt.Errorf("cluster: store: %w", err)

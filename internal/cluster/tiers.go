@@ -61,6 +61,19 @@ func newRegistry() *prometheus.Registry {
 	return r
 }
 
+// undoOnError shuts a partly started node down and returns nil in its place
+// when its Start function fails: deferred with the function's named results.
+func undoOnError[N interface{ Shutdown(context.Context) error }](n *N, err *error) {
+	if *err == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = (*n).Shutdown(ctx)
+	var zero N
+	*n = zero
+}
+
 // stack runs shutdown steps in reverse order of creation, once.
 type stack struct {
 	steps []func(ctx context.Context) error
@@ -179,14 +192,7 @@ func StartComet(cfg TierConfig) (n *CometNode, err error) {
 		return nil, fmt.Errorf("%w: comet.logic_addrs: a standalone comet needs the logic gRPC addresses", ErrLayout)
 	}
 	n = &CometNode{Registry: newRegistry()}
-	defer func() {
-		if err != nil {
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			_ = n.Shutdown(ctx)
-			n = nil
-		}
-	}()
+	defer undoOnError(&n, &err)
 	tl, err := tierTLS(f, f.Comet.ID, rpc.RoleComet)
 	if err != nil {
 		return n, err
@@ -347,14 +353,7 @@ func StartLogic(cfg TierConfig) (n *LogicNode, err error) {
 		return nil, err
 	}
 	n = &LogicNode{Registry: newRegistry()}
-	defer func() {
-		if err != nil {
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			_ = n.Shutdown(ctx)
-			n = nil
-		}
-	}()
+	defer undoOnError(&n, &err)
 	if !f.Job.Embedded && !sharedDirectory(f) {
 		return n, fmt.Errorf("%w: store.backend %s keeps the online directory in this process, so job must run here too (job.embedded: true)", ErrLayout, f.Store.Backend)
 	}
@@ -514,14 +513,7 @@ func StartJob(cfg TierConfig) (n *JobNode, err error) {
 		return nil, fmt.Errorf("%w: store.backend %s keeps the online directory inside the logic process: run job there (job.embedded: true)", ErrLayout, f.Store.Backend)
 	}
 	n = &JobNode{Registry: newRegistry()}
-	defer func() {
-		if err != nil {
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			_ = n.Shutdown(ctx)
-			n = nil
-		}
-	}()
+	defer undoOnError(&n, &err)
 	dir, closeDir, err := waitDirectory(cfg, f, log)
 	if err != nil {
 		return n, err

@@ -109,3 +109,30 @@ func TestLogicAndCometOverGRPC(t *testing.T) {
 	stop(t, c.Shutdown)
 	stop(t, c.Shutdown) // idempotent
 }
+
+type stopCounter struct{ stops int }
+
+func (s *stopCounter) Shutdown(context.Context) error { s.stops++; return nil }
+
+// TestUndoOnError: a Start function that fails shuts down what it started
+// and returns no node; one that succeeds leaves its node running.
+func TestUndoOnError(t *testing.T) {
+	for _, fail := range []bool{false, true} {
+		made := &stopCounter{}
+		got, err := func() (n *stopCounter, err error) {
+			n = made
+			defer undoOnError(&n, &err)
+			if fail {
+				return n, errors.New("boom")
+			}
+			return n, nil
+		}()
+		wantStops, wantNode := 0, made
+		if fail {
+			wantStops, wantNode = 1, nil
+		}
+		if made.stops != wantStops || got != wantNode || (err != nil) != fail {
+			t.Errorf("fail=%v: %d shutdowns, node %p, err %v; want %d shutdowns, node %p", fail, made.stops, got, err, wantStops, wantNode)
+		}
+	}
+}

@@ -21,7 +21,7 @@ import (
 	"github.com/msync/msync/gateway"
 )
 
-// Environment of the client child process of TestIdleMemoryPerTransport.
+// Environment of the client child process of BenchmarkIdleMemoryPerTransport.
 const (
 	memEnvAddr = "GATEWAY_MEMTEST_ADDR"
 	memEnvKind = "GATEWAY_MEMTEST_KIND"
@@ -29,18 +29,20 @@ const (
 	memEnvCA   = "GATEWAY_MEMTEST_CA"
 )
 
-// TestIdleMemoryPerTransport measures the server-side Go memory (live heap
-// plus goroutine stacks) and the RSS growth per idle connection, for 2,000
-// connections on each listener. The clients run in a child process (this
-// test binary re-executed), so their memory does not count. Figures are in
+// BenchmarkIdleMemoryPerTransport measures the server-side Go memory (live
+// heap plus goroutine stacks, B/conn) and the RSS growth (rss-B/conn) per
+// idle connection, for 2,000 connections on each listener. The clients run
+// in a child process (this test binary re-executed), so their memory does
+// not count. It measures once, whatever b.N. Figures are in
 // docs/transports.md; run it with
 //
-//	go test -count=1 -run TestIdleMemoryPerTransport -v ./gateway
-func TestIdleMemoryPerTransport(t *testing.T) {
+//	go test -run '^$' -bench BenchmarkIdleMemoryPerTransport -benchtime 1x ./gateway
+func BenchmarkIdleMemoryPerTransport(b *testing.B) {
 	if addr := os.Getenv(memEnvAddr); addr != "" {
-		runMemClients(t, addr)
+		runMemClients(b, addr)
 		return
 	}
+	t := b
 	const n = 2000
 	cert := newCert(t)
 	caFile := filepath.Join(t.TempDir(), "ca.pem")
@@ -58,9 +60,10 @@ func TestIdleMemoryPerTransport(t *testing.T) {
 		kind string
 		addr net.Addr
 	}{{"tcp", a.TCP}, {"ws", a.WS}, {"tls", a.TLS}, {"wss", a.TLSWS}} {
-		t.Run(tt.kind, func(t *testing.T) {
+		b.Run(tt.kind, func(b *testing.B) {
+			t := b
 			heap0, rss0 := liveBytes(), rssBytes(t)
-			cmd := exec.Command(os.Args[0], "-test.run=^TestIdleMemoryPerTransport$", "-test.count=1")
+			cmd := exec.Command(os.Args[0], "-test.run=^$", "-test.bench=^BenchmarkIdleMemoryPerTransport$", "-test.benchtime=1x")
 			cmd.Env = append(os.Environ(), memEnvAddr+"="+tt.addr.String(), memEnvKind+"="+tt.kind,
 				memEnvN+"="+strconv.Itoa(n), memEnvCA+"="+caFile)
 			stdin, err := cmd.StdinPipe()
@@ -89,10 +92,13 @@ func TestIdleMemoryPerTransport(t *testing.T) {
 			for len(h.opens) > 0 {
 				<-h.opens
 			}
-			time.Sleep(200 * time.Millisecond) // let netpoll's OnConnect goroutines exit
+			// netpoll's OnConnect goroutines exit on their own, with nothing
+			// to wait on: let them, so their stacks are not counted.
+			time.Sleep(200 * time.Millisecond)
 			per := float64(liveBytes()-heap0) / n
 			rss := float64(rssBytes(t)-rss0) / n
-			t.Logf("%s: %.0f bytes heap+stack, %.0f bytes RSS per idle connection (%d connections)", tt.kind, per, rss, n)
+			b.ReportMetric(per, "B/conn")
+			b.ReportMetric(rss, "rss-B/conn")
 			if per > limits[tt.kind] {
 				t.Errorf("%s: %.0f bytes per idle connection, over the %.0f bound", tt.kind, per, limits[tt.kind])
 			}
@@ -120,7 +126,7 @@ func waitReady(r io.Reader, timeout time.Duration) error {
 
 // runMemClients is the child: it opens the connections, says "ready" and
 // holds them until stdin closes.
-func runMemClients(t *testing.T, addr string) {
+func runMemClients(t testing.TB, addr string) {
 	n, _ := strconv.Atoi(os.Getenv(memEnvN))
 	pem, err := os.ReadFile(os.Getenv(memEnvCA))
 	if err != nil {
