@@ -69,6 +69,11 @@
 //     land in two queues.
 //   - WithSuspendCurrentQueueTimeMillis is ignored in orderly mode; the
 //     callback sets the suspension on the orderly context itself.
+//   - CONSUME_FROM_LAST_OFFSET starts a new group at offset 0 on a young
+//     queue (the broker answers 0 to a group without offset, and the client
+//     cannot ask it not to): Consume commits the queues' ends as a new
+//     group's offsets before the client starts (pin.go), over a small
+//     remoting client of its own (remoting.go).
 //
 // Producers and consumers are safe for concurrent use.
 package rocketmq
