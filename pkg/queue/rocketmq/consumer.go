@@ -98,6 +98,7 @@ func (c *Consumer) Consume(h queue.Handler) error {
 		// dead-letter queue and the queue moves on past it.
 		consumer.WithMaxReconsumeTimes(-1),
 		consumer.WithAutoCommit(true),
+		consumer.WithRebalanceLockInterval(lockRenewInterval),
 	)
 	if err != nil {
 		return fmt.Errorf("%w: new push consumer: %w", ErrClient, err)
@@ -119,6 +120,15 @@ func (c *Consumer) Consume(h queue.Handler) error {
 	c.mu.consuming, c.mu.pc = true, pc
 	return nil
 }
+
+// lockRenewInterval is how often the consumer renews its queue locks on the
+// broker (the client's default is 20s). A lock not renewed for the broker's
+// rocketmq.broker.rebalance.lockMaxLiveTime (60s by default) is free for
+// another job instance: that lifetime is how long the queues of a killed
+// job wait for a successor. Renewing every 5s lets brokers run it at 15s
+// (scripts/engines.sh does) while a live owner keeps its locks through two
+// missed renewals.
+const lockRenewInterval = 5 * time.Second
 
 // enter registers a handler call; false once Shutdown began.
 func (c *Consumer) enter() bool {
