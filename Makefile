@@ -78,7 +78,7 @@ test-integration:
 # MSYNC_ENGINES_DIR and the other variables).
 # The long chaos run on the real engines (e2e/chaos_real_test.go; a short one is in test-integration).
 chaos:
-	MSYNC_CHAOS_DURATION=8m MSYNC_CHAOS_CHANNELS=240 MSYNC_CHAOS_RATE=350 MSYNC_CHAOS_MIN_OPLOGS=50000 INTEGRATION_PKGS=./e2e/ INTEGRATION_RUN=TestChaosReal INTEGRATION_TIMEOUT=40m scripts/test-integration.sh
+	MSYNC_CHAOS_DURATION=8m MSYNC_CHAOS_CHANNELS=240 MSYNC_CHAOS_RATE=400 MSYNC_CHAOS_PUBLISHERS=24 MSYNC_CHAOS_MIN_OPLOGS=50000 INTEGRATION_PKGS=./e2e/ INTEGRATION_RUN=TestChaosReal INTEGRATION_TIMEOUT=40m scripts/test-integration.sh
 
 engines-up:
 	scripts/engines.sh up

@@ -41,6 +41,7 @@ import (
 //	MSYNC_CHAOS_CHANNELS    channels, one user each (default 60)
 //	MSYNC_CHAOS_RATE        oplogs/s offered (default 150)
 //	MSYNC_CHAOS_MIN_OPLOGS  fail below this many acknowledged (default 0)
+//	MSYNC_CHAOS_PUBLISHERS  concurrent publishers, batches of 10 (default 8)
 //	MSYNC_ENGINES_CTL       scripts/engines.sh of the running engines: the
 //	                        broker and Cassandra faults need it
 func TestChaosReal(t *testing.T) {
@@ -75,9 +76,9 @@ func TestChaosReal(t *testing.T) {
 		bg.Go(func() { ch.supervise(cd) })
 	}
 	var pubs sync.WaitGroup
-	tokens := make(chan struct{}, 64)
+	tokens := make(chan struct{}, 2*cfg.publishers)
 	bg.Go(func() { ch.pace(tokens) })
-	for range 8 {
+	for range cfg.publishers {
 		pubs.Go(func() { ch.publishLoop(tokens) })
 	}
 
@@ -122,10 +123,13 @@ type chaosConfig struct {
 	channels  int
 	rate      int
 	minOplogs int
+	// publishers post concurrently; each waits for its call's answer, so
+	// they, not rate, bound the offered load when calls are slow.
+	publishers int
 }
 
 func chaosConfigFromEnv(t *testing.T) chaosConfig {
-	cfg := chaosConfig{duration: time.Minute, channels: 60, rate: 150}
+	cfg := chaosConfig{duration: time.Minute, channels: 60, rate: 150, publishers: 8}
 	if v := os.Getenv("MSYNC_CHAOS_DURATION"); v != "" {
 		d, err := time.ParseDuration(v)
 		if err != nil || d < 10*time.Second || d > time.Hour {
@@ -137,7 +141,8 @@ func chaosConfigFromEnv(t *testing.T) chaosConfig {
 		env      string
 		dst      *int
 		min, max int
-	}{{"MSYNC_CHAOS_CHANNELS", &cfg.channels, 3, 2000}, {"MSYNC_CHAOS_RATE", &cfg.rate, 10, 5000}, {"MSYNC_CHAOS_MIN_OPLOGS", &cfg.minOplogs, 0, 10_000_000}} {
+	}{{"MSYNC_CHAOS_CHANNELS", &cfg.channels, 3, 2000}, {"MSYNC_CHAOS_RATE", &cfg.rate, 10, 5000}, {"MSYNC_CHAOS_MIN_OPLOGS", &cfg.minOplogs, 0, 10_000_000},
+		{"MSYNC_CHAOS_PUBLISHERS", &cfg.publishers, 1, 256}} {
 		if v := os.Getenv(p.env); v != "" {
 			n, err := strconv.Atoi(v)
 			if err != nil || n < p.min || n > p.max {
@@ -179,6 +184,7 @@ type chaos struct {
 	latMu                               sync.Mutex
 	lat                                 []time.Duration
 	reconnects, forced, connectFailures atomic.Int64
+	pushAfterRestart                    atomic.Int64 // ns, probeAfterRestart
 }
 
 func (ch *chaos) logf(format string, args ...any) {
@@ -248,6 +254,50 @@ func (ch *chaos) engines(t *testing.T, args ...string) {
 func (ch *chaos) restartBroker(t *testing.T) {
 	ch.engines(t, "down", "broker")
 	ch.engines(t, "up", "broker")
+	ch.probeAfterRestart(t)
+}
+
+// restartPushBound: from the restarted broker serving to an oplog published
+// then being on every device of its channel.
+const restartPushBound = 60 * time.Second
+
+// probeAfterRestart publishes one oplog as soon as the restarted broker
+// serves and waits until both devices of its channel hold it: live pushes
+// must resume within restartPushBound of the broker serving again.
+func (ch *chaos) probeAfterRestart(t *testing.T) {
+	t.Helper()
+	served := time.Now()
+	u := rand.N(ch.cfg.channels)
+	user := fmt.Sprintf("chaos-%03d", u)
+	channel := oplog.UserChannel("demo", user)
+	payload := fmt.Sprintf("probe-%d", ch.seq.Add(1))
+	for !ch.publishBatch(ch.c.publishAPI(), []map[string]any{toUser(user, payload)}) {
+		if time.Since(served) > restartPushBound {
+			t.Errorf("after the broker restart no publish was acknowledged within %v", restartPushBound)
+			return
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	has := func(cd *chaosDevice) bool {
+		got, _ := cd.all()
+		return slices.ContainsFunc(got, func(r received) bool { return r.Channel == channel && r.Payload == payload })
+	}
+	var devs []*chaosDevice
+	for _, cd := range ch.devices {
+		if cd.user == user {
+			devs = append(devs, cd)
+		}
+	}
+	for !has(devs[0]) || !has(devs[1]) {
+		if time.Since(served) > restartPushBound {
+			t.Errorf("after the broker restart the oplog published then (%s on %s) was not on both devices within %v", payload, channel, restartPushBound)
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	took := time.Since(served)
+	ch.pushAfterRestart.Store(int64(took))
+	ch.logf("after the broker restart: the oplog published then was on both devices of %s %.1fs after the broker served", channel, took.Seconds())
 }
 
 // stopCassandra stops the node for ~20 s. Meanwhile publishes must fail
@@ -647,6 +697,7 @@ func (ch *chaos) report(t *testing.T, published time.Duration) {
 		"delivered_not_acknowledged": extra, "delivered_though_503": extra503, "resent_by_server_dropped_by_client": serverResent,
 		"device_reconnects": ch.reconnects.Load(), "reconnect_attempts_failed": ch.connectFailures.Load(),
 		"devices_reconnected_by_checker": ch.forced.Load(),
+		"push_after_broker_restart_s":    time.Duration(ch.pushAfterRestart.Load()).Seconds(),
 	}
 	js, _ := json.MarshalIndent(figures, "", "  ")
 	for _, l := range lines {

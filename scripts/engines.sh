@@ -24,6 +24,10 @@
 #   MSYNC_BROKER_PORT             broker port (10911); the broker also binds
 #                                 PORT-2 (fast channel) and PORT+1 (HA)
 #   MSYNC_BROKER_HEAP             broker heap (512m)
+#   MSYNC_BROKER_LOCK_LIVE_MS     how long the broker keeps a consumer's queue lock
+#                                 without renewal (15000; RocketMQ's default is 60000):
+#                                 a kill -9'd job's queues are free again after it.
+#                                 msync's consumer renews every 5s (pkg/queue/rocketmq).
 #   MSYNC_ENGINES_FRESH=1         `up` first deletes the data of the engines it starts
 #                                 (test-integration does: a node with old data starts slower)
 #   MSYNC_ENGINES_TIMEOUT         seconds to wait for each engine (480; a cold
@@ -39,6 +43,7 @@ PAXOS="${MSYNC_CASSANDRA_PAXOS:-v1}"
 NS_PORT="${MSYNC_NAMESRV_PORT:-9876}"
 BROKER_PORT="${MSYNC_BROKER_PORT:-10911}"
 B_HEAP="${MSYNC_BROKER_HEAP:-512m}"
+B_LOCK_MS="${MSYNC_BROKER_LOCK_LIVE_MS:-15000}"
 TIMEOUT="${MSYNC_ENGINES_TIMEOUT:-480}"
 CASSANDRA_VERSION=5.0.6 # keep in step with engines/cassandra/pom.xml
 ROCKETMQ_VERSION=5.3.3  # keep in step with engines/rocketmq/pom.xml
@@ -48,7 +53,7 @@ die() { echo "engines: $*" >&2; exit 1; }
 
 [[ "$PAXOS" == v1 || "$PAXOS" == v2 ]] || die "MSYNC_CASSANDRA_PAXOS=$PAXOS: want v1 or v2"
 for p in CQL_PORT:MSYNC_CASSANDRA_PORT STORAGE_PORT:MSYNC_CASSANDRA_STORAGE_PORT NS_PORT:MSYNC_NAMESRV_PORT \
-  BROKER_PORT:MSYNC_BROKER_PORT TIMEOUT:MSYNC_ENGINES_TIMEOUT; do
+  BROKER_PORT:MSYNC_BROKER_PORT TIMEOUT:MSYNC_ENGINES_TIMEOUT B_LOCK_MS:MSYNC_BROKER_LOCK_LIVE_MS; do
   v="${p%%:*}"
   [[ "${!v}" =~ ^[1-9][0-9]{0,4}$ ]] || die "${p#*:}=${!v}: want a number (see the header of $0 for the variables)"
 done
@@ -345,15 +350,16 @@ waitTimeMillsInSendQueue=3000
 EOF
 }
 
-rmq_start() { # name home mainclass logback args...
-  local name="$1" home="$2" main="$3" logback="$4" heap="$5"; shift 5
+rmq_start() { # name home mainclass logback heap [-Dprop ...] -- args...
+  local name="$1" home="$2" main="$3" logback="$4" heap="$5" props=(); shift 5
+  while [[ "$1" != -- ]]; do props+=("$1"); shift; done; shift
   # C1 only and the serial GC: far less CPU at start on a loaded machine; a
   # test broker's load never needs C2 or G1.
   (cd "$home" && exec "$JAVA" -server -Xms"$heap" -Xmx"$heap" -XX:+UseSerialGC -XX:TieredStopAtLevel=1 \
     -XX:-OmitStackTraceInFastThrow \
     -XX:+ExitOnOutOfMemoryError "${RMQ_OPENS[@]}" \
     -Duser.home="$home" -Drocketmq.home.dir="$home" -Djava.io.tmpdir="$R/tmp" \
-    -Drmq.logback.configurationFile="$logback" \
+    -Drmq.logback.configurationFile="$logback" "${props[@]}" \
     -cp "$R/lib/*" "$main" "$@" >"$home/stdout.log" 2>&1 </dev/null) &
   echo $! >"$home/pid"
 }
@@ -366,7 +372,7 @@ namesrv_up() {
   resolve rocketmq
   rocketmq_conf
   rm -f "$R/namesrv/stdout.log"
-  rmq_start namesrv "$R/namesrv" org.apache.rocketmq.namesrv.NamesrvStartup rmq.namesrv.logback.xml 256m \
+  rmq_start namesrv "$R/namesrv" org.apache.rocketmq.namesrv.NamesrvStartup rmq.namesrv.logback.xml 256m -- \
     -c "$R/namesrv.properties"
   say "rocketmq namesrv $ROCKETMQ_VERSION: started pid $(cat "$R/namesrv/pid") on 127.0.0.1:$NS_PORT, logs $R/namesrv/logs/rocketmqlogs/"
 }
@@ -382,7 +388,7 @@ broker_up() {
   [[ "${MSYNC_ENGINES_FRESH:-}" != 1 ]] || rm -rf "$R/store"
   rocketmq_conf
   rmq_start broker "$R/broker" org.apache.rocketmq.broker.BrokerStartup rmq.broker.logback.xml "$B_HEAP" \
-    -c "$R/broker.conf"
+    -Drocketmq.broker.rebalance.lockMaxLiveTime="$B_LOCK_MS" -- -c "$R/broker.conf"
   say "rocketmq broker $ROCKETMQ_VERSION: started pid $(cat "$R/broker/pid") on 127.0.0.1:$BROKER_PORT, logs $R/broker/logs/rocketmqlogs/"
 }
 

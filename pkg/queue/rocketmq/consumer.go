@@ -34,9 +34,6 @@ type Consumer struct {
 	inflight sync.WaitGroup
 	done     chan struct{} // closed once the handlers returned and the client stopped
 
-	// fresh is set for ConsumeFrom "last": see skipReplay.
-	fresh *freshQueues
-
 	mu struct {
 		sync.Mutex
 		consuming bool
@@ -81,7 +78,13 @@ func (c *Consumer) Consume(h queue.Handler) error {
 	if c.cfg.ConsumeFrom == "first" {
 		from = consumer.ConsumeFromFirstOffset
 	} else {
-		c.fresh = &freshQueues{since: time.Now().UnixMilli(), state: make(map[string]bool)}
+		// Before the client's first offset query: see pin.go.
+		ctx, cancel := context.WithTimeout(context.Background(), pinTimeout)
+		_, err := c.pinStart(ctx)
+		cancel()
+		if err != nil {
+			return err
+		}
 	}
 	pc, err := consumer.NewPushConsumer(
 		consumer.WithNameServer(primitive.NamesrvAddr(c.cfg.NameServers)),
@@ -95,6 +98,7 @@ func (c *Consumer) Consume(h queue.Handler) error {
 		// dead-letter queue and the queue moves on past it.
 		consumer.WithMaxReconsumeTimes(-1),
 		consumer.WithAutoCommit(true),
+		consumer.WithRebalanceLockInterval(lockRenewInterval),
 	)
 	if err != nil {
 		return fmt.Errorf("%w: new push consumer: %w", ErrClient, err)
@@ -117,6 +121,15 @@ func (c *Consumer) Consume(h queue.Handler) error {
 	return nil
 }
 
+// lockRenewInterval is how often the consumer renews its queue locks on the
+// broker (the client's default is 20s). A lock not renewed for the broker's
+// rocketmq.broker.rebalance.lockMaxLiveTime (60s by default) is free for
+// another job instance: that lifetime is how long the queues of a killed
+// job wait for a successor. Renewing every 5s lets brokers run it at 15s
+// (scripts/engines.sh does) while a live owner keeps its locks through two
+// missed renewals.
+const lockRenewInterval = 5 * time.Second
+
 // enter registers a handler call; false once Shutdown began.
 func (c *Consumer) enter() bool {
 	c.mu.Lock()
@@ -134,12 +147,6 @@ func (c *Consumer) enter() bool {
 // v2.1.2 ignores WithSuspendCurrentQueueTimeMillis in orderly mode (the
 // orderly context starts at -1ms, which would redeliver in a hot loop).
 func (c *Consumer) consume(ctx context.Context, h queue.Handler, msgs []*primitive.MessageExt) consumer.ConsumeResult {
-	if c.fresh != nil {
-		msgs = c.fresh.skipReplay(msgs)
-	}
-	if len(msgs) == 0 {
-		return consumer.ConsumeSuccess
-	}
 	if !c.enter() {
 		// Shutting down: leave the messages uncommitted for the next owner
 		// of the queue.
@@ -165,44 +172,6 @@ func (c *Consumer) consume(ctx context.Context, h queue.Handler, msgs []*primiti
 	c.log.Warn("handler failed; suspending the queue and redelivering", "queue", queueOf(msgs[0]),
 		"messages", len(msgs), "attempt", attempt+1, "backoff", wait, "err", err)
 	return consumer.SuspendCurrentQueueAMoment
-}
-
-// freshQueues makes ConsumeFrom "last" hold on a real broker. Asked for the
-// offset of a group that has none, a broker answers 0 (not "not found")
-// while the queue's first message is still in memory (with JDK 17 always:
-// its page-cache check is unavailable there), and v2.1.2 cannot ask
-// otherwise (no setZeroIfNotFound header), so a new group would replay the
-// whole topic. A queue this consumer starts at offset 0 is therefore taken
-// for a new group's: messages stored before Consume are committed without
-// reaching the handler, up to the first one stored after. A queue started
-// at a committed offset above 0 is left alone.
-type freshQueues struct {
-	since int64 // Consume's start, Unix ms (compared with the broker's store time)
-	mu    sync.Mutex
-	state map[string]bool // queue -> still skipping; absent until its first batch
-}
-
-func (f *freshQueues) skipReplay(msgs []*primitive.MessageExt) []*primitive.MessageExt {
-	if len(msgs) == 0 {
-		return msgs
-	}
-	q := queueOf(msgs[0]) // an orderly batch is one queue's
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	skipping, seen := f.state[q]
-	if !seen {
-		skipping = msgs[0].QueueOffset == 0
-	}
-	if skipping {
-		i := 0
-		for i < len(msgs) && msgs[i].StoreTimestamp < f.since {
-			i++
-		}
-		msgs = msgs[i:]
-		skipping = len(msgs) == 0
-	}
-	f.state[q] = skipping // bounded by the topic's queue count
-	return msgs
 }
 
 func (c *Consumer) call(h queue.Handler, batch []queue.Message) (err error) {

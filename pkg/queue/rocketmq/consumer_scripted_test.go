@@ -16,6 +16,7 @@ import (
 	"encoding/json"
 	"errors"
 	"slices"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -298,4 +299,87 @@ func TestDuplicateSendDedupedEndToEnd(t *testing.T) {
 	if !slices.Equal(ids, []uint64{1, 2, 3}) {
 		t.Fatalf("handler got ids %v, want [1 2 3]", ids)
 	}
+}
+
+// TestConsumeFromLastPinsNewGroup: a broker tells a group without an offset
+// "0" (as a real one does while the queue is young), so the client alone
+// would replay the topic. Consume first commits each queue's end as the new
+// group's offset (creating the group the broker does not know yet), and the
+// consumer gets only what was sent after; a second Consume of the group
+// resumes from the committed offsets instead of pinning again.
+func TestConsumeFromLastPinsNewGroup(t *testing.T) {
+	const topic = "msync_push"
+	srv := startRemoting(t, topic, 2, nil)
+	cfg := Config{NameServers: []string{srv.nsAddr()}, Topic: topic, Group: "msync_job", ConsumeFrom: "last"}
+	p := newTestProducer(t, cfg)
+	send := func(vals ...string) {
+		t.Helper()
+		for _, v := range vals {
+			if err := p.Send(context.Background(), queue.Message{Key: "k" + v, Value: []byte(v)}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	consume := func() (*Consumer, func() []string) {
+		c := newTestConsumer(t, cfg)
+		var mu sync.Mutex
+		var got []string
+		if err := c.Consume(func(_ context.Context, msgs []queue.Message) error {
+			mu.Lock()
+			defer mu.Unlock()
+			for _, m := range msgs {
+				got = append(got, string(m.Value))
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return c, func() []string { mu.Lock(); defer mu.Unlock(); return slices.Clone(got) }
+	}
+	send("old1", "old2", "old3", "old4")
+	ends := map[int]int64{}
+	_, sent := srv.snapshot()
+	for _, m := range sent {
+		ends[m.QueueID]++
+	}
+	c1, got1 := consume()
+	if c := srv.committed(); len(c) != 2 || c[0] != ends[0] || c[1] != ends[1] {
+		t.Fatalf("after Consume the group's offsets are %v, want each queue's end %v", c, ends)
+	}
+	send("new1", "new2")
+	waitUntil(t, "the first consumer got new1 and new2", func() bool { return len(got1()) >= 2 })
+	time.Sleep(300 * time.Millisecond) // a replay would come right behind
+	if g := got1(); len(g) != 2 || slices.ContainsFunc(g, func(v string) bool { return v[:3] == "old" }) {
+		t.Fatalf("a new group with consume_from last got %v, want only new1 and new2", g)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := c1.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	committed := srv.committed()
+	send("new3")
+	reqs, _ := srv.snapshot()
+	_, got2 := consume()
+	waitUntil(t, "the second consumer got new3", func() bool { return slices.Contains(got2(), "new3") })
+	if g := got2(); slices.ContainsFunc(g, func(v string) bool { return v[:3] == "old" }) {
+		t.Fatalf("the resumed group got %v: replayed messages from before its first start", g)
+	}
+	after, _ := srv.snapshot()
+	for _, r := range after[len(reqs):] {
+		if r.Code == codeUpdateOffset && r.ExtFields["consumerGroup"] == cfg.Group {
+			if off, _ := strconv.ParseInt(r.ExtFields["commitOffset"], 10, 64); off < committed[mustAtoi(t, r.ExtFields["queueId"])] {
+				t.Fatalf("the second Consume moved queue %s back to %d (committed %v)", r.ExtFields["queueId"], off, committed)
+			}
+		}
+	}
+}
+
+func mustAtoi(t *testing.T, s string) int {
+	t.Helper()
+	n, err := strconv.Atoi(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
 }

@@ -61,14 +61,21 @@
 //   - Shutdown unlocks the consumer's queues, so a successor takes them over
 //     within seconds (measured 3s on 5.3.3). A killed job instance cannot:
 //     its queue locks stay until the broker expires them
-//     (rocketmq.broker.rebalance.lockMaxLiveTime, 60s by default; measured
-//     63s to a successor's first message on 5.3.3). Pushes of those queues
-//     wait that long; devices keep catching up by sync meanwhile.
+//     (rocketmq.broker.rebalance.lockMaxLiveTime, 60s by default: measured
+//     63s to a successor's first message). The consumer renews its locks
+//     every 5s (the client's default is 20s), so brokers can run that
+//     lifetime at 15s (scripts/engines.sh does): measured 23s on 5.3.3.
+//     Pushes of those queues wait that long; devices catch up by sync.
 //   - The Go hash selector is FNV-1a, the Java client's is String.hashCode:
 //     every producer of the push stream must be this package, or keys may
 //     land in two queues.
 //   - WithSuspendCurrentQueueTimeMillis is ignored in orderly mode; the
 //     callback sets the suspension on the orderly context itself.
+//   - CONSUME_FROM_LAST_OFFSET starts a new group at offset 0 on a young
+//     queue (the broker answers 0 to a group without offset, and the client
+//     cannot ask it not to): Consume commits the queues' ends as a new
+//     group's offsets before the client starts (pin.go), over a small
+//     remoting client of its own (remoting.go).
 //
 // Producers and consumers are safe for concurrent use.
 package rocketmq

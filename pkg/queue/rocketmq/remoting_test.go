@@ -7,7 +7,8 @@ package rocketmq
 // Name server: GET_ROUTEINFO_BY_TOPIC (105). Broker: SEND_MESSAGE (10, and
 // the V2 form 310), HEARTBEAT (34), GET_CONSUMER_LIST_BY_GROUP (38),
 // LOCK_BATCH_MQ / UNLOCK_BATCH_MQ (41/42), QUERY_CONSUMER_OFFSET (14),
-// UPDATE_CONSUMER_OFFSET (15), GET_MAX_OFFSET (30) and PULL_MESSAGE (11, a
+// UPDATE_CONSUMER_OFFSET (15, only for a group it knows: from a heartbeat or
+// UPDATE_AND_CREATE_SUBSCRIPTIONGROUP, 200), GET_MAX_OFFSET (30) and PULL_MESSAGE (11, a
 // long poll held up to pullHold, answered with messages in the broker's
 // stored-message format). Anything else gets REQUEST_CODE_NOT_SUPPORTED and
 // stays in the record. Messages live in memory only; there is one broker,
@@ -35,47 +36,26 @@ import (
 )
 
 // Request codes (the client's internal/request.go) and response codes
-// (internal/response.go).
+// (internal/response.go) beyond those remoting.go uses.
 const (
 	codeSendMessage      = 10
 	codePullMessage      = 11
-	codeQueryOffset      = 14
-	codeUpdateOffset     = 15
-	codeGetMaxOffset     = 30
 	codeHeartbeat        = 34
 	codeUnregisterClient = 35
 	codeConsumerList     = 38
 	codeLockBatch        = 41
 	codeUnlockBatch      = 42
-	codeGetRouteInfo     = 105
 	codeSendMessageV2    = 310
 	codeSendBatch        = 320
 
-	resSuccess          = 0
-	resSystemError      = 1
-	resSystemBusy       = 2
-	resNotSupported     = 3
-	resTopicNotExist    = 17
-	resPullNotFound     = 19
-	resQueryNotFound    = 22
-	flagResponse        = 1
-	flagOneway          = 2
-	propertySep         = 2 // between properties
-	nameValueSep        = 1 // between a property's name and value
-	maxScriptedFrameLen = 16 << 20
+	resSystemError  = 1
+	resSystemBusy   = 2
+	resNotSupported = 3
+	resPullNotFound = 19
+	flagOneway      = 2
+	propertySep     = 2 // between properties
+	nameValueSep    = 1 // between a property's name and value
 )
-
-// command is the JSON header of a remoting frame.
-type command struct {
-	Code      int               `json:"code"`
-	Language  json.RawMessage   `json:"language,omitempty"`
-	Version   int               `json:"version"`
-	Opaque    int32             `json:"opaque"`
-	Flag      int               `json:"flag"`
-	Remark    string            `json:"remark"`
-	ExtFields map[string]string `json:"extFields"`
-	Body      []byte            `json:"-"`
-}
 
 // request is one recorded request.
 type request struct {
@@ -114,6 +94,7 @@ type remotingServer struct {
 	open     map[string]int      // role -> connections open
 	stored   map[int][]storedMsg // queue -> messages, index = queue offset
 	commits  map[int]int64       // queue -> committed consumer offset
+	groups   map[string]bool     // consumer groups the broker knows (heartbeat or create)
 	arrived  chan struct{}       // closed and replaced when a message is stored
 	done     chan struct{}       // closed by close: ends long polls
 }
@@ -131,7 +112,7 @@ func startRemoting(t *testing.T, topic string, queues int, onSend script) *remot
 	t.Helper()
 	s := &remotingServer{t: t, topic: topic, queues: queues, onSend: onSend, conns: map[net.Conn]struct{}{},
 		attempts: map[string]int{}, offsets: map[int]int64{}, open: map[string]int{},
-		stored: map[int][]storedMsg{}, commits: map[int]int64{}, arrived: make(chan struct{}), done: make(chan struct{})}
+		stored: map[int][]storedMsg{}, commits: map[int]int64{}, groups: map[string]bool{}, arrived: make(chan struct{}), done: make(chan struct{})}
 	var err error
 	if s.ns, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
 		t.Fatal(err)
@@ -213,7 +194,7 @@ func (s *remotingServer) serve(role string, c net.Conn) {
 				resp.Opaque, resp.Flag = cmd.Opaque, flagResponse
 				wmu.Lock()
 				defer wmu.Unlock()
-				_ = writeFrame(c, resp)
+				_ = writeReply(c, resp)
 			})
 			continue
 		}
@@ -225,7 +206,7 @@ func (s *remotingServer) serve(role string, c net.Conn) {
 		write := func() {
 			wmu.Lock()
 			defer wmu.Unlock()
-			_ = writeFrame(c, resp)
+			_ = writeReply(c, resp)
 		}
 		if delay > 0 {
 			s.wg.Go(func() {
@@ -280,7 +261,32 @@ func (s *remotingServer) handle(role string, cmd *command) (*command, time.Durat
 		s.mu.Unlock()
 		return &command{Code: resSuccess, ExtFields: map[string]string{
 			"msgId": fmt.Sprintf("7F00000100002A9F%016X", off), "queueId": strconv.Itoa(q), "queueOffset": strconv.FormatInt(off, 10)}}, delay
-	case role == "broker" && cmd.Code == codeHeartbeat, cmd.Code == codeUnregisterClient:
+	case role == "broker" && cmd.Code == codeHeartbeat:
+		// A broker auto-creating groups creates the consumers' groups here.
+		var hb struct {
+			Consumers []struct {
+				Group string `json:"groupName"`
+			} `json:"consumerDataSet"`
+		}
+		_ = json.Unmarshal(cmd.Body, &hb)
+		s.mu.Lock()
+		for _, c := range hb.Consumers {
+			s.groups[c.Group] = true
+		}
+		s.mu.Unlock()
+		return &command{Code: resSuccess}, 0
+	case role == "broker" && cmd.Code == codeCreateGroup:
+		var g struct {
+			Group string `json:"groupName"`
+		}
+		if err := json.Unmarshal(cmd.Body, &g); err != nil || g.Group == "" {
+			return &command{Code: resSystemError, Remark: fmt.Sprintf("bad group config %q", cmd.Body)}, 0
+		}
+		s.mu.Lock()
+		s.groups[g.Group] = true
+		s.mu.Unlock()
+		return &command{Code: resSuccess}, 0
+	case cmd.Code == codeUnregisterClient:
 		return &command{Code: resSuccess}, 0
 	case role == "broker" && cmd.Code == codeConsumerList:
 		// Only this consumer is in the group: it gets every queue.
@@ -299,16 +305,21 @@ func (s *remotingServer) handle(role string, cmd *command) (*command, time.Durat
 		s.mu.Lock()
 		off, ok := s.commits[q]
 		s.mu.Unlock()
-		if !ok {
+		if !ok && cmd.ExtFields["setZeroIfNotFound"] == "false" {
 			return &command{Code: resQueryNotFound, Remark: "no offset"}, 0
 		}
+		// Like a real broker while the queue's first message is in memory
+		// (always on JDK 17): a group without an offset is told 0.
 		return &command{Code: resSuccess, ExtFields: map[string]string{"offset": strconv.FormatInt(off, 10)}}, 0
 	case role == "broker" && cmd.Code == codeUpdateOffset:
 		q, _ := strconv.Atoi(cmd.ExtFields["queueId"])
 		off, _ := strconv.ParseInt(cmd.ExtFields["commitOffset"], 10, 64)
 		s.mu.Lock()
-		s.commits[q] = max(s.commits[q], off)
-		s.mu.Unlock()
+		defer s.mu.Unlock()
+		if !s.groups[cmd.ExtFields["consumerGroup"]] {
+			return &command{Code: resGroupNotExist, Remark: "Group " + cmd.ExtFields["consumerGroup"] + " not exist!"}, 0
+		}
+		s.commits[q] = off // a broker stores what it is told
 		return &command{Code: resSuccess}, 0
 	case role == "broker" && cmd.Code == codeGetMaxOffset:
 		q, _ := strconv.Atoi(cmd.ExtFields["queueId"])
@@ -445,48 +456,9 @@ func parseProperties(s string) map[string]string {
 	return props
 }
 
-func readFrame(r io.Reader) (*command, error) {
-	var hdr [8]byte
-	if _, err := io.ReadFull(r, hdr[:]); err != nil {
-		return nil, err
-	}
-	total := binary.BigEndian.Uint32(hdr[0:4])
-	if total < 4 || total > maxScriptedFrameLen {
-		return nil, fmt.Errorf("frame length %d", total)
-	}
-	if typ := hdr[4]; typ != 0 {
-		return nil, fmt.Errorf("serialize type %d: only JSON (0) is scripted", typ)
-	}
-	hlen := uint32(hdr[5])<<16 | uint32(hdr[6])<<8 | uint32(hdr[7])
-	if hlen > total-4 {
-		return nil, fmt.Errorf("header length %d > frame %d", hlen, total)
-	}
-	rest := make([]byte, total-4)
-	if _, err := io.ReadFull(r, rest); err != nil {
-		return nil, err
-	}
-	cmd := &command{}
-	if err := json.Unmarshal(rest[:hlen], cmd); err != nil {
-		return nil, fmt.Errorf("header %q: %w", rest[:hlen], err)
-	}
-	cmd.Body = rest[hlen:]
-	return cmd, nil
-}
-
-func writeFrame(w io.Writer, cmd *command) error {
+// writeReply writes a response the way a Java server does.
+func writeReply(w io.Writer, cmd *command) error {
 	cmd.Language = json.RawMessage(`"JAVA"`)
 	cmd.Version = 317
-	if cmd.ExtFields == nil {
-		cmd.ExtFields = map[string]string{}
-	}
-	h, err := json.Marshal(cmd)
-	if err != nil {
-		return err
-	}
-	buf := make([]byte, 8, 8+len(h)+len(cmd.Body))
-	binary.BigEndian.PutUint32(buf[0:4], uint32(4+len(h)+len(cmd.Body)))
-	binary.BigEndian.PutUint32(buf[4:8], uint32(len(h))) // type 0 (JSON) in the top byte
-	buf = append(append(buf, h...), cmd.Body...)
-	_, err = w.Write(buf)
-	return err
+	return writeFrame(w, cmd)
 }
