@@ -15,7 +15,7 @@ func FuzzInflate(f *testing.F) {
 	f.Add(deflate(f, []byte(`{"msg":"hello hello hello hello"}`)))
 	f.Add(deflate(f, make([]byte, 1<<16))) // a bomb for this limit
 	f.Add(deflate(f, make([]byte, maxFrame-HeaderSize)))
-	f.Add([]byte{0x01, 0x00, 0x00, 0xff, 0xff})    // empty stored final block
+	f.Add([]byte{0x01, 0x00, 0x00, 0xff, 0xff})      // empty stored final block
 	f.Add([]byte{0x00, 0x05, 0x00, 0xfa, 0xff, 'a'}) // stored block cut short
 	f.Add([]byte{})
 	c, err := NewCompressor(1, 1)
