@@ -100,7 +100,7 @@ $(STATICCHECK):
 # for FUZZTIME with one worker (the machine is shared). Seeds are committed
 # (f.Add and testdata/fuzz/), so plain `go test` replays them too.
 FUZZTIME ?= 20s
-FUZZ_TARGETS := pkg/protocol:FuzzDecode pkg/protocol:FuzzBodies pkg/protocol:FuzzFrameRoundTrip pkg/protocol:FuzzErrorFrame \
+FUZZ_TARGETS := pkg/protocol:FuzzDecode pkg/protocol:FuzzBodies pkg/protocol:FuzzFrameRoundTrip pkg/protocol:FuzzErrorFrame pkg/protocol:FuzzInflate \
 	pkg/auth:FuzzVerify pkg/auth:FuzzSignVerify pkg/config:FuzzParse pkg/biz:FuzzParseDuration pkg/biz:FuzzParseSpec \
 	pkg/oplog:FuzzParseChannel pkg/oplog:FuzzValidID pkg/oplog:FuzzVersions pkg/oplog:FuzzEvaluate \
 	pkg/store/pebble:FuzzPageDecoder pkg/store/pebble:FuzzParseExpiryKey \

@@ -44,9 +44,10 @@ type Comet struct {
 	rooms   roomIndex // rooms.go
 	pool    *ants.PoolWithFuncGeneric[*session]
 	acks    ackBatcher
-	global  globalIndex      // global channel -> sessions (global.go)
-	rpc     *rpcRouter       // rpc.go: upstreams and their calls
-	now     func() time.Time // tests move the clock for validity windows
+	global  globalIndex          // global channel -> sessions (global.go)
+	rpc     *rpcRouter           // rpc.go: upstreams and their calls
+	comp    *protocol.Compressor // compress.go; nil: compression off
+	now     func() time.Time     // tests move the clock for validity windows
 
 	// Traffic control (limits.go) and pacing: a session holds back live
 	// pages past paceLive bytes queued on its connection and backlog pages
@@ -124,6 +125,9 @@ func New(cfg Config) (*Comet, error) {
 		wq = gateway.DefaultWriteQueueBytes
 	}
 	c.paceLive, c.paceBacklog = wq/2, wq/4
+	if c.comp, err = newCompressor(cfg.Compression); err != nil {
+		return nil, err
+	}
 	if c.rpc, err = newRPCRouter(c, cfg.Upstreams, wq/2); err != nil {
 		return nil, err
 	}

@@ -70,6 +70,10 @@ type Config struct {
 	// MaxRequests is how many REQUESTs one session may have in flight, told
 	// in AuthReply.max_requests; zero 16, at most 256.
 	MaxRequests int
+	// Compression is body compression (compress.go, docs/protocol.md §18);
+	// zero: raw deflate offered to clients that list it, bodies of 1 KiB
+	// and more, flate level 1.
+	Compression Compression
 	// Limits is the traffic control of device connections (limits.go);
 	// the connection caps are Gateway.MaxConns and Gateway.MaxConnsPerIP.
 	Limits Limits
@@ -139,6 +143,10 @@ func (cfg Config) withDefaults() (Config, error) {
 		cfg.Workers = defaultWorkers
 	}
 	cfg.Limits = cfg.Limits.withDefaults()
+	var err error
+	if cfg.Compression, err = cfg.Compression.withDefaults(); err != nil {
+		return cfg, err
+	}
 	if cfg.MaxRequests == 0 {
 		cfg.MaxRequests = defaultMaxRequests
 	}

@@ -193,13 +193,13 @@ type liveBatch struct {
 	ops []*liveOp
 
 	once  sync.Once
-	biz   string // of the channel the frame was built for
-	frame []byte // shared read-only; built on first use
+	biz   string    // of the channel the frame was built for
+	frame sharedOut // shared read-only; built on first use
 }
 
 // sharedFrame returns the batch's frame when p (ch's live page, the only page
 // of the round) is exactly the batch, else nil.
-func (lb *liveBatch) sharedFrame(ch *channel, p *livePage) []byte {
+func (lb *liveBatch) sharedFrame(ch *channel, p *livePage) *sharedOut {
 	if len(p.ops) != len(lb.ops) || p.after != lb.ops[0].op.Id-1 || p.upto != lb.ops[len(lb.ops)-1].op.Id {
 		return nil
 	}
@@ -213,10 +213,11 @@ func (lb *liveBatch) sharedFrame(ch *channel, p *livePage) []byte {
 	lb.once.Do(func() {
 		n := p.pageLen(ch)
 		lb.biz = ch.biz
-		lb.frame = appendLiveSync(make([]byte, 0, protocol.HeaderSize+syncPartLen(n)), []livePart{{ch: ch, page: p, n: n}})
+		lb.frame.op = protocol.OpSync
+		lb.frame.raw = appendLiveSync(make([]byte, 0, protocol.HeaderSize+syncPartLen(n)), []livePart{{ch: ch, page: p, n: n}})
 	})
 	if lb.biz != ch.biz {
 		return nil
 	}
-	return lb.frame
+	return &lb.frame
 }

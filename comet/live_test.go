@@ -259,7 +259,7 @@ func TestSharedFrameOnlyForExactBatch(t *testing.T) {
 		t.Fatal("no shared frame for the exact batch")
 	}
 	want := &wirepb.Sync{Pages: []*wirepb.ChannelPage{generatedPage(ch, exact)}}
-	if got := decodeSync(t, f); !proto.Equal(got, want) {
+	if got := decodeSync(t, f.raw); !proto.Equal(got, want) {
 		t.Fatalf("shared frame %v, want %v", got, want)
 	}
 	other := newLiveOp(&oplog.Oplog{Id: 6, Channel: ch.name, Payload: []byte("p")})

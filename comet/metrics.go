@@ -42,6 +42,8 @@ type metrics struct {
 	logicErrs *prometheus.CounterVec
 
 	pushDelivered, pushSkipped, pushDuplicate, pushDeferred, pushResync prometheus.Counter
+
+	compressMetrics // compress.go
 }
 
 // opSlots covers every op of protocol version 1; the last slot counts the rest.
@@ -87,7 +89,8 @@ func newMetrics(reg prometheus.Registerer, cometID string) (*metrics, error) {
 	m.pushDuplicate = m.pushes.WithLabelValues(pushDuplicate)
 	m.pushDeferred = m.pushes.WithLabelValues(pushDeferred)
 	m.pushResync = m.pushes.WithLabelValues(pushResync)
-	for _, c := range []prometheus.Collector{m.sessions, in, out, m.pushes, m.resyncs, m.kicks, m.errors, m.logicErrs} {
+	m.compressMetrics = newCompressMetrics(labels)
+	for _, c := range append([]prometheus.Collector{m.sessions, in, out, m.pushes, m.resyncs, m.kicks, m.errors, m.logicErrs}, m.compressMetrics.collectors()...) {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError
 			if errors.As(err, &are) {

@@ -177,17 +177,18 @@ func (s *session) roomsOf() []string {
 // ---- writing PUSH frames ----
 
 // pushFrame encodes m as a PUSH frame; the result is shared read-only.
-func pushFrame(m *pb.PushMsg) ([]byte, error) {
-	return protocol.Encode(protocol.OpPush, 0, &wirepb.Push{Room: m.GetRoom(), Payload: m.GetPayload(), CreatedMs: m.GetCreatedMs(), Biz: m.GetBiz()})
+func pushFrame(m *pb.PushMsg) (*sharedOut, error) {
+	b, err := protocol.Encode(protocol.OpPush, 0, &wirepb.Push{Room: m.GetRoom(), Payload: m.GetPayload(), CreatedMs: m.GetCreatedMs(), Biz: m.GetBiz()})
+	return &sharedOut{op: protocol.OpPush, raw: b}, err
 }
 
 // writePush writes frame to s if its AUTH_REPLY went out; it reports whether
 // the frame was queued.
-func (c *Comet) writePush(s *session, frame []byte) bool {
+func (c *Comet) writePush(s *session, frame *sharedOut) bool {
 	if !s.rooms.ready.Load() {
 		return false
 	}
-	if err := s.conn.Write(frame); err != nil {
+	if err := s.conn.Write(frame.frameFor(s)); err != nil { // compressed once per push (compress.go)
 		return false // closing, or the queue overflowed and the conn closes
 	}
 	c.metrics.framesOut[opSlot(protocol.OpPush)].Inc()

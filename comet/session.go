@@ -148,6 +148,10 @@ type session struct {
 	// reader's multi-channel backlog is not re-read from the store per page.
 	syncCap  int
 	ackArmed bool
+	// compress: the session negotiated compression at AUTH (compress.go).
+	// Written before rooms.ready is stored, so PUSH writers that saw
+	// ready read it without a race.
+	compress bool
 	// ackProgress: a backlog page was acked this round; the ack deadline
 	// of the pages still in flight restarts (the device is reading).
 	ackProgress bool
@@ -378,6 +382,9 @@ func (s *session) handle(ev *event) {
 }
 
 func (s *session) handleFrame(f protocol.Frame) {
+	if f.Compressed() && !s.inflate(&f) { // compress.go
+		return
+	}
 	s.c.metrics.framesIn[opSlot(f.Op)].Inc()
 	if s.log.Enabled(context.Background(), slog.LevelDebug) {
 		s.log.Debug("frame in", "op", f.Op, "seq", f.Seq, "bytes", len(f.Body))
@@ -470,7 +477,7 @@ func (s *session) handleAuth(f protocol.Frame) {
 	}
 	s.heartbeat = s.c.heartbeatFor(a.HeartbeatMs, base) // rooms.go: the client's wish within bounds
 	out := &wirepb.AuthReply{User: reply.User, Session: s.key, HeartbeatMs: uint32(s.heartbeat / time.Millisecond),
-		MaxRequests: uint32(s.c.cfg.MaxRequests)}
+		MaxRequests: uint32(s.c.cfg.MaxRequests), Compression: s.negotiate(a.Compression)}
 	for _, cs := range reply.Channels {
 		if !s.chans.add(newChannel(cs.Biz, cs.Channel, cs.From)) {
 			continue // listed twice
@@ -728,7 +735,7 @@ func (s *session) writeLive(chans []*channel) {
 		ch := chans[0]
 		if lb := ch.live.ops[0].batch; lb != nil {
 			if f := lb.sharedFrame(ch, ch.live); f != nil {
-				s.send(protocol.OpSync, f)
+				s.put(protocol.OpSync, f.frameFor(s)) // compressed once per batch
 				s.releaseLive(ch)
 				return
 			}
@@ -986,9 +993,15 @@ func (s *session) write(op protocol.Op, seq uint32, m proto.Message) {
 	s.send(op, b)
 }
 
-// send hands an encoded frame to the transport; b may be shared with other
-// sessions (the transport only reads it).
+// send hands an encoded frame to the transport, compressed when the session
+// negotiated it and the frame is worth it (compress.go); b may be shared
+// with other sessions (the transport only reads it).
 func (s *session) send(op protocol.Op, b []byte) {
+	s.put(op, s.deflate(op, b))
+}
+
+// put hands b to the transport as it is.
+func (s *session) put(op protocol.Op, b []byte) {
 	if s.phase >= phaseClosing {
 		return
 	}

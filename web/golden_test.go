@@ -95,6 +95,11 @@ func goldenFrames(t *testing.T) []goldenFrame {
 			Headers: map[string]string{"content-type": "json"}, Body: []byte(`[1]`)}},
 		{name: "response-timeout", op: protocol.OpResponse, seq: 10, m: &pb.Response{Id: 8, Status: 603}},
 		{name: "auth-reply-rpc", op: protocol.OpAuthReply, seq: 1, m: &pb.AuthReply{User: "alice", Session: "k1", HeartbeatMs: 30000, MaxRequests: 16}},
+		// Compression (docs/protocol.md §18): the offer and the choice.
+		{name: "auth-compression", op: protocol.OpAuth, seq: 1, m: &pb.Auth{Token: "t", Device: "d", Platform: "web", Bizs: []string{"demo"},
+			Compression: []string{"zstd", "deflate"}}},
+		{name: "auth-reply-compression", op: protocol.OpAuthReply, seq: 1, m: &pb.AuthReply{User: "alice", Session: "k1", HeartbeatMs: 30000,
+			MaxRequests: 16, Compression: "deflate"}},
 		{name: "request-full", op: protocol.OpRequest, seq: 4294967295, m: &pb.Request{Id: 4294967295, Service: "u.v-1", Method: "PATCH",
 			Path: "/ü?q=☃", Headers: map[string]string{"x-empty": ""}, Body: []byte{0, 0xff}, TimeoutMs: 1500}},
 	}

@@ -282,6 +282,8 @@ func CometConfig(f *config.File, log *slog.Logger) (comet.Config, error) {
 		Logger:            log.With("tier", "comet"),
 		Upstreams:         Upstreams(f),
 		MaxRequests:       f.Comet.MaxRequests,
+		Compression: comet.Compression{Disabled: f.Comet.Compression.Disabled, Algorithms: f.Comet.Compression.Algorithms,
+			MinBytes: f.Comet.Compression.MinBytes, Level: f.Comet.Compression.Level},
 	}
 	return c, CometTransports(&c.Gateway, f.Comet)
 }

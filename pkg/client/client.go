@@ -49,6 +49,7 @@ type Client struct {
 	done   chan struct{} // closed when the loop goroutine exits
 
 	connected atomic.Bool
+	zstats    compressCounters // compress.go
 
 	mu struct {
 		sync.Mutex

@@ -76,6 +76,10 @@ type Options struct {
 	// TLSConfig configures tls:// and wss:// addresses (a copy is used;
 	// ServerName defaults to the address's host). Zero: the system roots.
 	TLSConfig *tls.Config
+	// DisableCompression stops the client from offering body compression in
+	// AUTH (docs/protocol.md §18), so every frame stays plain both ways.
+	// Zero: raw deflate is offered; the server decides.
+	DisableCompression bool
 }
 
 // withDefaults returns a validated copy of o with defaults filled in.

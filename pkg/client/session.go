@@ -50,6 +50,9 @@ type session struct {
 	wg      sync.WaitGroup
 
 	volatile volatileQueue // volatile.go: non-persistent bizs' oplogs
+	// compress: AUTH_REPLY chose deflate (compress.go); set before the
+	// read loop and the writers start.
+	compress bool
 	calls    callTable     // call.go: requests in flight
 }
 
@@ -155,6 +158,7 @@ func (c *Client) authMessage(token string) *pb.Auth {
 		AppVersion: c.opts.AppVersion,
 		// The server clamps the wish into its bounds (protocol §10).
 		HeartbeatMs: uint32(c.opts.Heartbeat / time.Millisecond),
+		Compression: c.offeredCompression(), // compress.go
 	}
 	for biz := range c.handlers {
 		m.Bizs = append(m.Bizs, biz)
@@ -191,6 +195,7 @@ func (c *Client) authMessage(token string) *pb.Auth {
 func (s *session) setup(r *pb.AuthReply) {
 	c := s.c
 	s.log = s.log.With("user", r.User, "session", r.Session)
+	s.compress = r.Compression == protocol.CompressionDeflate && !c.opts.DisableCompression
 	s.setHeartbeat(r.HeartbeatMs)
 	for _, ch := range r.Channels {
 		h := c.handlers[ch.Biz]
@@ -272,6 +277,7 @@ func (s *session) send(op protocol.Op, m proto.Message) error {
 		s.cancel(err)
 		return err
 	}
+	b = s.deflate(op, b) // compress.go
 	s.wmu.Lock()
 	err = s.conn.WriteFrame(b, time.Now().Add(s.c.opts.DialTimeout))
 	s.wmu.Unlock()
@@ -285,7 +291,7 @@ func (s *session) send(op protocol.Op, m proto.Message) error {
 
 func (s *session) readLoop() error {
 	for {
-		f, err := s.conn.ReadFrame(time.Now().Add(2*s.interval() + readGrace))
+		f, err := s.readFrame(time.Now().Add(2*s.interval() + readGrace)) // compress.go: inflated
 		if err != nil {
 			return fmt.Errorf("client: read: %w", err)
 		}

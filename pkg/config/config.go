@@ -190,6 +190,9 @@ type Comet struct {
 	// MaxRequests is how many REQUEST frames (RPC, docs/protocol.md §17) a
 	// session may have in flight, told in AUTH_REPLY; zero 16, at most 256.
 	MaxRequests int `yaml:"max_requests"`
+	// Compression is body compression of device frames (docs/protocol.md
+	// §18), chosen per session from what the client lists in AUTH.
+	Compression CometCompression `yaml:"compression"`
 	// Cluster mode (msync comet): where this comet serves its gRPC push API,
 	// the address registered for job to dial (zero: grpc_addr, with an
 	// unspecified host replaced by this machine's first non-loopback IP),
@@ -214,6 +217,15 @@ type CometLimits struct {
 	AuthBurstPerIP int     `yaml:"auth_burst_per_ip"` // zero 10
 	SyncReqRate    float64 `yaml:"sync_req_rate"`     // SYNC_REQs served/s per channel of a session; zero 1 (more wait)
 	SyncReqBurst   int     `yaml:"sync_req_burst"`    // zero 3
+}
+
+// CometCompression configures body compression (docs/protocol.md §18); the
+// comet validates it (unknown algorithm, level outside 1-9, negative size).
+type CometCompression struct {
+	Disabled   bool     `yaml:"disabled"`   // true: never compress, AUTH_REPLY names none; zero: on
+	Algorithms []string `yaml:"algorithms"` // accepted; zero [deflate] (raw deflate, RFC 1951), the only one
+	MinBytes   int      `yaml:"min_bytes"`  // smaller bodies go out plain; zero 1024
+	Level      int      `yaml:"level"`      // flate level 1 (fastest) - 9 (smallest); zero 1
 }
 
 // DefaultWSAddr is comet.ws_addr when the key is absent.

@@ -45,6 +45,8 @@ const (
 	CodeOutOfOrder    Code = 4005 // op not valid in this state (second AUTH, ack beyond sent)
 	CodeForbidden     Code = 4006 // kicked for good: do not reconnect
 	CodeRoomForbidden Code = 4007 // ROOM_JOIN of a room clients may not join (comet.client_rooms)
+	// Compression (docs/protocol.md §18).
+	CodeInflateTooLarge Code = 4008 // a compressed body decompresses past the frame limit (a decompression bomb)
 )
 
 // MaxInFlightFrames is how many frames a client may have sent and not yet

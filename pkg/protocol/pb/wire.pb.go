@@ -42,7 +42,11 @@ type Auth struct {
 	// heartbeat_ms is the heartbeat interval the client would like (0 = no
 	// preference). The server clamps it into its configured bounds and answers
 	// with the interval it chose in AuthReply.heartbeat_ms.
-	HeartbeatMs   uint32 `protobuf:"varint,7,opt,name=heartbeat_ms,json=heartbeatMs,proto3" json:"heartbeat_ms,omitempty"`
+	HeartbeatMs uint32 `protobuf:"varint,7,opt,name=heartbeat_ms,json=heartbeatMs,proto3" json:"heartbeat_ms,omitempty"`
+	// compression lists the body compressions the client can decode and
+	// send, in its order of preference ("deflate": raw deflate, RFC 1951).
+	// Empty: frames stay uncompressed both ways.
+	Compression   []string `protobuf:"bytes,8,rep,name=compression,proto3" json:"compression,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -126,6 +130,13 @@ func (x *Auth) GetHeartbeatMs() uint32 {
 	return 0
 }
 
+func (x *Auth) GetCompression() []string {
+	if x != nil {
+		return x.Compression
+	}
+	return nil
+}
+
 type ChannelPoint struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Channel       string                 `protobuf:"bytes,1,opt,name=channel,proto3" json:"channel,omitempty"`
@@ -193,7 +204,11 @@ type AuthReply struct {
 	// max_requests is how many REQUEST frames the session may have in flight
 	// (sent, no RESPONSE yet); a REQUEST beyond it is answered with status
 	// 604. Zero: the server does not serve REQUEST (an older server).
-	MaxRequests   uint32 `protobuf:"varint,6,opt,name=max_requests,json=maxRequests,proto3" json:"max_requests,omitempty"`
+	MaxRequests uint32 `protobuf:"varint,6,opt,name=max_requests,json=maxRequests,proto3" json:"max_requests,omitempty"`
+	// compression is the algorithm the server chose from Auth.compression
+	// for this session ("" = none): frames with the compressed flag carry
+	// bodies compressed with it, in both directions.
+	Compression   string `protobuf:"bytes,7,opt,name=compression,proto3" json:"compression,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -268,6 +283,13 @@ func (x *AuthReply) GetMaxRequests() uint32 {
 		return x.MaxRequests
 	}
 	return 0
+}
+
+func (x *AuthReply) GetCompression() string {
+	if x != nil {
+		return x.Compression
+	}
+	return ""
 }
 
 type ChannelInfo struct {
@@ -1191,7 +1213,7 @@ var File_pkg_protocol_pb_wire_proto protoreflect.FileDescriptor
 
 const file_pkg_protocol_pb_wire_proto_rawDesc = "" +
 	"\n" +
-	"\x1apkg/protocol/pb/wire.proto\x12\rmsync.wire.v1\"\xdd\x01\n" +
+	"\x1apkg/protocol/pb/wire.proto\x12\rmsync.wire.v1\"\xff\x01\n" +
 	"\x04Auth\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12\x16\n" +
 	"\x06device\x18\x02 \x01(\tR\x06device\x12\x1a\n" +
@@ -1200,17 +1222,19 @@ const file_pkg_protocol_pb_wire_proto_rawDesc = "" +
 	"appVersion\x12\x12\n" +
 	"\x04bizs\x18\x05 \x03(\tR\x04bizs\x123\n" +
 	"\x06points\x18\x06 \x03(\v2\x1b.msync.wire.v1.ChannelPointR\x06points\x12!\n" +
-	"\fheartbeat_ms\x18\a \x01(\rR\vheartbeatMs\"8\n" +
+	"\fheartbeat_ms\x18\a \x01(\rR\vheartbeatMs\x12 \n" +
+	"\vcompression\x18\b \x03(\tR\vcompression\"8\n" +
 	"\fChannelPoint\x12\x18\n" +
 	"\achannel\x18\x01 \x01(\tR\achannel\x12\x0e\n" +
-	"\x02id\x18\x02 \x01(\x04R\x02id\"\xef\x01\n" +
+	"\x02id\x18\x02 \x01(\x04R\x02id\"\x91\x02\n" +
 	"\tAuthReply\x12\x12\n" +
 	"\x04user\x18\x01 \x01(\tR\x04user\x12\x18\n" +
 	"\asession\x18\x02 \x01(\tR\asession\x12!\n" +
 	"\fheartbeat_ms\x18\x03 \x01(\rR\vheartbeatMs\x126\n" +
 	"\bchannels\x18\x04 \x03(\v2\x1a.msync.wire.v1.ChannelInfoR\bchannels\x126\n" +
 	"\brejected\x18\x05 \x03(\v2\x1a.msync.wire.v1.RejectedBizR\brejected\x12!\n" +
-	"\fmax_requests\x18\x06 \x01(\rR\vmaxRequests\"M\n" +
+	"\fmax_requests\x18\x06 \x01(\rR\vmaxRequests\x12 \n" +
+	"\vcompression\x18\a \x01(\tR\vcompression\"M\n" +
 	"\vChannelInfo\x12\x10\n" +
 	"\x03biz\x18\x01 \x01(\tR\x03biz\x12\x18\n" +
 	"\achannel\x18\x02 \x01(\tR\achannel\x12\x12\n" +

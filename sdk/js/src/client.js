@@ -15,6 +15,7 @@ import {
   Op, opName, MAX_CLIENT_FRAME, DEFAULT_MAX_FRAME, HEADER_SIZE, decodeFrames, encodeFrame,
   encodeAuth, encodePoints, encodeHeartbeat, decodeAuthReply, decodeHeartbeatReply, decodeSync,
   decodeKick, decodeError, decodePush, encodeRequest, decodeResponse,
+  FLAG_COMPRESSED, COMPRESSION_DEFLATE, COMPRESS_MIN_BYTES, compressionSupported, inflateRaw, deflateRaw,
 } from './codec.js';
 import { MemoryStore } from './store.js';
 
@@ -25,6 +26,7 @@ export const DEFAULTS = Object.freeze({
   dialTimeout: 10_000,
   maxFrame: DEFAULT_MAX_FRAME,
   handlerRetries: 5,
+  compression: true,
 });
 
 // Heartbeat bounds, as in the Go SDK: a misconfigured server can neither
@@ -181,6 +183,10 @@ export class MsyncClient {
    *   logger         console-like {debug, info, warn, error}; zero: silent.
    *   WebSocket      constructor; zero globalThis.WebSocket (tests inject one).
    *   random         () => [0,1) for jitter; zero Math.random.
+   *   compression    false: do not offer body compression (docs/protocol.md
+   *                  §18). Zero: raw deflate is offered where the runtime
+   *                  has DecompressionStream('deflate-raw'); the server
+   *                  decides. compressionStats() counts compressed frames.
    */
   constructor(url, options = {}) {
     if (!/^wss?:\/\//.test(url ?? '')) {
@@ -220,6 +226,16 @@ export class MsyncClient {
     this.done = null; // the loop's promise
     this.isConnected = false;
     this.calls = new CallRouter(this);
+    this.zstats = { framesIn: 0, bytesInWire: 0, bytesInRaw: 0, framesOut: 0, bytesOutWire: 0, bytesOutRaw: 0 };
+  }
+
+  /**
+   * compressionStats returns how many compressed frames this client got and
+   * sent since it was made, with their bytes on the wire and inflated (or
+   * before compressing), header included.
+   */
+  compressionStats() {
+    return { ...this.zstats };
   }
 
   /** registerBiz routes biz's oplogs to handler(oplog, {signal}); call before start. */
@@ -355,6 +371,7 @@ export class MsyncClient {
     const m = {
       token, device: this.opts.device, platform: this.opts.platform, appVersion: this.opts.appVersion ?? '',
       bizs: [...this.handlers.keys()].sort(), points: [], heartbeatMs: this.opts.heartbeat ?? 0,
+      compression: this.offersCompression() ? [COMPRESSION_DEFLATE] : [],
     };
     for (const [ch, id] of this.points) {
       const p = parseChannel(ch);
@@ -371,6 +388,10 @@ export class MsyncClient {
       body = encodeAuth(m);
     }
     return body;
+  }
+
+  offersCompression() {
+    return this.opts.compression !== false && compressionSupported();
   }
 
   #wake() {
@@ -590,7 +611,7 @@ class Session {
             }
             continue;
           }
-          this.onFrame(f);
+          this.deliver(f);
         }
       };
     });
@@ -628,8 +649,55 @@ class Session {
     return this.write(encodeFrame(op, this.nextSeq(), body));
   }
 
+  // sendCompressible sends REQUEST bodies of COMPRESS_MIN_BYTES and more
+  // compressed when the session negotiated it (compression is async; a
+  // REQUEST has no ordering relation to other frames, §17).
+  sendCompressible(op, body) {
+    if (!this.compress || body.length < COMPRESS_MIN_BYTES) return this.send(op, body);
+    deflateRaw(body).then((z) => {
+      if (this.cause) return;
+      const st = this.c.zstats;
+      if (z.length >= body.length) {
+        this.send(op, body);
+        return;
+      }
+      st.framesOut++;
+      st.bytesOutWire += HEADER_SIZE + z.length;
+      st.bytesOutRaw += HEADER_SIZE + body.length;
+      this.write(encodeFrame(op + FLAG_COMPRESSED, this.nextSeq(), z));
+    }, (e) => this.end(new MsyncError('protocol', `compress ${opName(op)}: ${e?.message ?? e}`)));
+    return true;
+  }
+
+  // deliver hands frames to onFrame in arrival order. A compressed frame is
+  // inflated first (async, bounded by maxFrame); frames after it wait for it
+  // in a chain, plain frames with nothing pending go through at once.
+  deliver(f) {
+    if (!f.compressed && !this.inbox) {
+      this.onFrame(f);
+      return;
+    }
+    const p = (this.inbox ?? Promise.resolve()).then(async () => {
+      if (this.cause) return;
+      let g = f;
+      if (f.compressed) {
+        if (!this.compress) throw new Error(`compressed ${opName(f.op)} without negotiated compression`);
+        const body = await inflateRaw(f.body, this.c.opts.maxFrame - HEADER_SIZE);
+        const st = this.c.zstats;
+        st.framesIn++;
+        st.bytesInWire += HEADER_SIZE + f.body.length;
+        st.bytesInRaw += HEADER_SIZE + body.length;
+        g = { op: f.op, seq: f.seq, body, compressed: false };
+      }
+      if (!this.cause) this.onFrame(g);
+    }).catch((e) => this.end(new MsyncError('protocol', `${opName(f.op)}: ${e?.message ?? e}`)));
+    this.inbox = p;
+    p.then(() => { if (this.inbox === p) this.inbox = null; });
+  }
+
   setup(r) {
     const c = this.c;
+    this.compress = r.compression === COMPRESSION_DEFLATE && c.offersCompression();
     this.setHeartbeat(r.heartbeatMs);
     for (const ch of r.channels) {
       const h = c.handlers.get(ch.biz);
@@ -1040,7 +1108,7 @@ class CallRouter {
       do { id = this.nextId = (this.nextId + 1) >>> 0; } while (id === 0 || this.pending.has(id));
       this.pending.set(id, job);
       const timeoutMs = Math.max(1, job.deadline - Date.now());
-      if (!s.send(Op.REQUEST, encodeRequest({ ...job.m, id, timeoutMs }))) return; // the session ended: detach failed it
+      if (!s.sendCompressible(Op.REQUEST, encodeRequest({ ...job.m, id, timeoutMs }))) return; // the session ended: detach failed it
     }
   }
 

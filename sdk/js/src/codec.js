@@ -275,13 +275,19 @@ export function encodeAuth(m) {
   }
   for (const p of m.points ?? []) w.messageField(6, (x) => writePoint(x, p));
   w.uintField(7, m.heartbeatMs);
+  for (const a of m.compression ?? []) {
+    w.tag(8, 2);
+    const e = textEncoder.encode(a);
+    w.varint(e.length);
+    w.bytes(e);
+  }
   return w.finish();
 }
 
 export function decodeAuth(b) {
-  return decodeMessage(b, { token: '', device: '', platform: '', appVersion: '', bizs: [], points: [], heartbeatMs: 0 }, {
+  return decodeMessage(b, { token: '', device: '', platform: '', appVersion: '', bizs: [], points: [], heartbeatMs: 0, compression: [] }, {
     1: str('token'), 2: str('device'), 3: str('platform'), 4: str('appVersion'),
-    5: strList('bizs'), 6: msgList('points', decodePoint), 7: u('heartbeatMs'),
+    5: strList('bizs'), 6: msgList('points', decodePoint), 7: u('heartbeatMs'), 8: strList('compression'),
   });
 }
 
@@ -326,12 +332,13 @@ export function encodeAuthReply(m) {
     });
   }
   w.uintField(6, m.maxRequests);
+  w.stringField(7, m.compression);
   return w.finish();
 }
 
 export function decodeAuthReply(b) {
-  return decodeMessage(b, { user: '', session: '', heartbeatMs: 0, channels: [], rejected: [], maxRequests: 0 }, {
-    1: str('user'), 2: str('session'), 3: u('heartbeatMs'), 6: u('maxRequests'),
+  return decodeMessage(b, { user: '', session: '', heartbeatMs: 0, channels: [], rejected: [], maxRequests: 0, compression: '' }, {
+    1: str('user'), 2: str('session'), 3: u('heartbeatMs'), 6: u('maxRequests'), 7: str('compression'),
     4: msgList('channels', (x) => decodeMessage(x, { biz: '', channel: '', from: 0 }, { 1: str('biz'), 2: str('channel'), 3: u('from') })),
     5: msgList('rejected', (x) => decodeMessage(x, { biz: '', reason: '' }, { 1: str('biz'), 2: str('reason') })),
   });
@@ -539,8 +546,91 @@ export function decodeFrames(buf, maxFrame = DEFAULT_MAX_FRAME) {
     if (length < headerLen) throw new CodecError(`length ${length} < header length ${headerLen}`);
     if (length > maxFrame) throw new CodecError(`frame of ${length} bytes over the limit of ${maxFrame}`);
     if (length > b.length - off) throw new CodecError(`frame of ${length} bytes, message holds ${b.length - off}`);
-    frames.push({ op: v.getUint32(8), seq: v.getUint32(12), body: b.subarray(off + headerLen, off + length) });
+    const word = v.getUint32(8);
+    const compressed = word >= FLAG_COMPRESSED;
+    frames.push({ op: compressed ? word - FLAG_COMPRESSED : word, seq: v.getUint32(12), body: b.subarray(off + headerLen, off + length), compressed });
     off += length;
   }
   return frames;
+}
+
+// ---- compression (docs/protocol.md §18) ----
+
+/** FLAG_COMPRESSED is the top bit of the op field: the body is compressed. */
+export const FLAG_COMPRESSED = 0x80000000;
+/** COMPRESSION_DEFLATE is raw deflate (RFC 1951), the one algorithm of §18. */
+export const COMPRESSION_DEFLATE = 'deflate';
+/** COMPRESS_MIN_BYTES: smaller bodies are not worth compressing. */
+export const COMPRESS_MIN_BYTES = 1024;
+
+/**
+ * compressionSupported reports whether this runtime has the streams the
+ * codec needs (browsers since 2023, Node.js 18+): without them the SDK does
+ * not offer compression and every frame stays plain.
+ */
+export function compressionSupported() {
+  try {
+    new DecompressionStream('deflate-raw');
+    new CompressionStream('deflate-raw');
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** CompressionError: a compressed body that is corrupt or inflates past the limit. */
+export class CompressionError extends CodecError {
+  constructor(message, tooLarge) {
+    super(message);
+    this.name = 'CompressionError';
+    this.tooLarge = tooLarge; // true: over the frame limit (a bomb), code 4008 on a server
+  }
+}
+
+/**
+ * inflateRaw decompresses a raw deflate body. It stops reading as soon as
+ * the output passes maxBytes (the frame limit minus the header) and throws
+ * a CompressionError with tooLarge set, so a small hostile frame cannot make
+ * the page allocate more than its frame limit.
+ */
+export async function inflateRaw(body, maxBytes) {
+  const ds = new DecompressionStream('deflate-raw');
+  const writer = ds.writable.getWriter();
+  writer.write(body).catch(() => {});
+  writer.close().catch(() => {});
+  const reader = ds.readable.getReader();
+  const chunks = [];
+  let total = 0;
+  try {
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      total += value.length;
+      if (total > maxBytes) {
+        reader.cancel().catch(() => {});
+        throw new CompressionError(`compressed body inflates past ${maxBytes} bytes`, true);
+      }
+      chunks.push(value);
+    }
+  } catch (e) {
+    if (e instanceof CompressionError) throw e;
+    throw new CompressionError(`bad compressed body: ${e?.message ?? e}`, false);
+  }
+  const out = new Uint8Array(total);
+  let off = 0;
+  for (const c of chunks) {
+    out.set(c, off);
+    off += c.length;
+  }
+  return out;
+}
+
+/** deflateRaw compresses b with raw deflate. */
+export async function deflateRaw(b) {
+  const cs = new CompressionStream('deflate-raw');
+  const writer = cs.writable.getWriter();
+  writer.write(b).catch(() => {});
+  writer.close().catch(() => {});
+  const buf = await new Response(cs.readable).arrayBuffer();
+  return new Uint8Array(buf);
 }

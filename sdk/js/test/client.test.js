@@ -63,6 +63,7 @@ test('AUTH carries token, sorted bizs and only the points of registered bizs and
   assert.deepEqual(auth.msg, {
     token: 'tok-1', device: 'dev1', platform: 'web', appVersion: '1.2.3', bizs: ['cmd', 'demo'],
     points: [{ channel: 'cmd/d/dev1', id: 4 }, { channel: 'demo/u/alice', id: 5 }], heartbeatMs: 0,
+    compression: ['deflate'], // Node.js 20 has DecompressionStream('deflate-raw')
   });
   assert.equal(events[0].kind, 'connected');
   assert.equal(events[0].user, 'alice');

@@ -80,7 +80,8 @@ export class FakeConn {
   receive(data) {
     for (const f of decodeFrames(new Uint8Array(data))) {
       const d = decoders[f.op];
-      this.frames.push({ op: f.op, seq: f.seq, msg: d ? d(f.body) : null, at: Date.now() });
+      // A compressed frame is kept as it came (tests inflate it themselves).
+      this.frames.push({ op: f.op, seq: f.seq, msg: d && !f.compressed ? d(f.body) : null, at: Date.now(), compressed: f.compressed, body: f.body.slice() });
     }
   }
 
