@@ -118,6 +118,13 @@ type Config struct {
 	// the API port does not expose biz names, traffic or the development
 	// page; scrape /metrics from this machine or set it.
 	PublicOps bool
+	// AckFeed is read by the delivery receipt webhooks (webhook.go). Nil
+	// means the Store if it implements store.AckFeed; a biz with a webhook
+	// needs one.
+	AckFeed store.AckFeed
+	// WebhookPoll is how often a webhook sender looks at the ack feed when
+	// no ack woke it (acks saved by another process). Zero means 1s.
+	WebhookPoll time.Duration
 	// Mount serves extra handlers on the API's listener, keyed by a path
 	// prefix that starts and ends with "/" (e.g. "/demo/" for the
 	// development page of package web). A prefix may not be "/", hold
@@ -178,6 +185,12 @@ func (c *Config) setDefaults() {
 	}
 	if o, ok := c.Store.(DeviceOwners); ok && c.Owners == nil {
 		c.Owners = o
+	}
+	if f, ok := c.Store.(store.AckFeed); ok && c.AckFeed == nil {
+		c.AckFeed = f
+	}
+	if c.WebhookPoll == 0 {
+		c.WebhookPoll = time.Second
 	}
 	if r, ok := c.Store.(TokenRevocations); ok && c.Revocations == nil {
 		c.Revocations = r

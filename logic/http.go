@@ -77,6 +77,7 @@ func (l *Logic) routes() http.Handler {
 	route("POST /v1/sync/batch", "sync_batch", l.handleBatch)
 	route("GET /v1/devices/{device}/sync", "device_sync", l.handleDeviceSync)
 	route("GET /v1/bizs", "bizs", l.handleBizs)
+	route("GET /v1/receipts", "receipts", l.handleReceipts) // receipts.go
 	route("POST /v1/users/{user}/revoke_tokens", "revoke_tokens", l.handleRevokeTokens)
 	route("GET /healthz", "healthz", l.handleHealthz)
 	route("GET /metrics", "metrics",
@@ -87,6 +88,7 @@ func (l *Logic) routes() http.Handler {
 	methods := map[string]string{
 		"/v1/sync": "POST", "/v1/sync/batch": "POST", "/v1/devices/{device}/sync": "GET",
 		"/v1/bizs": "GET", "/healthz": "GET", "/metrics": "GET", "/v1/users/{user}/revoke_tokens": "POST",
+		"/v1/receipts": "GET",
 	}
 	for path, allow := range l.realtimeRoutes(route) { // push.go
 		methods[path] = allow

@@ -47,6 +47,8 @@ type Logic struct {
 	limiters map[string]*limiter
 	// lateSlots bounds the goroutines awaiting late appends (repair.go).
 	lateSlots chan struct{}
+	// hooks sends delivery receipts to the bizs' webhooks (webhook.go).
+	hooks *webhooks
 
 	mu struct {
 		sync.Mutex
@@ -87,7 +89,11 @@ func New(cfg Config) (*Logic, error) {
 	if cfg.DeviceBinding == DeviceBindingOwner && cfg.Owners == nil {
 		cfg.Logger.Warn("device binding: this store records no device owners, so only tokens with a dev claim bind devices to users; set device binding to token")
 	}
-	l := &Logic{cfg: cfg, log: cfg.Logger, m: m, gather: gather, done: make(chan struct{}), order: newSendOrder(cfg.OrderWait)}
+	hooks, err := newWebhooks(cfg, reg)
+	if err != nil {
+		return nil, err
+	}
+	l := &Logic{cfg: cfg, log: cfg.Logger, m: m, gather: gather, done: make(chan struct{}), order: newSendOrder(cfg.OrderWait), hooks: hooks}
 	l.repair.pending = make(map[string]repairState)
 	l.lateSlots = make(chan struct{}, maxLateAppends)
 	l.health.checks = cfg.Health
@@ -135,6 +141,7 @@ func (l *Logic) Start() error {
 	if l.cfg.RepairDelay > 0 {
 		l.wg.Go(l.repairer)
 	}
+	l.hooks.start(l.bg, &l.wg)
 	return nil
 }
 

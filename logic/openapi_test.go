@@ -165,6 +165,15 @@ func TestOpenAPI(t *testing.T) {
 		{name: "stats no key", method: "GET", path: "/v1/stats?user=alice", status: 401},
 		{name: "stats key not allowed every biz", method: "GET", path: "/v1/stats?user=alice", key: "chat-key", status: 403},
 
+		{name: "receipts", method: "GET", path: "/v1/receipts?channel=chat/u/alice&id=1", key: "chat-key", status: 200},
+		{name: "receipts by user", method: "GET", path: "/v1/receipts?biz=chat&user=alice&id=2&limit=10", key: "all-key", status: 200},
+		{name: "receipts no id", method: "GET", path: "/v1/receipts?channel=chat/u/alice", key: "all-key", status: 400, badRequest: true},
+		{name: "receipts malformed channel", method: "GET", path: "/v1/receipts?channel=chat&id=1", key: "all-key", status: 400},
+		{name: "receipts no key", method: "GET", path: "/v1/receipts?channel=chat/u/alice&id=1", status: 401},
+		{name: "receipts key not allowed the biz", method: "GET", path: "/v1/receipts?channel=lock/d/phone-1&id=1", key: "chat-key", status: 403},
+		{name: "receipts unknown biz", method: "GET", path: "/v1/receipts?channel=chta/u/alice&id=1", key: "all-key", status: 404},
+		{name: "receipts past the end", method: "GET", path: "/v1/receipts?channel=chat/u/alice&id=1000", key: "all-key", status: 404},
+
 		{name: "healthz", method: "GET", path: "/healthz", status: 200},
 		{name: "metrics", method: "GET", path: "/metrics", status: 200},
 	}
@@ -179,6 +188,7 @@ func TestOpenAPI(t *testing.T) {
 		{name: "batch store down", method: "POST", path: "/v1/sync/batch", key: "all-key", body: `{"items":[{"biz":"chat","user":"alice","payload":"a"}]}`, status: 503},
 		{name: "device sync store down", method: "GET", path: "/v1/devices/phone-1/sync", key: "all-key", status: 503},
 		{name: "stats store down", method: "GET", path: "/v1/stats?device=phone-1", key: "all-key", status: 503},
+		{name: "receipts store down", method: "GET", path: "/v1/receipts?channel=chat/u/alice&id=1", key: "all-key", status: 503},
 	} {
 		checkCase(t, router, e.base, c, seen)
 	}

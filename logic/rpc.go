@@ -452,5 +452,6 @@ func (l *Logic) Ack(ctx context.Context, req *pb.AckReq) (*pb.Empty, error) {
 		return nil, api.Error(protocol.CodeUnavailable, "store unavailable")
 	}
 	l.m.acks.Add(float64(len(points)))
+	l.hooks.notify() // webhook.go: never blocks
 	return &pb.Empty{}, nil
 }

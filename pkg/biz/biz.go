@@ -59,6 +59,8 @@ type Spec struct {
 	Consistency bool `yaml:"consistency" json:"consistency"`
 	// MaxPayload in bytes. Zero means 64 KiB.
 	MaxPayload int `yaml:"max_payload" json:"max_payload"`
+	// Webhook, when set, receives the biz's delivery receipts (webhook.go).
+	Webhook *WebhookSpec `yaml:"webhook" json:"webhook,omitempty"`
 }
 
 // Biz is a validated sync configuration.
@@ -73,6 +75,8 @@ type Biz struct {
 	LatestN     int  `json:"-"`
 	Consistency bool `json:"consistency"`
 	MaxPayload  int  `json:"max_payload"`
+	// Webhook is nil when the biz has none.
+	Webhook *Webhook `json:"-"`
 }
 
 // Parse validates s and fills in defaults, listing every problem at once.
@@ -128,6 +132,11 @@ func Parse(s Spec) (*Biz, error) {
 	}
 	if b.MaxPayload < 0 || b.MaxPayload > MaxMaxPayload {
 		errs = append(errs, fmt.Errorf("max_payload %d: want 1..%d", s.MaxPayload, MaxMaxPayload))
+	}
+	if w, err := parseWebhook(s.Webhook); err != nil {
+		errs = append(errs, err)
+	} else {
+		b.Webhook = w
 	}
 	if s.Consistency && b.Target != TargetUser {
 		errs = append(errs, fmt.Errorf("consistency applies only to target user"))

@@ -97,6 +97,45 @@ type SyncPoints interface {
 	SyncPoints(ctx context.Context, device string) (map[string]uint64, error)
 }
 
+// Receipt is a device's sync point in a channel and when the store last
+// raised it: the device has acknowledged every oplog of Channel up to ID.
+type Receipt struct {
+	Device  string
+	Channel string
+	ID      uint64
+	// AckedAt is the store's clock when SaveSyncPoints last raised the point.
+	AckedAt time.Time
+}
+
+// Receipts reads sync points by channel, for delivery receipts.
+type Receipts interface {
+	// ChannelReceipts returns the points stored for channel (those saved by
+	// SaveSyncPoints, with the time of their last raise), ordered by device,
+	// for devices after `after` ("" = from the first), at most limit.
+	ChannelReceipts(ctx context.Context, channel, after string, limit int) ([]Receipt, error)
+}
+
+// AckCursor is a position in an AckFeed, opaque to callers; nil is the start.
+type AckCursor []byte
+
+// AckFeed is a durable, ordered feed of raised sync points per biz (the biz
+// of their channel), so a consumer such as a webhook sender can resume after
+// a crash or an outage from a cursor it saved: nothing saved by
+// SaveSyncPoints is missed. A point appears once, at its latest raise: a
+// point raised again moves to the end of the feed with its new id, so the
+// feed holds at most one entry per sync point.
+type AckFeed interface {
+	// AcksAfter returns up to limit entries of biz's feed after cursor,
+	// oldest first, and the cursor of the last one (cursor itself when none).
+	// Entries are appended in SaveSyncPoints' commit order, so a reader at
+	// cursor c never misses a later save.
+	AcksAfter(ctx context.Context, biz string, after AckCursor, limit int) ([]Receipt, AckCursor, error)
+	// SaveAckCursor stores a consumer's cursor under name (durably).
+	SaveAckCursor(ctx context.Context, name string, c AckCursor) error
+	// LoadAckCursor returns the cursor saved under name, nil if none.
+	LoadAckCursor(ctx context.Context, name string) (AckCursor, error)
+}
+
 // Expirer removes oplogs whose validity ended.
 type Expirer interface {
 	// DeleteExpired deletes up to limit oplogs with ValidUntilMs < before and
@@ -110,6 +149,7 @@ type Store interface {
 	Appender
 	Reader
 	SyncPoints
+	Receipts
 	Expirer
 	// Close releases resources; calls after Close return ErrClosed.
 	Close() error

@@ -42,6 +42,12 @@ func Schema(cfg Config) ([]string, error) {
 	device text, channel text, id bigint,
 	PRIMARY KEY (device, channel)
 )`, ks),
+		// The sync points by channel, for delivery receipts; written with
+		// sync_points and with the same USING TIMESTAMP = id.
+		fmt.Sprintf(`CREATE TABLE IF NOT EXISTS %s.receipts (
+	channel text, device text, id bigint, acked_at timestamp,
+	PRIMARY KEY (channel, device)
+)`, ks),
 		fmt.Sprintf(`CREATE TABLE IF NOT EXISTS %s.sessions (
 	device text PRIMARY KEY,
 	user_id text, platform text, app_version text, comet text, conn_key text, since timestamp
@@ -99,6 +105,7 @@ type stmts struct {
 	casAdvance, casInit, insertOp, selectHead, selectRange, selectUUIDs string
 	dedupClaim, dedupGet, dedupSetID, dedupTakeover, dedupRelease       string
 	saveSyncPoint, selectSyncPoints                                     string
+	saveReceipt, selectReceipts                                         string
 }
 
 func newStmts(ks string) stmts {
@@ -117,9 +124,12 @@ func newStmts(ks string) stmts {
 		dedupRelease:     "DELETE FROM KS.dedup WHERE channel = ? AND dedup_key = ? IF op_uuid = ?",
 		saveSyncPoint:    "INSERT INTO KS.sync_points (device, channel, id) VALUES (?, ?, ?) USING TIMESTAMP ?",
 		selectSyncPoints: "SELECT channel, id FROM KS.sync_points WHERE device = ?",
+		saveReceipt:      "INSERT INTO KS.receipts (channel, device, id, acked_at) VALUES (?, ?, ?, ?) USING TIMESTAMP ?",
+		selectReceipts:   "SELECT device, id, acked_at FROM KS.receipts WHERE channel = ? AND device > ? LIMIT ?",
 	}
 	for _, p := range []*string{&s.casAdvance, &s.casInit, &s.insertOp, &s.selectHead, &s.selectRange, &s.selectUUIDs,
-		&s.dedupClaim, &s.dedupGet, &s.dedupSetID, &s.dedupTakeover, &s.dedupRelease, &s.saveSyncPoint, &s.selectSyncPoints} {
+		&s.dedupClaim, &s.dedupGet, &s.dedupSetID, &s.dedupTakeover, &s.dedupRelease, &s.saveSyncPoint, &s.selectSyncPoints,
+		&s.saveReceipt, &s.selectReceipts} {
 		*p = r.Replace(*p)
 	}
 	return s

@@ -52,7 +52,7 @@ func Open(cfg Config) (*Store, error) {
 		return nil, fmt.Errorf("%w: connect %v: %w", store.ErrUnavailable, cfg.Hosts, err)
 	}
 	if !cfg.disableHostLookup { // the scripted test server has no system_schema
-		if err := checkSchema(sess, cfg, "oplogs", "dedup", "sync_points"); err != nil {
+		if err := checkSchema(sess, cfg, "oplogs", "dedup", "sync_points", "receipts"); err != nil {
 			sess.Close()
 			return nil, err
 		}
@@ -278,7 +278,43 @@ func (s *Store) SaveSyncPoints(ctx context.Context, points []store.SyncPoint) er
 			return s.wrap("save sync points", err)
 		}
 	}
+	// The receipts rows (partitioned by channel) after the points: a crash
+	// between them leaves a receipt behind its point until the next ack,
+	// never ahead of it.
+	now := time.Now()
+	for _, p := range points {
+		if err := s.sess.Query(s.st.saveReceipt, p.Channel, p.Device, int64(p.ID), now, int64(p.ID)).
+			WithContext(ctx).Consistency(s.cons).Exec(); err != nil {
+			return s.wrap("save receipts", err)
+		}
+	}
 	return nil
+}
+
+// ChannelReceipts implements store.Receipts. AckedAt is the saving logic
+// instance's clock (millisecond precision).
+func (s *Store) ChannelReceipts(ctx context.Context, channel, after string, limit int) ([]store.Receipt, error) {
+	if err := checkChannel(channel); err != nil {
+		return nil, err
+	}
+	if limit <= 0 {
+		return nil, fmt.Errorf("%w: limit %d", store.ErrInvalid, limit)
+	}
+	if err := s.check(ctx); err != nil {
+		return nil, err
+	}
+	iter := s.sess.Query(s.st.selectReceipts, channel, after, limit).WithContext(ctx).Consistency(s.cons).Iter()
+	var out []store.Receipt
+	var dev string
+	var id int64
+	var at time.Time
+	for iter.Scan(&dev, &id, &at) {
+		out = append(out, store.Receipt{Device: dev, Channel: channel, ID: uint64(id), AckedAt: at})
+	}
+	if err := iter.Close(); err != nil {
+		return nil, s.wrap("read receipts", err)
+	}
+	return out, nil
 }
 
 // SyncPoints implements store.SyncPoints.

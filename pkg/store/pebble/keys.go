@@ -17,6 +17,10 @@ import (
 //	p | len | device | channel         -> sync point id (uint64 BE)
 //	w | len | device                   -> the user owning the device (principals.go)
 //	r | len | user                     -> tokens issued before this unix second are revoked (uint64 BE)
+//	q | len | channel | device         -> sync point id, acked-at unix ns (2x uint64 BE) (receipts.go)
+//	a | len | biz | acked ns | len | channel | device -> sync point id: the ack feed (receipts.go)
+//	c | name                           -> an ack feed consumer's cursor
+//	k                                  -> the last acked-at ns handed out (uint64 BE)
 //
 // The expiry index (x) is ordered by time, so DeleteExpired scans it from the
 // start up to its cut-off and deletes each entry with its oplog and dedup key.
@@ -29,6 +33,10 @@ const (
 	kindSyncPoint = 'p'
 	kindOwner     = 'w'
 	kindNotBefore = 'r'
+	kindReceipt   = 'q'
+	kindAckFeed   = 'a'
+	kindCursor    = 'c'
+	kindLastAck   = 'k'
 )
 
 // maxNameLen is the longest channel or device name that fits the uint16

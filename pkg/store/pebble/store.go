@@ -55,6 +55,9 @@ type Store struct {
 
 	// syncMu serialises SaveSyncPoints: raising a point is read-compare-write.
 	syncMu sync.Mutex
+	// lastAck (guarded by syncMu; 0 = not loaded yet) is the last acked-at
+	// unix ns handed out: the ack feed's order (receipts.go).
+	lastAck uint64
 	// ownerMu serialises device claims and revocation cut-offs
 	// (principals.go), both read-compare-write.
 	ownerMu sync.Mutex
@@ -508,7 +511,17 @@ func (s *Store) SaveSyncPoints(ctx context.Context, points []store.SyncPoint) er
 	}
 	b := s.db.NewBatch()
 	defer b.Close()
-	for k, id := range want {
+	acks, err := s.newAckClock()
+	if err != nil {
+		return err
+	}
+	for _, p := range points {
+		k := string(syncPointKey(p.Device, p.Channel))
+		id, ok := want[k]
+		if !ok {
+			continue // done: the key was named twice
+		}
+		delete(want, k)
 		cur, _, err := s.getUint64([]byte(k))
 		if err != nil {
 			return err
@@ -517,10 +530,16 @@ func (s *Store) SaveSyncPoints(ctx context.Context, points []store.SyncPoint) er
 			if err := b.Set([]byte(k), encodeUint64(id), nil); err != nil {
 				return fmt.Errorf("%w: sync points: %w", store.ErrUnavailable, err)
 			}
+			if err := s.setReceiptLocked(b, p.Device, p.Channel, id, acks.next()); err != nil {
+				return err
+			}
 		}
 	}
 	if b.Empty() {
 		return nil
+	}
+	if err := b.Set([]byte{kindLastAck}, encodeUint64(acks.last), nil); err != nil {
+		return fmt.Errorf("%w: sync points: %w", store.ErrUnavailable, err)
 	}
 	if err := s.checkSpace(); err != nil {
 		return err
@@ -528,6 +547,7 @@ func (s *Store) SaveSyncPoints(ctx context.Context, points []store.SyncPoint) er
 	if err := b.Commit(pebbledb.NoSync); err != nil {
 		return fmt.Errorf("%w: sync points: %w", store.ErrUnavailable, err)
 	}
+	s.lastAck = acks.last
 	return nil
 }
 

@@ -43,6 +43,8 @@ func RunWith(t *testing.T, open func(t *testing.T) store.Store, opt Options) {
 		{"MaxID", testMaxID},
 		{"RoundTrip", testRoundTrip},
 		{"SyncPoints", testSyncPoints},
+		{"Receipts", testReceipts},
+		{"AckFeed", testAckFeed},
 		{"DeleteExpired", testDeleteExpired},
 		{"ExpiredIDsNotReused", testExpiredIDsNotReused},
 		{"InvalidInput", testInvalidInput},
@@ -114,6 +116,22 @@ func RunReopen(t *testing.T, open func(t *testing.T, dir string) store.Store) {
 	points, err := s.SyncPoints(ctx, "dev-1")
 	if err != nil || points[a] != 4 {
 		t.Errorf("SyncPoints after reopen = %v, %v; want %s: 4", points, err, a)
+	}
+	if rs, err := s.ChannelReceipts(ctx, a, "", 10); err != nil || len(rs) != 1 || rs[0].ID != 4 || rs[0].AckedAt.IsZero() {
+		t.Errorf("ChannelReceipts after reopen = %+v, %v; want dev-1 at 4 with a time", rs, err)
+	}
+	if f, ok := s.(store.AckFeed); ok {
+		// A save after the reopen sorts after everything saved before it.
+		_, c, err := f.AcksAfter(ctx, "reopen", nil, 10)
+		if err != nil {
+			t.Fatalf("AcksAfter: %v", err)
+		}
+		if err := s.SaveSyncPoints(ctx, []store.SyncPoint{{Device: "dev-2", Channel: a, ID: 1}}); err != nil {
+			t.Fatalf("SaveSyncPoints: %v", err)
+		}
+		if got, _, err := f.AcksAfter(ctx, "reopen", c, 10); err != nil || len(got) != 1 || got[0].Device != "dev-2" {
+			t.Errorf("ack feed after reopen = %+v, %v; want dev-2's save after the old cursor", got, err)
+		}
 	}
 	if err := s.Close(); err != nil {
 		t.Fatalf("Close: %v", err)
