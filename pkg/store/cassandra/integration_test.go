@@ -69,6 +69,19 @@ func TestConformanceRealCassandra(t *testing.T) {
 	storetest.RunWith(t, open, storetest.Options{NativeTTL: true})
 }
 
+// Two stores on one keyspace stand for two logic processes.
+func TestPrincipalsRealCassandra(t *testing.T) {
+	needHosts(t)
+	storetest.RunPrincipals(t, func(t *testing.T, n int) []storetest.Principals {
+		cfg := realConfig(t)
+		ps := make([]storetest.Principals, n)
+		for i := range ps {
+			ps[i] = openReal(t, cfg)
+		}
+		return ps
+	})
+}
+
 func TestDirectoryRealCassandra(t *testing.T) {
 	// The TTL must outlast the steps before the expiry check: with 2s a
 	// loaded CI node let the first session expire before the second Put.

@@ -52,7 +52,7 @@ func Open(cfg Config) (*Store, error) {
 		return nil, fmt.Errorf("%w: connect %v: %w", store.ErrUnavailable, cfg.Hosts, err)
 	}
 	if !cfg.disableHostLookup { // the scripted test server has no system_schema
-		if err := checkSchema(sess, cfg, "oplogs", "dedup", "sync_points"); err != nil {
+		if err := checkSchema(sess, cfg, "oplogs", "dedup", "sync_points", "device_owners", "token_cutoffs"); err != nil {
 			sess.Close()
 			return nil, err
 		}
