@@ -1,6 +1,7 @@
-// Package cassandra is the cluster-mode store.Store (gocql v1.7.0) and the
-// cluster directory (directory.Directory and directory.Comets). The schema
-// is created by Migrate (`msync migrate -c FILE`); see Schema.
+// Package cassandra is the cluster-mode store.Store (gocql v1.7.0). The
+// schema, also of the cluster directory's tables (pkg/directory/cassandra,
+// which connects through Connect), is created by Migrate (`msync migrate -c
+// FILE`); see Schema.
 //
 // Ids. Oplogs live in partitions (channel, bucket), bucket = id/BucketSize,
 // each with a STATIC max_id. An append is one single-partition conditional
