@@ -52,56 +52,47 @@ type receiptsResponse struct {
 // id of a channel, and when, from the stored sync points. The channel is
 // named either as `channel` or like a publish: `biz` plus `user`, `device`
 // or `global=true`.
-func (l *Logic) handleReceipts(w http.ResponseWriter, r *http.Request) {
+func (l *Logic) handleReceipts(w http.ResponseWriter, r *http.Request) *apiError {
 	key, aerr := l.apiKey(r)
 	if aerr != nil {
-		writeError(w, aerr)
-		return
+		return aerr
 	}
 	q := r.URL.Query()
 	ch, b, aerr := l.receiptsChannel(q)
 	if aerr != nil {
-		writeError(w, aerr)
-		return
+		return aerr
 	}
 	if aerr := l.checkBizKey(key, b); aerr != nil {
-		writeError(w, aerr)
-		return
+		return aerr
 	}
 	id, err := strconv.ParseUint(q.Get("id"), 10, 64)
 	if err != nil || id == 0 {
-		writeError(w, badRequest("id: want an oplog id (a positive integer), got %q", q.Get("id")))
-		return
+		return badRequest("id: want an oplog id (a positive integer), got %q", q.Get("id"))
 	}
 	limit := defaultReceiptsLimit
 	if s := q.Get("limit"); s != "" {
 		if limit, err = strconv.Atoi(s); err != nil || limit < 1 || limit > maxReceiptsLimit {
-			writeError(w, badRequest("limit: want 1..%d, got %q", maxReceiptsLimit, s))
-			return
+			return badRequest("limit: want 1..%d, got %q", maxReceiptsLimit, s)
 		}
 	}
 	after := q.Get("after")
 	if after != "" {
 		if err := oplog.ValidID("after", after); err != nil {
-			writeError(w, badRequest("%v", err))
-			return
+			return badRequest("%v", err)
 		}
 	}
 	ctx, cancel := l.storeCtx(r.Context())
 	defer cancel()
 	maxID, err := l.cfg.Store.MaxID(ctx, ch)
 	if err != nil {
-		writeError(w, l.storeError("max_id", err))
-		return
+		return l.storeError("max_id", err)
 	}
 	if id > maxID {
-		writeError(w, errorf(http.StatusNotFound, CodeNotFound, "channel %q has no oplog %d (its max id is %d)", ch, id, maxID))
-		return
+		return errorf(http.StatusNotFound, CodeNotFound, "channel %q has no oplog %d (its max id is %d)", ch, id, maxID)
 	}
 	rs, err := l.cfg.Store.ChannelReceipts(ctx, ch, after, limit)
 	if err != nil {
-		writeError(w, l.storeError("channel_receipts", err))
-		return
+		return l.storeError("channel_receipts", err)
 	}
 	out := receiptsResponse{Channel: ch, ID: id, MaxID: maxID, Acked: []receipt{}, Pending: []receipt{}}
 	for _, rc := range rs {
@@ -118,6 +109,7 @@ func (l *Logic) handleReceipts(w http.ResponseWriter, r *http.Request) {
 		out.Next = rs[len(rs)-1].Device
 	}
 	writeJSON(w, http.StatusOK, out)
+	return nil
 }
 
 // receiptsChannel resolves the channel a receipts query names.

@@ -9,6 +9,7 @@ import (
 
 	"github.com/msync/msync/pkg/config"
 	"github.com/msync/msync/pkg/directory"
+	dircas "github.com/msync/msync/pkg/directory/cassandra"
 	dirmem "github.com/msync/msync/pkg/directory/memory"
 	"github.com/msync/msync/pkg/queue"
 	"github.com/msync/msync/pkg/queue/dedupe"
@@ -103,7 +104,7 @@ func openDirectory(f *config.File, log *slog.Logger) (dirBackend, closer, error)
 	case "cassandra":
 		cfg := CassandraConfig(f.Store.Cassandra)
 		cfg.Logger = log
-		d, err := cassandra.OpenDirectory(cassandra.DirectoryConfig{Config: cfg})
+		d, err := dircas.Open(dircas.Config{Config: cfg})
 		if err != nil {
 			return nil, nil, fmt.Errorf("cluster: directory: %w", err)
 		}

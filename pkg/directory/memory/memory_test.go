@@ -12,6 +12,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/msync/msync/pkg/directory"
+	"github.com/msync/msync/pkg/directory/directorytest"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -49,42 +50,6 @@ func devices(ss []directory.Session) []string {
 		out = append(out, s.Device+"@"+s.Comet+"/"+s.Key)
 	}
 	return out
-}
-
-func TestPutReplaceDelete(t *testing.T) {
-	ctx := context.Background()
-	d := newDir(t, Config{})
-	if prev, err := d.Put(ctx, sess("alice", "d1", "c1", "k1")); err != nil || prev != nil {
-		t.Fatalf("first Put = %v, %v; want nil, nil", prev, err)
-	}
-	if _, err := d.Put(ctx, sess("alice", "d2", "c2", "k9")); err != nil {
-		t.Fatal(err)
-	}
-	prev, err := d.Put(ctx, sess("alice", "d1", "c2", "k2"))
-	if err != nil || prev == nil || prev.Comet != "c1" || prev.Key != "k1" {
-		t.Fatalf("replacing Put = %+v, %v; want the c1/k1 session", prev, err)
-	}
-	got, _ := d.ByUser(ctx, "alice")
-	if fmt.Sprint(devices(got)) != "[d1@c2/k2 d2@c2/k9]" {
-		t.Fatalf("ByUser = %v", devices(got))
-	}
-	// A late disconnect of the replaced session must not remove its successor.
-	if err := d.Delete(ctx, "d1", "c1", "k1"); err != nil {
-		t.Fatal(err)
-	}
-	if s, err := d.ByDevice(ctx, "d1"); err != nil || s.Key != "k2" {
-		t.Fatalf("ByDevice after stale Delete = %+v, %v", s, err)
-	}
-	if err := d.Delete(ctx, "d1", "c2", "k2"); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := d.ByDevice(ctx, "d1"); !errors.Is(err, directory.ErrNotFound) {
-		t.Fatalf("ByDevice after Delete = %v, want ErrNotFound", err)
-	}
-	got, _ = d.ByUser(ctx, "alice")
-	if fmt.Sprint(devices(got)) != "[d2@c2/k9]" {
-		t.Fatalf("ByUser after Delete = %v", devices(got))
-	}
 }
 
 // The user index keeps a user's first device inline and others in a set:
@@ -133,19 +98,6 @@ func devicesOrEmpty(ss []directory.Session) []string {
 		return out
 	}
 	return []string{}
-}
-
-func TestUserSwitchOnDevice(t *testing.T) {
-	ctx := context.Background()
-	d := newDir(t, Config{})
-	d.Put(ctx, sess("alice", "d1", "c1", "k1"))
-	d.Put(ctx, sess("bob", "d1", "c1", "k2"))
-	if a, _ := d.ByUser(ctx, "alice"); len(a) != 0 {
-		t.Fatalf("alice still online on d1: %v", devices(a))
-	}
-	if b, _ := d.ByUser(ctx, "bob"); len(b) != 1 || b[0].Key != "k2" {
-		t.Fatalf("ByUser(bob) = %v", devices(b))
-	}
 }
 
 func TestExpiryAndRenew(t *testing.T) {
@@ -271,4 +223,15 @@ func TestConcurrentConsistency(t *testing.T) {
 	if seen != len(online) {
 		t.Errorf("user index lists %d sessions, devices have %d: %v", seen, len(online), online)
 	}
+}
+
+func TestConformance(t *testing.T) {
+	directorytest.Run(t, func(t *testing.T, ttl time.Duration) directorytest.Instance {
+		clk := newClock()
+		d, err := New(Config{TTL: ttl, SweepInterval: -1, Now: clk.Now})
+		if err != nil {
+			t.Fatalf("New: %v", err)
+		}
+		return directorytest.Instance{Dir: d, Wait: clk.Advance}
+	}, directorytest.Options{})
 }

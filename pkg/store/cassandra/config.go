@@ -21,7 +21,7 @@ var (
 	ErrUnknownOutcome = errors.New("store/cassandra: outcome of a conditional write unknown")
 )
 
-// Config configures Open, OpenDirectory and Migrate. Zero values take the
+// Config configures Open, Connect (pkg/directory/cassandra) and Migrate. Zero values take the
 // defaults documented on each field.
 type Config struct {
 	// Hosts are the contact points ("host" or "host:port"). Required.

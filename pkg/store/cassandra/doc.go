@@ -1,6 +1,7 @@
-// Package cassandra is the cluster-mode store.Store (gocql v1.7.0) and the
-// cluster directory (directory.Directory and directory.Comets). The schema
-// is created by Migrate (`msync migrate -c FILE`); see Schema.
+// Package cassandra is the cluster-mode store.Store (gocql v1.7.0). The
+// schema, also of the cluster directory's tables (pkg/directory/cassandra,
+// which connects through Connect), is created by Migrate (`msync migrate -c
+// FILE`); see Schema.
 //
 // Ids. Oplogs live in partitions (channel, bucket), bucket = id/BucketSize,
 // each with a STATIC max_id. An append is one single-partition conditional
@@ -45,6 +46,14 @@
 // table with wall-clock timestamps. Oplogs expire by native TTL (from
 // ValidUntilMs, at least 1s, at most 20 years); max_id has none, so ids are
 // never reused; DeleteExpired returns 0.
+//
+// Principals (logic's DeviceOwners and TokenRevocations, so cluster mode
+// supports auth.device_binding: owner and token revocation): device_owners is
+// written only by LWT, INSERT ... IF NOT EXISTS for the first claim and
+// UPDATE ... IF user_id = seen for a vouched hand-over, so two logic
+// processes can never both record their user; the owner reconnecting costs
+// one read. token_cutoffs is written USING TIMESTAMP = the cut-off, so
+// last-write-wins keeps the latest one without a read or an LWT.
 //
 // Cost: an append is one LWT (~4 round trips) per group per bucket, plus a
 // LOCAL_QUORUM read of the head when the channel is not cached, plus for each

@@ -57,6 +57,15 @@ func Schema(cfg Config) ([]string, error) {
 	platform text, app_version text, comet text, conn_key text, since timestamp,
 	PRIMARY KEY (user_id, device)
 )`, ks),
+		// Device owners: written only by LWT (ClaimDevice).
+		fmt.Sprintf(`CREATE TABLE IF NOT EXISTS %s.device_owners (
+	device text PRIMARY KEY, user_id text
+)`, ks),
+		// Written with USING TIMESTAMP = the cut-off (µs): last-write-wins
+		// keeps the latest (see SetTokensNotBefore).
+		fmt.Sprintf(`CREATE TABLE IF NOT EXISTS %s.token_cutoffs (
+	user_id text PRIMARY KEY, not_before bigint
+)`, ks),
 		// One partition (shard 0) so listing comets is a single-partition read.
 		fmt.Sprintf(`CREATE TABLE IF NOT EXISTS %s.comets (
 	shard int, id text, addr text, seen timestamp,
@@ -106,6 +115,7 @@ type stmts struct {
 	dedupClaim, dedupGet, dedupSetID, dedupTakeover, dedupRelease       string
 	saveSyncPoint, selectSyncPoints                                     string
 	saveReceipt, selectReceipts                                         string
+	ownerGet, ownerClaim, ownerHandOver, notBeforeSet, notBeforeGet     string
 }
 
 func newStmts(ks string) stmts {
@@ -126,10 +136,16 @@ func newStmts(ks string) stmts {
 		selectSyncPoints: "SELECT channel, id FROM KS.sync_points WHERE device = ?",
 		saveReceipt:      "INSERT INTO KS.receipts (channel, device, id, acked_at) VALUES (?, ?, ?, ?) USING TIMESTAMP ?",
 		selectReceipts:   "SELECT device, id, acked_at FROM KS.receipts WHERE channel = ? AND device > ? LIMIT ?",
+		ownerGet:         "SELECT user_id FROM KS.device_owners WHERE device = ?",
+		ownerClaim:       "INSERT INTO KS.device_owners (device, user_id) VALUES (?, ?) IF NOT EXISTS",
+		ownerHandOver:    "UPDATE KS.device_owners SET user_id = ? WHERE device = ? IF user_id = ?",
+		notBeforeSet:     "INSERT INTO KS.token_cutoffs (user_id, not_before) VALUES (?, ?) USING TIMESTAMP ?",
+		notBeforeGet:     "SELECT not_before FROM KS.token_cutoffs WHERE user_id = ?",
 	}
 	for _, p := range []*string{&s.casAdvance, &s.casInit, &s.insertOp, &s.selectHead, &s.selectRange, &s.selectUUIDs,
 		&s.dedupClaim, &s.dedupGet, &s.dedupSetID, &s.dedupTakeover, &s.dedupRelease, &s.saveSyncPoint, &s.selectSyncPoints,
-		&s.saveReceipt, &s.selectReceipts} {
+		&s.saveReceipt, &s.selectReceipts,
+		&s.ownerGet, &s.ownerClaim, &s.ownerHandOver, &s.notBeforeSet, &s.notBeforeGet} {
 		*p = r.Replace(*p)
 	}
 	return s

@@ -39,34 +39,20 @@ const maxHeads = 100_000
 
 // Open connects to the cluster. The schema must exist (Migrate / `msync migrate`).
 func Open(cfg Config) (*Store, error) {
-	if err := cfg.Validate(); err != nil {
-		return nil, err
-	}
-	cfg = cfg.withDefaults()
-	cluster, err := newCluster(cfg)
+	c, err := Connect(cfg, "oplogs", "dedup", "sync_points", "receipts", "device_owners", "token_cutoffs")
 	if err != nil {
 		return nil, err
 	}
-	sess, err := cluster.CreateSession()
-	if err != nil {
-		return nil, fmt.Errorf("%w: connect %v: %w", store.ErrUnavailable, cfg.Hosts, err)
-	}
-	if !cfg.disableHostLookup { // the scripted test server has no system_schema
-		if err := checkSchema(sess, cfg, "oplogs", "dedup", "sync_points", "receipts"); err != nil {
-			sess.Close()
-			return nil, err
-		}
-	}
-	return newStore(cfg, sess, cluster), nil
+	return newStore(c.Config, c.Session, c.Consistency, c.Serial), nil
 }
 
-func newStore(cfg Config, sess *gocql.Session, cluster *gocql.ClusterConfig) *Store {
+func newStore(cfg Config, sess *gocql.Session, cons gocql.Consistency, serial gocql.SerialConsistency) *Store {
 	return &Store{
 		cfg:    cfg,
 		sess:   sess,
 		st:     newStmts(cfg.Keyspace),
-		cons:   cluster.Consistency,
-		serial: gocql.Consistency(cluster.SerialConsistency),
+		cons:   cons,
+		serial: gocql.Consistency(serial),
 		chans:  make(map[string]*chanQueue),
 		heads:  make(map[string]uint64),
 	}

@@ -26,6 +26,17 @@ func TestReopen(t *testing.T) {
 	storetest.RunReopen(t, func(t *testing.T, dir string) store.Store { return openTest(t, dir) })
 }
 
+func TestPrincipalsConformance(t *testing.T) {
+	storetest.RunPrincipals(t, func(t *testing.T, n int) []storetest.Principals {
+		s := openTest(t, t.TempDir())
+		ps := make([]storetest.Principals, n)
+		for i := range ps {
+			ps[i] = s // one process: every handle is the same store
+		}
+		return ps
+	})
+}
+
 func TestConfig(t *testing.T) {
 	t.Run("EveryProblemAtOnce", func(t *testing.T) {
 		_, err := Open(Config{MaxBatch: -1, QueueSize: -2, CacheSize: -3, MemTableSize: 1 << 10})

@@ -1,3 +1,7 @@
+// Package cassandra is the cluster-mode online directory and comet registry
+// (directory.Directory and directory.Comets) on Cassandra, in the store's
+// keyspace: its tables are part of pkg/store/cassandra's Schema, so `msync
+// migrate` creates them with the store's.
 package cassandra
 
 import (
@@ -11,11 +15,13 @@ import (
 
 	"github.com/msync/msync/pkg/directory"
 	"github.com/msync/msync/pkg/store"
+	storecas "github.com/msync/msync/pkg/store/cassandra"
 )
 
-// DirectoryConfig configures OpenDirectory.
-type DirectoryConfig struct {
-	Config
+// Config configures Open: the store's cluster settings (hosts, keyspace,
+// consistency, timeouts) and the entries' TTL.
+type Config struct {
+	storecas.Config
 	// TTL of sessions and comet registrations. Zero means 3m.
 	TTL time.Duration
 }
@@ -29,7 +35,7 @@ type DirectoryConfig struct {
 // (IF comet = ? AND conn_key = ?) so a late disconnect never removes a
 // successor.
 type Directory struct {
-	cfg  DirectoryConfig
+	cfg  Config
 	sess *gocql.Session
 	cons gocql.Consistency
 	ser  gocql.SerialConsistency
@@ -45,33 +51,20 @@ var (
 	_ directory.Comets    = (*Directory)(nil)
 )
 
-// OpenDirectory connects to the cluster; the schema must exist.
-func OpenDirectory(cfg DirectoryConfig) (*Directory, error) {
+// Open connects to the cluster; the schema must exist.
+func Open(cfg Config) (*Directory, error) {
 	if cfg.TTL == 0 {
 		cfg.TTL = 3 * time.Minute
 	}
 	if cfg.TTL < time.Second {
-		return nil, fmt.Errorf("%w: TTL %v: want at least 1s", ErrInvalidConfig, cfg.TTL)
+		return nil, fmt.Errorf("%w: TTL %v: want at least 1s", storecas.ErrInvalidConfig, cfg.TTL)
 	}
-	if err := cfg.Config.Validate(); err != nil {
-		return nil, err
-	}
-	cfg.Config = cfg.Config.withDefaults()
-	cluster, err := newCluster(cfg.Config)
+	c, err := storecas.Connect(cfg.Config, "sessions", "user_sessions", "comets")
 	if err != nil {
 		return nil, err
 	}
-	sess, err := cluster.CreateSession()
-	if err != nil {
-		return nil, fmt.Errorf("%w: connect %v: %w", store.ErrUnavailable, cfg.Hosts, err)
-	}
-	if !cfg.disableHostLookup { // the scripted test server has no system_schema
-		if err := checkSchema(sess, cfg.Config, "sessions", "user_sessions", "comets"); err != nil {
-			sess.Close()
-			return nil, err
-		}
-	}
-	return &Directory{cfg: cfg, sess: sess, cons: cluster.Consistency, ser: cluster.SerialConsistency, ks: cfg.Keyspace}, nil
+	cfg.Config = c.Config
+	return &Directory{cfg: cfg, sess: c.Session, cons: c.Consistency, ser: c.Serial, ks: cfg.Keyspace}, nil
 }
 
 // Shutdown closes the session; idempotent.
