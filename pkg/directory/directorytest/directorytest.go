@@ -319,7 +319,7 @@ func testCometExpiry(t *testing.T, in Instance, ttl time.Duration) {
 	in.Wait(ttl * 6 / 10)
 	waitFor(t, ttl, "c2 to expire", func() error {
 		if got := comets(t, d); got != "[c1=127.0.0.1:3102]" {
-			return fmt.Errorf("Comets = %s; want only the renewed c1", got)
+			return fmt.Errorf("comets listed: %s; want only the renewed c1", got)
 		}
 		return nil
 	})

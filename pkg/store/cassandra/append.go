@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"sync"
 	"time"
 
@@ -43,6 +44,7 @@ type chanQueue struct {
 	busy    bool
 	known   bool   // cur is trusted
 	cur     uint64 // the channel's max id as of our last applied LWT
+	shared  bool   // another writer was seen: a lost CAS round or a head that moved
 }
 
 // submit commits req's ops (one channel) and returns when they have ids.
@@ -51,6 +53,17 @@ func (s *Store) submit(ch string, req *appendReq) error {
 	q := s.chans[ch]
 	if q == nil {
 		q = &chanQueue{}
+		// The cached head is a committed max id, so a lower bound: the
+		// conditional batch checks it, and a stale one costs one lost CAS
+		// round (which returns the current max id), never an id twice. It
+		// is trusted only where this process's last commit saw no other
+		// writer (no lost round, and its head read, if any, found the head
+		// where we left it). There it saves the head read an append to an
+		// idle channel otherwise pays (most appends to device channels);
+		// where writers alternate, a read is cheaper than a lost LWT.
+		if _, sole := s.sole[ch]; sole && !s.cfg.legacyAppend {
+			q.cur, q.known = s.heads[ch], true
+		}
 		s.chans[ch] = q
 	}
 	q.pending = append(q.pending, req)
@@ -126,8 +139,14 @@ func (s *Store) handOff(ch string, q *chanQueue) {
 	if q.known {
 		if len(s.heads) >= maxHeads {
 			clear(s.heads)
+			clear(s.sole)
 		}
 		s.heads[ch] = max(s.heads[ch], q.cur)
+	}
+	if q.known && !q.shared {
+		s.sole[ch] = struct{}{}
+	} else {
+		delete(s.sole, ch)
 	}
 	delete(s.chans, ch)
 }
@@ -141,9 +160,13 @@ func (s *Store) commit(ctx context.Context, ch string, q *chanQueue, ops []*pend
 	retries := 0
 	for len(ops) > 0 {
 		if !q.known {
+			cached := s.headHint(ch)
 			cur, err := s.maxID(ctx, ch, s.cons)
 			if err != nil {
 				return err
+			}
+			if cur != cached {
+				q.shared = true // someone else appended since we last did
 			}
 			q.cur, q.known = cur, true
 		}
@@ -178,9 +201,18 @@ func (s *Store) commit(ctx context.Context, ch string, q *chanQueue, ops []*pend
 			continue
 		}
 		retries++
+		q.shared = true
 		if retries > maxCASRetries {
 			q.known = false
 			return fmt.Errorf("store/cassandra: append to %s: %w: lost %d LWT rounds in a row", ch, store.ErrUnavailable, retries-1)
+		}
+		// Another writer of the channel (another logic process) won the
+		// round. Retrying at once keeps losing to a writer that commits back
+		// to back, which never has to read the head; a short random pause
+		// lets our round land between two of its rounds.
+		if err := s.pause(ctx, retries); err != nil {
+			q.known = false
+			return fmt.Errorf("store/cassandra: append to %s: %w: %w", ch, store.ErrUnavailable, err)
 		}
 		if current == nil {
 			// The bucket we took for the head is not initialised: our
@@ -189,8 +221,29 @@ func (s *Store) commit(ctx context.Context, ch string, q *chanQueue, ops []*pend
 			continue
 		}
 		q.cur = *current
+		if q.cur >= s.bucketEnd(b) {
+			// The bucket is full: we are at least a bucket behind. A head
+			// read walks the buckets faster than lost rounds would.
+			q.known = false
+		}
 	}
 	return nil
+}
+
+// pause sleeps a random time below 1ms << (retries-1), at most 32ms, or
+// until ctx ends.
+func (s *Store) pause(ctx context.Context, retries int) error {
+	if s.cfg.legacyAppend {
+		return nil
+	}
+	t := time.NewTimer(rand.N(time.Millisecond << min(retries-1, 5)))
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
 }
 
 // casBatch runs one conditional batch on partition (ch, b). current is the
@@ -297,9 +350,6 @@ func (s *Store) uuidsIn(ctx context.Context, ch string, b int64, lo, hi uint64, 
 	return out, nil
 }
 
-// maxParallelChannels bounds the channels one Append call writes at once.
-const maxParallelChannels = 16
-
 // appendChannel claims the dedup keys of ops idx (all of channel ch), appends
 // the new ones and fills their results (res entries of idx only).
 func (s *Store) appendChannel(ctx context.Context, ch string, idx []int, ops []*oplog.Oplog, pend []*pendingOp, res []store.AppendResult) error {
@@ -395,13 +445,13 @@ func (s *Store) Append(ctx context.Context, ops []*oplog.Oplog) ([]store.AppendR
 	}
 
 	// Channels are independent partitions, each its own Paxos rounds: run
-	// them concurrently (bounded), not one round trip chain after another.
+	// them concurrently (ParallelChannels), not one chain after another.
 	if len(chans) == 1 {
 		if err := s.appendChannel(ctx, chans[0], byChan[chans[0]], ops, pend, res); err != nil {
 			return nil, err
 		}
 	} else {
-		sem := make(chan struct{}, maxParallelChannels)
+		sem := make(chan struct{}, s.cfg.ParallelChannels)
 		errs := make([]error, len(chans))
 		var wg sync.WaitGroup
 		for k, ch := range chans {

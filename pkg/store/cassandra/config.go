@@ -50,6 +50,11 @@ type Config struct {
 	// MaxBatch bounds the oplogs of one channel put into one LWT batch. Zero
 	// means 100 (Cassandra warns about batches above 5 KiB by default).
 	MaxBatch int
+	// ParallelChannels bounds how many channels of one Append call are
+	// written at once (each channel is its own partition and LWT). Zero
+	// means 16 (64 measured no faster for one writer and slower for two
+	// writing the same channels: BenchmarkRealCassandra).
+	ParallelChannels int
 	// DedupLease is how long a dedup claim without an id is left to its
 	// owner before another appender resolves and takes it over. It must
 	// exceed the longest an Append can keep trying (its ctx) plus clock skew
@@ -61,6 +66,11 @@ type Config struct {
 	// disableHostLookup is set by tests whose scripted server has no
 	// system.peers to discover.
 	disableHostLookup bool
+	// legacyAppend restores the appends as they were before the cached
+	// head was trusted and lost CAS rounds paused (every append to an idle
+	// channel reads its head; retries follow at once), so that
+	// BenchmarkRealCassandra measures both in one run.
+	legacyAppend bool
 }
 
 const (
@@ -99,6 +109,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.DedupLease == 0 {
 		c.DedupLease = time.Minute
+	}
+	if c.ParallelChannels == 0 {
+		c.ParallelChannels = 16
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -142,6 +155,9 @@ func (c Config) Validate() error {
 	}
 	if c.MaxBatch < 1 {
 		bad("MaxBatch %d: want at least 1", c.MaxBatch)
+	}
+	if c.ParallelChannels < 1 {
+		bad("ParallelChannels %d: want at least 1", c.ParallelChannels)
 	}
 	if c.DedupLease < 0 {
 		bad("DedupLease %v is negative", c.DedupLease)

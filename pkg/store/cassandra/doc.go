@@ -13,7 +13,13 @@
 // LWT per bucket. Appends of one channel are serialised in-process (a caller
 // leads and commits waiting callers' ops with its own, MaxBatch at most per
 // LWT); other processes' appends show up as lost CAS rounds, retried with the
-// max_id the server returned. No RetryPolicy is set anywhere.
+// max_id the server returned after a short random pause (without it, a
+// process committing back to back starved the other: 64 lost rounds in a
+// row). The head an append starts from is the one this process cached when
+// its last commit on the channel saw no other writer (no lost round, a head
+// read that found the head where it was left); otherwise it is read first.
+// Either way the condition checks it, so a stale head costs a lost round,
+// never an id. No RetryPolicy is set anywhere.
 //
 // Unknown outcomes. Any error from an LWT batch (a CAS write timeout, a lost
 // connection, a cancelled context) is settled by a SERIAL read of the
@@ -56,6 +62,6 @@
 // last-write-wins keeps the latest one without a read or an LWT.
 //
 // Cost: an append is one LWT (~4 round trips) per group per bucket, plus a
-// LOCAL_QUORUM read of the head when the channel is not cached, plus for each
+// LOCAL_QUORUM read of the head when the cached one is not trusted, plus for each
 // dedup key one LWT claim and one write.
 package cassandra

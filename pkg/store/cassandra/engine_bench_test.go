@@ -26,7 +26,13 @@ import (
 func BenchmarkRealCassandra(b *testing.B) {
 	cfg := realConfig(b)
 	cfg.BucketSize = defaultBucketSize // as in production: buckets are crossed rarely
-	stores := []*Store{openBench(b, cfg), openBench(b, cfg)}
+	// before: the store as it was before the cached head was trusted and
+	// lost rounds paused.
+	before := cfg
+	before.legacyAppend = true
+	now := []*Store{openBench(b, cfg), openBench(b, cfg)}
+	old := []*Store{openBench(b, before), openBench(b, before)}
+	stores := now
 	body := make([]byte, 100)
 	var run atomic.Int64 // fresh channels per sub-benchmark run
 
@@ -47,7 +53,7 @@ func BenchmarkRealCassandra(b *testing.B) {
 	// appends: conc goroutines per store over `writers` stores, each call
 	// `batch` oplogs; channels = 1 puts everyone on one channel, else each
 	// goroutine has its own.
-	appends := func(writers, conc, batch, channels int) func(b *testing.B) {
+	appends := func(stores []*Store, writers, conc, batch, channels int) func(b *testing.B) {
 		return func(b *testing.B) {
 			r := run.Add(1)
 			parallel(b, writers*conc, func(g, _ int) error {
@@ -61,33 +67,45 @@ func BenchmarkRealCassandra(b *testing.B) {
 			}, batch)
 		}
 	}
-	// spread: one goroutine, each call one oplog on each of 16 channels
-	// (a batched publish to 16 users).
-	spread := func(writers int) func(b *testing.B) {
+	// spread: `writers` goroutines (one per store), each call one oplog on
+	// each of n channels (a batched publish to n users or devices).
+	spread := func(stores []*Store, writers, n int) func(b *testing.B) {
 		return func(b *testing.B) {
 			r := run.Add(1)
 			parallel(b, writers, func(g, _ int) error {
-				ops := make([]*oplog.Oplog, 16)
+				ops := make([]*oplog.Oplog, n)
 				for k := range ops {
 					ops[k] = realOp(oplog.GlobalChannel(fmt.Sprintf("spread%d-%d", r, k)), "x", time.Now().Add(time.Hour))
 				}
 				_, err := stores[g%writers].Append(context.Background(), ops)
 				return err
-			}, 16)
+			}, n)
 		}
 	}
 	b.Run("raw-insert/conc=1", raw(1))
 	b.Run("raw-insert/conc=16", raw(16))
-	b.Run("append/1ch/writers=1/conc=1/batch=1", appends(1, 1, 1, 1))
-	b.Run("append/1ch/writers=1/conc=1/batch=10", appends(1, 1, 10, 1))
-	b.Run("append/1ch/writers=1/conc=16/batch=1", appends(1, 16, 1, 1))
-	b.Run("append/1ch/writers=2/conc=1/batch=1", appends(2, 1, 1, 1))
-	b.Run("append/1ch/writers=2/conc=8/batch=1", appends(2, 8, 1, 1))
-	b.Run("append/1ch/writers=2/conc=1/batch=10", appends(2, 1, 10, 1))
-	b.Run("append/16ch/writers=1/conc=16/batch=1", appends(1, 16, 1, 16))
-	b.Run("append/16ch/writers=2/conc=8/batch=1", appends(2, 8, 1, 16))
-	b.Run("append/16ch-per-call/writers=1/conc=1/batch=16", spread(1))
-	b.Run("append/16ch-per-call/writers=2/conc=1/batch=16", spread(2))
+	b.Run("raw-insert/conc=64", raw(64))
+	// Each workload runs on the old store and then on the current one, side
+	// by side, so load changes during the run hit both alike.
+	workloads := []struct {
+		name string
+		fn   func(stores []*Store) func(b *testing.B)
+	}{
+		{"append/1ch/writers=1/conc=1/batch=1", func(st []*Store) func(*testing.B) { return appends(st, 1, 1, 1, 1) }},
+		{"append/1ch/writers=1/conc=1/batch=10", func(st []*Store) func(*testing.B) { return appends(st, 1, 1, 10, 1) }},
+		{"append/1ch/writers=1/conc=16/batch=1", func(st []*Store) func(*testing.B) { return appends(st, 1, 16, 1, 1) }},
+		{"append/1ch/writers=2/conc=8/batch=1", func(st []*Store) func(*testing.B) { return appends(st, 2, 8, 1, 1) }},
+		{"append/16ch/writers=1/conc=16/batch=1", func(st []*Store) func(*testing.B) { return appends(st, 1, 16, 1, 16) }},
+		{"append/16ch/writers=2/conc=8/batch=1", func(st []*Store) func(*testing.B) { return appends(st, 2, 8, 1, 16) }},
+		{"append/64ch/writers=1/conc=64/batch=1", func(st []*Store) func(*testing.B) { return appends(st, 1, 64, 1, 64) }},
+		{"append/16ch-per-call/writers=1/conc=1/batch=16", func(st []*Store) func(*testing.B) { return spread(st, 1, 16) }},
+		{"append/100ch-per-call/writers=1/conc=1/batch=100", func(st []*Store) func(*testing.B) { return spread(st, 1, 100) }},
+		{"append/100ch-per-call/writers=2/conc=1/batch=100", func(st []*Store) func(*testing.B) { return spread(st, 2, 100) }},
+	}
+	for _, w := range workloads {
+		b.Run("before/"+w.name, w.fn(old))
+		b.Run("after/"+w.name, w.fn(now))
+	}
 }
 
 func openBench(b *testing.B, cfg Config) *Store {

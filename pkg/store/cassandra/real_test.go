@@ -176,3 +176,43 @@ func TestTwoWritersDenseRealCassandra(t *testing.T) {
 	}
 	t.Logf("%d oplogs on %d channels from 2 stores x %d writers: dense, none reused", total, channels, writersPerStore)
 }
+
+// Two stores take turns on one channel, one call at a time, so every turn
+// change meets a cached head the other store has moved (trusted after a
+// store's clean commits, stale by then), also across buckets (BucketSize 5)
+// and by more than a bucket (runs of 7): each call must still get exactly
+// the next id.
+func TestTurnTakingWritersRealCassandra(t *testing.T) {
+	cfg := realConfig(t)
+	stores := []*Store{openReal(t, cfg), openReal(t, cfg)}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	ch := oplog.GlobalChannel("turns")
+	next := uint64(1)
+	for turn := range 12 {
+		s := stores[turn%2]
+		run := 1 + turn%4
+		if turn%5 == 4 {
+			run = 7 // more than a bucket behind for the other store
+		}
+		for range run {
+			res, err := s.Append(ctx, []*oplog.Oplog{realOp(ch, fmt.Sprint(next), time.Now().Add(time.Hour))})
+			if err != nil {
+				t.Fatalf("turn %d: Append: %v", turn, err)
+			}
+			if res[0].ID != next {
+				t.Fatalf("turn %d (store %d): id %d, want %d", turn, turn%2, res[0].ID, next)
+			}
+			next++
+		}
+	}
+	got, maxID, err := stores[0].Read(ctx, ch, 0, 1000)
+	if err != nil || maxID != next-1 || uint64(len(got)) != next-1 {
+		t.Fatalf("Read = %d oplogs, max %d, %v; want %d", len(got), maxID, err, next-1)
+	}
+	for i, op := range got {
+		if op.Id != uint64(i+1) || string(op.Payload) != fmt.Sprint(i+1) {
+			t.Fatalf("oplog %d: id %d payload %q", i, op.Id, op.Payload)
+		}
+	}
+}

@@ -26,6 +26,7 @@ type Store struct {
 	mu    sync.Mutex
 	chans map[string]*chanQueue // channels with appends in flight
 	heads map[string]uint64     // last max id seen per channel (a lower bound), bounded
+	sole  map[string]struct{}   // channels whose last commit here lost no CAS round (heads exact so far)
 
 	closed    atomic.Bool
 	closeOnce sync.Once
@@ -55,6 +56,7 @@ func newStore(cfg Config, sess *gocql.Session, cons gocql.Consistency, serial go
 		serial: gocql.Consistency(serial),
 		chans:  make(map[string]*chanQueue),
 		heads:  make(map[string]uint64),
+		sole:   make(map[string]struct{}),
 	}
 }
 
@@ -123,6 +125,7 @@ func (s *Store) noteHead(ch string, id uint64) {
 	}
 	if len(s.heads) >= maxHeads {
 		clear(s.heads)
+		clear(s.sole)
 	}
 	s.heads[ch] = id
 }

@@ -669,3 +669,65 @@ func TestWireGroupsConcurrentAppends(t *testing.T) {
 	}
 	t.Logf("%d concurrent single-op appends took %d LWT batches", callers, len(f.batchReqs()))
 }
+
+// headReads counts the head reads sent so far.
+func (f *fakeCQL) headReads() int {
+	n := 0
+	for _, r := range f.requests() {
+		if !r.batch && r.stmts[0] == f.st.selectHead {
+			n++
+		}
+	}
+	return n
+}
+
+// An append to an idle channel whose last commit here saw no other writer
+// trusts the cached head (no read before its LWT); after another writer
+// took ids, the stale head costs one lost round, and the channel's next
+// appends read the head until a read finds it where we left it.
+func TestWireCachedHead(t *testing.T) {
+	f := newFakeCQL(t)
+	s := openWire(t, f, 1000)
+	ctx := wireCtx(t)
+	ch := oplog.UserChannel("wire", "carol")
+	appendIDs := func(want string) {
+		t.Helper()
+		res, err := s.Append(ctx, ops(ch, 1))
+		if err != nil || fmt.Sprint(resultIDs(res)) != want {
+			t.Fatalf("Append = %v, %v; want ids %s", resultIDs(res), err, want)
+		}
+	}
+	appendIDs("[1]")
+	if n := f.headReads(); n != 1 {
+		t.Fatalf("%d head reads for the first append, want 1", n)
+	}
+	appendIDs("[2]")
+	appendIDs("[3]")
+	if n := f.headReads(); n != 1 {
+		t.Fatalf("%d head reads after 3 appends by the only writer, want still 1", n)
+	}
+	f.mu.Lock()
+	seven := int64(7) // another logic process appended 4..7
+	f.part(ch, 0).maxID = &seven
+	f.mu.Unlock()
+	appendIDs("[8]") // lost round against the cached 3, retried with 7
+	if bs := f.batchReqs(); len(bs) != 5 {
+		t.Fatalf("%d batches, want 5 (3 applied, 1 lost, 1 retry)", len(bs))
+	}
+	f.mu.Lock()
+	twelve := int64(12) // and 9..12 before our next append's head read
+	f.part(ch, 0).maxID = &twelve
+	f.mu.Unlock()
+	appendIDs("[13]")
+	if n := f.headReads(); n != 2 {
+		t.Fatalf("%d head reads, want 2: after a lost round the head is read", n)
+	}
+	appendIDs("[14]") // the head had moved under the last read: read again
+	if n := f.headReads(); n != 3 {
+		t.Fatalf("%d head reads, want 3: a head that moved between our appends is not trusted", n)
+	}
+	appendIDs("[15]") // the last read found the head where we left it
+	if n := f.headReads(); n != 3 {
+		t.Fatalf("%d head reads, want still 3 once no other writer was seen", n)
+	}
+}
