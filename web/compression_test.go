@@ -73,3 +73,73 @@ func TestJSCompressionRealServer(t *testing.T) {
 		t.Fatalf("bomb: chosen %q, code %d, want deflate and 4008", r.RawChosen, r.BombCode)
 	}
 }
+
+// TestBrowserCompression runs the JS SDK inside headless Chromium (served by
+// the demo page) against a real node: DecompressionStream("deflate-raw")
+// is there, a ~2 KB JSON oplog arrives compressed and decodes to the exact
+// text, a short one arrives plain.
+func TestBrowserCompression(t *testing.T) {
+	chrome := findChromium(t)
+	f, err := config.Parse([]byte(browserConfig))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := cluster.Start(cluster.Config{File: f, DataDir: t.TempDir(), Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := n.Shutdown(ctx); err != nil {
+			t.Errorf("node shutdown: %v", err)
+		}
+	})
+	base := "http://" + n.Logic.HTTPAddr().String()
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	tb := launchChromium(t, chrome).openTab(t, ctx)
+	tb.navigate(t, ctx, base+"/demo/")
+	tb.waitString(t, ctx, "the demo page", `document.readyState === 'complete' ? 'yes' : ''`)
+	res := tb.waitString(t, ctx, "the SDK receiving a compressed oplog", `(async () => {
+	  try {
+	    const { MsyncClient } = await import('./sdk/index.js');
+	    const cfg = await (await fetch('config.json')).json();
+	    const tok = (await (await fetch('token?user=chromez')).json()).token;
+	    const got = new Map();
+	    const c = new MsyncClient('ws://' + location.hostname + ':' + cfg.ws_port + cfg.ws_path, { tokenProvider: async () => tok, device: 'chromez-tab' });
+	    c.registerBiz('demo', async (op) => { got.set(op.id, op.text); });
+	    c.start();
+	    const until = async (cond) => { for (let i = 0; i < 1000 && !cond(); i++) await new Promise((r) => setTimeout(r, 10)); if (!cond()) throw new Error('timeout'); };
+	    await until(() => c.connected);
+	    const publish = async (payload) => (await (await fetch('/v1/sync', { method: 'POST',
+	      headers: { 'Content-Type': 'application/json', Authorization: 'Bearer dev-key' },
+	      body: JSON.stringify({ biz: 'demo', user: 'chromez', payload }) })).json()).id;
+	    const small = await publish('{"text":"hi"}');
+	    await until(() => got.has(small));
+	    const smallCompressed = c.compressionStats().framesIn;
+	    const big = JSON.stringify({ order: 'ord_7', items: Array.from({ length: 24 }, (_, i) => ({ sku: 'SKU-7-' + i, name: 'Organic green tea, 100 g', quantity: i % 3 + 1 })) });
+	    const id = await publish(big);
+	    await until(() => got.has(id));
+	    const st = c.compressionStats();
+	    await c.close();
+	    return JSON.stringify({ supported: typeof DecompressionStream === 'function', smallCompressed, exact: got.get(id) === big, ...st });
+	  } catch (e) { return JSON.stringify({ error: String(e) }); }
+	})()`)
+	t.Logf("Chromium: %s", res)
+	var r struct {
+		Error           string `json:"error"`
+		Supported       bool   `json:"supported"`
+		SmallCompressed int    `json:"smallCompressed"`
+		Exact           bool   `json:"exact"`
+		FramesIn        int    `json:"framesIn"`
+		BytesInWire     int    `json:"bytesInWire"`
+		BytesInRaw      int    `json:"bytesInRaw"`
+	}
+	if err := json.Unmarshal([]byte(res), &r); err != nil {
+		t.Fatalf("result %q: %v", res, err)
+	}
+	if r.Error != "" || !r.Supported || r.SmallCompressed != 0 || !r.Exact || r.FramesIn != 1 || r.BytesInWire*2 > r.BytesInRaw {
+		t.Fatalf("Chromium: %+v", r)
+	}
+}
