@@ -171,6 +171,20 @@ func TestCompressVectors(t *testing.T) {
 	if got := hex.EncodeToString(z); got != want {
 		t.Fatalf("compressed PUSH\n got %s\nwant %s\n%s", got, want, hex.Dump(z))
 	}
+	// The offer and the choice (§18 "Example bytes").
+	auth, _ := Encode(OpAuth, 1, &pb.Auth{Token: "tkn", Device: "dev1", Platform: "web", Bizs: []string{"chat"}, Compression: []string{CompressionDeflate}})
+	reply, _ := Encode(OpAuthReply, 1, &pb.AuthReply{User: "alice", Session: "k1", HeartbeatMs: 30000, MaxRequests: 16, Compression: CompressionDeflate})
+	for name, tc := range map[string]struct {
+		frame []byte
+		want  string
+	}{
+		"auth":       {auth, "0000002f001000010000000100000001" + "0a03746b6e120464657631 1a03776562 2a0463686174 4207 6465666c617465"},
+		"auth-reply": {reply, "0000002a001000010000000200000001" + "0a05616c696365 12026b31 18b0ea01 3010 3a07 6465666c617465"},
+	} {
+		if got, want := hex.EncodeToString(tc.frame), strings.ReplaceAll(tc.want, " ", ""); got != want {
+			t.Errorf("%s\n got %s\nwant %s", name, got, want)
+		}
+	}
 	f, _, _ := Decode(z, 0)
 	back, err := Inflate(f, 0)
 	var p pb.Push

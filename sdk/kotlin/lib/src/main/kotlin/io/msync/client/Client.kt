@@ -34,6 +34,10 @@ import kotlin.random.Random
  */
 class MsyncClient(address: String, options: Options) : AutoCloseable {
     private val opts = options.also { it.validate() }
+    private val zstats = CompressionCounters() // Compression.kt
+
+    /** Compressed frames received and sent since this client was made (docs/protocol.md §18). */
+    fun compressionStats(): CompressionStats = zstats.snapshot()
     private val dialer: Dialer = opts.dialer ?: SocketDialer(Address.parse(address), opts.sslSocketFactory)
     private val log = opts.logger
     private val platform = opts.normalizedPlatform
@@ -352,7 +356,8 @@ class MsyncClient(address: String, options: Options) : AutoCloseable {
                 handlers.containsKey(biz) && !(parts.size >= 3 && parts[1] == "d" && ch.substring(biz.length + 3) != opts.device)
             }.map { ChannelPoint(it.key, it.value) }
         }.sortedBy { it.channel }
-        var a = Auth(tok, opts.device, platform, opts.appVersion, bizs, pts, opts.heartbeatMs)
+        var a = Auth(tok, opts.device, platform, opts.appVersion, bizs, pts, opts.heartbeatMs,
+            compression = if (opts.compression) listOf(Compression.DEFLATE) else emptyList())
         // The server refuses frames over 64 KiB. Dropping points is safe: the
         // server starts those channels from its stored point, and what is at
         // or below the local point is dropped here as a duplicate.
@@ -377,6 +382,9 @@ class MsyncClient(address: String, options: Options) : AutoCloseable {
         private val sscope = CoroutineScope(scope.coroutineContext + job)
         private val workers = HashMap<String, Worker>()
         private val volatile = Channel<Push>(MAX_VOLATILE_QUEUED)
+        // Compression.kt: set by setup from AUTH_REPLY; the inflater is the read loop's.
+        @Volatile private var compress = false
+        private val inflater = FrameInflater(zstats)
 
         /** Ends the session with [cause] (the first cause wins); closing the socket unblocks I/O. */
         fun end(cause: MsyncException) {
@@ -403,6 +411,7 @@ class MsyncClient(address: String, options: Options) : AutoCloseable {
                 authed = false
                 conn?.close()
                 job.cancelAndJoin()
+                inflater.close()
             }
         }
 
@@ -423,6 +432,7 @@ class MsyncClient(address: String, options: Options) : AutoCloseable {
         }
 
         private fun setup(r: AuthReply) {
+            compress = opts.compression && r.compression == Compression.DEFLATE
             setHeartbeat(r.heartbeatMs)
             for (ch in r.channels) {
                 val h = handlers[ch.biz]
@@ -484,7 +494,7 @@ class MsyncClient(address: String, options: Options) : AutoCloseable {
         fun send(op: Int, m: WireMessage): Boolean {
             val c = conn ?: return false
             return try {
-                val b = FrameCodec.encode(op, seq.incrementAndGet(), m)
+                val b = deflateIfWorth(op, FrameCodec.encode(op, seq.incrementAndGet(), m))
                 synchronized(writeLock) { c.write(b) }
                 true
             } catch (e: MsyncException) {
@@ -495,7 +505,7 @@ class MsyncClient(address: String, options: Options) : AutoCloseable {
 
         private fun readLoop(c: FrameConn): MsyncException {
             while (true) {
-                val f = c.readFrame(2 * heartbeatMs + READ_GRACE_MS)
+                val f = inflateIfCompressed(c.readFrame(2 * heartbeatMs + READ_GRACE_MS))
                 when (f.op) {
                     Op.SYNC -> for (p in Sync.decode(f).pages) {
                         val w = workers[p.channel]
@@ -520,6 +530,21 @@ class MsyncClient(address: String, options: Options) : AutoCloseable {
                     else -> log.log(Level.DEBUG, "ignored ${Op.name(f.op)}", null)
                 }
             }
+        }
+
+        /** Compression.kt: a compressed frame is inflated, or refused when not negotiated. */
+        private fun inflateIfCompressed(f: Frame): Frame {
+            if (!Compression.isCompressed(f.op)) return f
+            if (!compress) throw MalformedFrameException("compressed ${Op.name(f.op and Compression.FLAG.inv())} without negotiated compression")
+            return inflater.inflate(f, opts.maxFrame)
+        }
+
+        /** REQUEST bodies of Compression.MIN_BYTES and more go compressed once negotiated. */
+        private fun deflateIfWorth(op: Int, b: ByteArray): ByteArray {
+            if (!compress || op != Compression.OP_REQUEST) return b
+            val z = Compression.deflate(b) ?: return b
+            zstats.framesOut.incrementAndGet(); zstats.bytesOutWire.addAndGet(z.size.toLong()); zstats.bytesOutRaw.addAndGet(b.size.toLong())
+            return z
         }
 
         private fun serverClosed(f: Frame): MsyncException {

@@ -40,29 +40,32 @@ private fun pointsSize(field: Int, ps: List<ChannelPoint>) = ps.sumOf { messageS
 data class Auth(
     val token: String = "", val device: String = "", val platform: String = "", val appVersion: String = "",
     val bizs: List<String> = emptyList(), val points: List<ChannelPoint> = emptyList(), val heartbeatMs: Int = 0,
+    /** Body compressions this client decodes (docs/protocol.md §18), field 8. */
+    val compression: List<String> = emptyList(),
 ) : WireMessage {
     override fun size() = stringSize(1, token) + stringSize(2, device) + stringSize(3, platform) +
         stringSize(4, appVersion) + bizs.sumOf { stringAlwaysSize(5, it) } + pointsSize(6, points) +
-        uintSize(7, heartbeatMs.toLong() and 0xffffffffL)
+        uintSize(7, heartbeatMs.toLong() and 0xffffffffL) + compression.sumOf { stringAlwaysSize(8, it) }
 
     override fun writeTo(w: ProtoWriter) {
         w.string(1, token); w.string(2, device); w.string(3, platform); w.string(4, appVersion)
         for (b in bizs) w.stringAlways(5, b)
         for (p in points) w.message(6, p)
         w.uint(7, heartbeatMs.toLong() and 0xffffffffL)
+        for (a in compression) w.stringAlways(8, a)
     }
 
     companion object {
         fun decode(f: Frame): Auth {
             val r = reader(f)
-            var a = Auth(); val bizs = ArrayList<String>(); val pts = ArrayList<ChannelPoint>()
+            var a = Auth(); val bizs = ArrayList<String>(); val pts = ArrayList<ChannelPoint>(); val algs = ArrayList<String>()
             while (r.next()) when (r.field) {
                 1 -> a = a.copy(token = r.string()); 2 -> a = a.copy(device = r.string())
                 3 -> a = a.copy(platform = r.string()); 4 -> a = a.copy(appVersion = r.string())
                 5 -> bizs.add(r.string()); 6 -> pts.add(ChannelPoint.read(r.sub()))
-                7 -> a = a.copy(heartbeatMs = r.uint32()); else -> r.skip()
+                7 -> a = a.copy(heartbeatMs = r.uint32()); 8 -> algs.add(r.string()); else -> r.skip()
             }
-            return a.copy(bizs = bizs, points = pts)
+            return a.copy(bizs = bizs, points = pts, compression = algs)
         }
     }
 }
@@ -83,24 +86,29 @@ data class AuthReply(
     val channels: List<ChannelInfo> = emptyList(), val rejected: List<RejectedBiz> = emptyList(),
     /** RPC requests the session may have in flight (docs/protocol.md §17); this SDK sends none yet. */
     val maxRequests: Int = 0,
+    /** The compression the server chose for this session ("" = none; docs/protocol.md §18), field 7. */
+    val compression: String = "",
 ) : WireMessage {
     override fun size() = stringSize(1, user) + stringSize(2, session) + uintSize(3, heartbeatMs.toLong() and 0xffffffffL) +
-        channels.sumOf { messageSize(4, it) } + rejected.sumOf { messageSize(5, it) } + uintSize(6, maxRequests.toLong() and 0xffffffffL)
+        channels.sumOf { messageSize(4, it) } + rejected.sumOf { messageSize(5, it) } + uintSize(6, maxRequests.toLong() and 0xffffffffL) +
+        stringSize(7, compression)
 
     override fun writeTo(w: ProtoWriter) {
         w.string(1, user); w.string(2, session); w.uint(3, heartbeatMs.toLong() and 0xffffffffL)
         for (c in channels) w.message(4, c)
         for (x in rejected) w.message(5, x)
         w.uint(6, maxRequests.toLong() and 0xffffffffL)
+        w.string(7, compression)
     }
 
     companion object {
         fun decode(f: Frame): AuthReply {
             val r = reader(f)
-            var user = ""; var session = ""; var hb = 0; var maxReq = 0
+            var user = ""; var session = ""; var hb = 0; var maxReq = 0; var comp = ""
             val chans = ArrayList<ChannelInfo>(); val rej = ArrayList<RejectedBiz>()
             while (r.next()) when (r.field) {
                 1 -> user = r.string(); 2 -> session = r.string(); 3 -> hb = r.uint32(); 6 -> maxReq = r.uint32()
+                7 -> comp = r.string()
                 4 -> {
                     val s = r.sub(); var biz = ""; var ch = ""; var from = 0L
                     while (s.next()) when (s.field) { 1 -> biz = s.string(); 2 -> ch = s.string(); 3 -> from = s.id(); else -> s.skip() }
@@ -113,7 +121,7 @@ data class AuthReply(
                 }
                 else -> r.skip()
             }
-            return AuthReply(user, session, hb, chans, rej, maxReq)
+            return AuthReply(user, session, hb, chans, rej, maxReq, comp)
         }
     }
 }

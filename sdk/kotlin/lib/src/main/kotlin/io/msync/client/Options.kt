@@ -76,6 +76,8 @@ class Options(
     val networkMonitor: NetworkMonitor? = null,
     /** Replaces the TCP/TLS dialer (tests, custom transports). Null: dial the address. */
     val dialer: Dialer? = null,
+    /** Offer raw deflate body compression in AUTH (docs/protocol.md §18); the server decides. Default on. */
+    val compression: Boolean = true,
 ) {
     internal fun validate() {
         val d = device.toByteArray(Charsets.UTF_8)

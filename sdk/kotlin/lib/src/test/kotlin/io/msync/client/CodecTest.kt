@@ -29,12 +29,14 @@ class CodecTest {
     private fun canonical(f: Frame): Pair<Map<String, Any?>, WireMessage> = when (f.op) {
         Op.AUTH -> Auth.decode(f).let { a ->
             mapOf("token" to a.token, "device" to a.device, "platform" to a.platform, "appVersion" to a.appVersion,
-                "bizs" to a.bizs, "points" to a.points.map(::pointJson), "heartbeatMs" to a.heartbeatMs.toLong()) to a
+                "bizs" to a.bizs, "points" to a.points.map(::pointJson), "heartbeatMs" to a.heartbeatMs.toLong(),
+                "compression" to a.compression) to a
         }
         Op.AUTH_REPLY -> AuthReply.decode(f).let { r ->
             mapOf("user" to r.user, "session" to r.session, "heartbeatMs" to r.heartbeatMs.toLong(),
                 "channels" to r.channels.map { mapOf("biz" to it.biz, "channel" to it.channel, "from" to it.from.toString()) },
-                "rejected" to r.rejected.map { mapOf("biz" to it.biz, "reason" to it.reason) }, "maxRequests" to r.maxRequests.toLong()) to r
+                "rejected" to r.rejected.map { mapOf("biz" to it.biz, "reason" to it.reason) }, "maxRequests" to r.maxRequests.toLong(),
+                "compression" to r.compression) to r
         }
         Op.HEARTBEAT, Op.HEARTBEAT_REPLY -> Heartbeat.decode(f).let { mapOf("intervalMs" to it.intervalMs.toLong()) to it }
         Op.SYNC -> Sync.decode(f).let { s ->
