@@ -81,7 +81,7 @@ data class RejectedBiz(val biz: String, val reason: String) : WireMessage {
 data class AuthReply(
     val user: String = "", val session: String = "", val heartbeatMs: Int = 0,
     val channels: List<ChannelInfo> = emptyList(), val rejected: List<RejectedBiz> = emptyList(),
-    /** RPC requests the session may have in flight (docs/protocol.md §17); this SDK sends none yet. */
+    /** RPC requests the session may have in flight (docs/protocol.md §17; MsyncClient.call). */
     val maxRequests: Int = 0,
 ) : WireMessage {
     override fun size() = stringSize(1, user) + stringSize(2, session) + uintSize(3, heartbeatMs.toLong() and 0xffffffffL) +
