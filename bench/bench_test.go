@@ -66,6 +66,16 @@ func TestSmoke(t *testing.T) {
 			t.Logf("publish batch %d: published %d lost %d p99 %.2fms", batch, r.Published, r.Lost, r.P99)
 		}
 	})
+	t.Run("rpc", func(t *testing.T) {
+		r, err := bench.RunRPC(ctx, bench.RPCConfig{Common: common, Rate: 200, Duration: time.Second, Devices: 3, Body: 100, Workers: 4})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.DirectCalls != 200 || r.MsyncCalls != 200 || r.Errors != 0 || r.MsyncP99Ms <= 0 || r.DirectP99Ms <= 0 ||
+			r.MaxMsyncPerSec <= 0 || r.MaxDirectPerSec <= 0 {
+			t.Fatalf("rpc: %+v", r)
+		}
+	})
 	t.Run("fanout", func(t *testing.T) {
 		r, err := bench.RunFanout(ctx, bench.FanoutConfig{Common: common, N: 30, Msgs: 3})
 		if err != nil {

@@ -45,6 +45,9 @@ type Target struct {
 	Pprof bool
 	// Log receives the started server's stderr; nil discards.
 	Log io.Writer
+	// Extra is appended to the generated config of a started `msync all`
+	// (e.g. an upstreams: section for the rpc scenario).
+	Extra string
 	// Comets, when > 0, starts a cluster instead of `msync all`: one
 	// `msync logic` (job embedded, Pebble) and Comets `msync comet`
 	// processes; devices are spread over the comets and CPU/RSS are summed
@@ -154,7 +157,7 @@ func startServer(ctx context.Context, t Target) (*server, error) {
 	if s.dir, err = os.MkdirTemp("", "msync-bench-"); err != nil {
 		return nil, err
 	}
-	cfg := fmt.Sprintf(configTemplate, s.secret, s.pprof, s.key, s.addr, hb.String(), ports[1], DefaultDeviceBiz, DefaultUserBiz, DefaultGlobalBiz)
+	cfg := fmt.Sprintf(configTemplate, s.secret, s.pprof, s.key, s.addr, hb.String(), ports[1], DefaultDeviceBiz, DefaultUserBiz, DefaultGlobalBiz) + t.Extra
 	cfgPath := filepath.Join(s.dir, "msync.yaml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		s.stop()

@@ -28,6 +28,8 @@ Scenarios:
             [--batch B] [--find-max]
   fanout    -n N --msgs K [--batch B --workers W]  each message to N devices: deliveries_per_s, p99
   reconnect -n N --backlog B                      reconnect storm: seconds_to_synced, lost, dups
+  rpc       [--rate R --duration D --devices N]   RPC over the connection vs calling the upstream directly
+            [--body B --workers W]                (default 1000/s, 10s, 10, 256 B, 64): p50/p99 added, max calls/s
   soak      [--devices N --oplogs K --kills M]    kill -9 under load (default 500, 100000, 10; --max-time 10m):
             lost, duplicated, out_of_order as the devices' handlers saw them
 
@@ -42,6 +44,7 @@ GC; bytes_per_conn_scavenged after also returning freed heap to the OS
 Examples:
   msync bench publish --rate 20000 --duration 10s --devices 1000 --batch 100 --json
   msync bench heartbeat -n 100000 --comets 6 --interval 30s --window 60s --json
+  msync bench rpc --rate 1000 --duration 10s --json
 `
 
 func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -75,6 +78,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		oplogs  = fs.Int("oplogs", 100000, "soak: oplogs to publish")
 		kills   = fs.Int("kills", 10, "soak: kill -9 of the server during publishing")
 		maxTime = fs.Duration("max-time", 10*time.Minute, "soak: bound of the whole run")
+		rpcBody = fs.Int("body", 256, "rpc: request and answer bytes")
 	)
 	fs.StringVar(&common.Target.Addr, "addr", "", "comet TCP address of a running server (with --api)")
 	fs.StringVar(&common.Target.API, "api", "", "logic HTTP address of a running server (with --addr)")
@@ -112,6 +116,19 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		res, err = bench.RunFanout(ctx, bench.FanoutConfig{Common: common, N: *n, Msgs: *msgs, Batch: *batch, Workers: *workers})
 	case "reconnect":
 		res, err = bench.RunReconnect(ctx, bench.ReconnectConfig{Common: common, N: *n, Backlog: *backlog, Batch: *batch, Workers: *workers})
+	case "rpc": // --rate, --devices, --workers only when given: rpc's defaults differ
+		rc := bench.RPCConfig{Common: common, Duration: *dur, Body: *rpcBody}
+		fs.Visit(func(f *flag.Flag) {
+			switch f.Name {
+			case "rate":
+				rc.Rate = *rate
+			case "devices":
+				rc.Devices = *devices
+			case "workers":
+				rc.Workers = *workers
+			}
+		})
+		res, err = bench.RunRPC(ctx, rc)
 	case "soak": // --devices only when given: the soak's default is 500
 		sc := bench.SoakConfig{Oplogs: *oplogs, Kills: *kills, MaxTime: *maxTime, Log: common.Log}
 		fs.Visit(func(f *flag.Flag) {

@@ -65,6 +65,7 @@ class MsyncClient(address: String, options: Options) : AutoCloseable {
     private val points = HashMap<String, Long>() // mirrors the store
 
     private val connectedFlag = AtomicBoolean(false)
+    private val calls = CallRouter() // Call.kt
 
     /** True once [close] finished: every coroutine the client started has ended (for tests). */
     internal val terminated: Boolean get() = scope.coroutineContext[Job]!!.isCompleted
@@ -114,12 +115,37 @@ class MsyncClient(address: String, options: Options) : AutoCloseable {
             current?.end(LifecycleException(LifecycleException.Reason.CLOSED))
             job = loopJob
         }
+        calls.close()
         try { networkWatch?.close() } catch (e: Exception) { log.log(Level.WARN, "network monitor close", e) }
         networkWatch = null
         wake.trySend(Unit)
         job?.join()
         scope.coroutineContext[Job]!!.cancelAndJoin()
     }
+
+    /**
+     * Sends a REQUEST to [service] of the server's `upstreams` over the
+     * connection (docs/protocol.md §17) and returns the upstream's answer, like
+     * the Go SDK's Client.Call and the JS SDK's call(). [path] is appended to
+     * the service's base URL and starts with "/"; [method] "" means POST.
+     * While disconnected it waits for the next session, all within [timeoutMs]
+     * (which the server is told, so it gives up at the same time).
+     * Throws [CallException] (msync's own status 601-609, with `retryable`),
+     * [CallTimeoutException], [CallLostException] (the connection ended
+     * first: the upstream may have run it), [CallBadRequestException] (refused
+     * locally, nothing sent), [RpcUnsupportedException] or
+     * [ClientClosedException].
+     */
+    suspend fun call(
+        service: String, path: String, body: ByteArray = ByteArray(0), method: String = "",
+        headers: Map<String, String> = emptyMap(), timeoutMs: Long = DEFAULT_CALL_TIMEOUT_MS,
+    ): CallResponse = calls.call(service, method, path, headers, body, timeoutMs)
+
+    /** [call] with a UTF-8 body. */
+    suspend fun call(
+        service: String, path: String, body: String, method: String = "",
+        headers: Map<String, String> = emptyMap(), timeoutMs: Long = DEFAULT_CALL_TIMEOUT_MS,
+    ): CallResponse = calls.call(service, method, path, headers, body.toByteArray(Charsets.UTF_8), timeoutMs)
 
     /** [shutdown] from blocking code (not from the main thread on Android: it waits for handlers). */
     override fun close() = runBlocking { shutdown() }
@@ -385,6 +411,7 @@ class MsyncClient(address: String, options: Options) : AutoCloseable {
         // Compression.kt: set by setup from AUTH_REPLY; the inflater is the read loop's.
         @Volatile private var compress = false
         private val inflater = FrameInflater(zstats)
+        @Volatile private var callTable: CallTable? = null // Call.kt; set after AUTH_REPLY
 
         /** Ends the session with [cause] (the first cause wins); closing the socket unblocks I/O. */
         fun end(cause: MsyncException) {
@@ -409,6 +436,7 @@ class MsyncClient(address: String, options: Options) : AutoCloseable {
             } finally {
                 connectedFlag.set(false)
                 authed = false
+                callTable?.let { calls.detach(it) }
                 conn?.close()
                 job.cancelAndJoin()
                 inflater.close()
@@ -455,6 +483,7 @@ class MsyncClient(address: String, options: Options) : AutoCloseable {
                 log.log(Level.WARN, "server rejected bizs ${r.rejected}", null)
                 emit(Event.AuthRejected(r.rejected))
             }
+            callTable = calls.attach(r.maxRequests) { m -> send(RpcOp.REQUEST, m) }
             for (w in workers.values) guarded("msync-${w.channel}") { w.run() }
             guarded("msync-heartbeat") { heartbeatLoop() }
             guarded("msync-volatile") { volatileLoop() }
@@ -525,6 +554,9 @@ class MsyncClient(address: String, options: Options) : AutoCloseable {
                         }
                     }
                     Op.ROOM_REPLY -> {} // confirms ROOM_JOIN/LEAVE; refusals come as ERROR
+                    RpcOp.RESPONSE -> if (callTable?.answer(RpcResponse.decode(f)) != true) {
+                        log.log(Level.WARN, "RESPONSE for no request in flight; ignored", null)
+                    }
                     // Ops of later protocol versions: ignoring them keeps old apps
                     // working with newer servers (docs/protocol.md §4).
                     else -> log.log(Level.DEBUG, "ignored ${Op.name(f.op)}", null)

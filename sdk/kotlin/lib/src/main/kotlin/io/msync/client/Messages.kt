@@ -84,7 +84,7 @@ data class RejectedBiz(val biz: String, val reason: String) : WireMessage {
 data class AuthReply(
     val user: String = "", val session: String = "", val heartbeatMs: Int = 0,
     val channels: List<ChannelInfo> = emptyList(), val rejected: List<RejectedBiz> = emptyList(),
-    /** RPC requests the session may have in flight (docs/protocol.md §17); this SDK sends none yet. */
+    /** RPC requests the session may have in flight (docs/protocol.md §17; MsyncClient.call). */
     val maxRequests: Int = 0,
     /** The compression the server chose for this session ("" = none; docs/protocol.md §18), field 7. */
     val compression: String = "",

@@ -122,6 +122,8 @@ class MsyncServer(
     val extraComet: String = "",
     val pageLimit: Int = 50,
     val tls: TestCert? = null,
+    /** Appended to the generated config (top-level sections, e.g. upstreams: for CallTest). */
+    val extraConfig: String = "",
 ) : AutoCloseable {
     val cometPort = freePort()
     val httpPort = freePort()
@@ -163,7 +165,7 @@ class MsyncServer(
             |  - {name: cmd, target: device, ttl: 1d}
             |  - {name: latest, target: user, backlog: "latest:5"}
             |  - {name: typing, target: user, persistent: false}
-            |""".trimMargin())
+            |""".trimMargin() + extraConfig)
         start()
     }
 
