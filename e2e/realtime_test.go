@@ -67,8 +67,17 @@ func (d *device) pushes() []string {
 	return out
 }
 
-// roomOp sends ROOM_JOIN/ROOM_LEAVE and waits for its ROOM_REPLY.
+// roomOp sends ROOM_JOIN/ROOM_LEAVE and waits for its ROOM_REPLY, which
+// must not be a refusal.
 func (d *device) roomOp(op protocol.Op, room string) {
+	d.t.Helper()
+	if r := d.roomReply(op, room); r.Code != 0 {
+		d.t.Fatalf("ROOM_REPLY %q refused: %d %s", room, r.Code, r.Message)
+	}
+}
+
+// roomReply sends ROOM_JOIN/ROOM_LEAVE and returns its ROOM_REPLY.
+func (d *device) roomReply(op protocol.Op, room string) *pb.Room {
 	d.t.Helper()
 	d.mu.Lock()
 	d.sendLocked(op, &pb.Room{Room: room})
@@ -79,6 +88,7 @@ func (d *device) roomOp(op protocol.Op, room string) {
 	if err := protocol.Unmarshal(f, &r); err != nil || f.Seq != seq || r.Room != room {
 		d.t.Fatalf("ROOM_REPLY seq %d room %q (%v), want seq %d room %q", f.Seq, r.Room, err, seq, room)
 	}
+	return &r
 }
 
 func (n *node) push(t testing.TB, body map[string]any) {
@@ -474,7 +484,7 @@ func TestRealtimeBadInput(t *testing.T) {
 		t.Fatalf("a1 got %q", got)
 	}
 
-	// Room ops: before AUTH, empty name, too many rooms (max_rooms: 3).
+	// Room ops: before AUTH, empty name (too many rooms: TestRealtimeRoomLimit).
 	for _, tt := range []struct {
 		name string
 		run  func(d *device)
@@ -485,13 +495,6 @@ func TestRealtimeBadInput(t *testing.T) {
 			d.auth(n.token(t, "bob"), "b-empty", "demo")
 			d.sendMsg(protocol.OpRoomJoin, &pb.Room{})
 		}, protocol.CodeBadFrame},
-		{"too many rooms", func(d *device) {
-			d.auth(n.token(t, "bob"), "b-many", "demo")
-			for i := range 3 {
-				d.roomOp(protocol.OpRoomJoin, fmt.Sprint("r", i))
-			}
-			d.sendMsg(protocol.OpRoomJoin, &pb.Room{Room: "r3"})
-		}, protocol.CodeOutOfOrder},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			d := dial(t, n)
@@ -598,4 +601,26 @@ func TestRealtimeSDK(t *testing.T) {
 	if code := call(t, "GET", n.api()+"/v1/online?user=alice", "test-key", nil, &online); code != http.StatusOK || len(online.Devices) != 1 {
 		t.Fatalf("online after reconnect: %d %+v", code, online)
 	}
+}
+
+// TestRealtimeRoomLimit: a ROOM_JOIN beyond comet.max_rooms (3 here) is
+// refused with ROOM_REPLY code 3001 and the connection stays up: the session
+// is not in that room, and after leaving another one it can join it.
+func TestRealtimeRoomLimit(t *testing.T) {
+	n := startRealtimeNode(t)
+	d := dial(t, n)
+	d.auth(n.token(t, "bob"), "b-many", "demo")
+	for i := range 3 {
+		d.roomOp(protocol.OpRoomJoin, fmt.Sprint("r", i))
+	}
+	if r := d.roomReply(protocol.OpRoomJoin, "r3"); r.Code != uint32(protocol.CodeTooManyRooms) || r.Message == "" {
+		t.Fatalf("4th join: ROOM_REPLY code %d %q, want %d with a reason", r.Code, r.Message, protocol.CodeTooManyRooms)
+	}
+	n.push(t, map[string]any{"room": "r3", "payload": "not-in-r3"})
+	n.push(t, map[string]any{"room": "r0", "payload": "fence"})
+	wantPushes(t, "b-many", d, "r0|fence") // r3's push would have come first
+	d.roomOp(protocol.OpRoomLeave, "r0")
+	d.roomOp(protocol.OpRoomJoin, "r3")
+	n.push(t, map[string]any{"room": "r3", "payload": "in-r3"})
+	wantPushes(t, "b-many", d, "r0|fence", "r3|in-r3")
 }
