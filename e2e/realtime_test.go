@@ -624,3 +624,82 @@ func TestRealtimeRoomLimit(t *testing.T) {
 	n.push(t, map[string]any{"room": "r3", "payload": "in-r3"})
 	wantPushes(t, "b-many", d, "r0|fence", "r3|in-r3")
 }
+
+// TestRealtimeSDKRoomLimit: an SDK that joins more rooms than the comet's
+// max_rooms (3 here, below the SDK's own 64) is refused the extra room and
+// keeps its connection: no stop, no reconnect, the other rooms still work.
+func TestRealtimeSDKRoomLimit(t *testing.T) {
+	n := startRealtimeNode(t)
+	var mu sync.Mutex
+	var events []client.Event
+	var got []string
+	c, err := client.New(n.Comet.Addr().String(), client.Options{
+		TokenProvider: func(context.Context) (string, error) { return n.token(t, "alice"), nil },
+		Device:        "sdk-limit-1",
+		BackoffMin:    10 * time.Millisecond,
+		BackoffMax:    50 * time.Millisecond,
+		OnEvent: func(e client.Event) {
+			mu.Lock()
+			events = append(events, e)
+			mu.Unlock()
+		},
+		OnPush: func(p client.Push) {
+			mu.Lock()
+			got = append(got, p.Room+"|"+string(p.Payload))
+			mu.Unlock()
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.RegisterBiz("demo", func(context.Context, client.Oplog) error { return nil }); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 4 {
+		if err := c.JoinRoom(fmt.Sprint("r", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := c.Shutdown(ctx); err != nil {
+			t.Errorf("client shutdown: %v", err)
+		}
+	})
+	kinds := func() (refused []client.Event, other []client.EventKind) {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, e := range events {
+			if e.Kind == client.EventRoomRefused {
+				refused = append(refused, e)
+			} else {
+				other = append(other, e.Kind)
+			}
+		}
+		return refused, other
+	}
+	// Rooms are joined in sorted order after AUTH_REPLY: r3 is the fourth.
+	eventually(t, 10*time.Second, "one room refusal", func() bool { r, _ := kinds(); return len(r) >= 1 })
+	if r, o := kinds(); len(r) != 1 || r[0].Room != "r3" || r[0].Code != protocol.CodeTooManyRooms || r[0].Reason == "" {
+		t.Fatalf("refusals %+v (other events %v), want one for r3 with code %d and a reason", r, o, protocol.CodeTooManyRooms)
+	}
+	if rooms := c.Rooms(); !slices.Equal(rooms, []string{"r0", "r1", "r2"}) {
+		t.Fatalf("Rooms() = %v after the refusal, want r0-r2", rooms)
+	}
+	// The same connection still serves rooms: r2's ROOM_REPLY came before
+	// r3's refusal, so a push to r2 now arrives; nothing stopped or
+	// reconnected.
+	n.push(t, map[string]any{"room": "r2", "payload": "still-up"})
+	eventually(t, 10*time.Second, "push to r2", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Contains(got, "r2|still-up")
+	})
+	if _, other := kinds(); !slices.Equal(other, []client.EventKind{client.EventConnected}) {
+		t.Fatalf("events besides the refusal: %v, want only one connected", other)
+	}
+}
