@@ -275,8 +275,9 @@ func (c *Comet) clientMayJoin(room string) bool {
 }
 
 // handleRoom serves ROOM_JOIN and ROOM_LEAVE: bad room name -> ERROR 4000,
-// a room not open to clients -> ERROR 4007, over MaxRooms -> ERROR 4005,
-// else ROOM_REPLY{room} with the same seq.
+// a room not open to clients -> ERROR 4007, over MaxRooms -> ROOM_REPLY
+// {room, code 3001} (refused, the connection stays up), else ROOM_REPLY{room}
+// with the same seq.
 func (s *session) handleRoom(f protocol.Frame) {
 	var r wirepb.Room
 	if err := protocol.Unmarshal(f, &r); err != nil {
@@ -292,7 +293,13 @@ func (s *session) handleRoom(f protocol.Frame) {
 			s.fail(f.Seq, protocol.CodeRoomForbidden, fmt.Sprintf("room %q is not open to clients: the business adds sessions to it", r.Room), ErrProtocol)
 			return
 		}
-		if err := s.c.rooms.join(s, []string{r.Room}, s.c.cfg.MaxRooms); err != nil {
+		if err := s.c.rooms.join(s, []string{r.Room}, s.c.cfg.MaxRooms); errors.Is(err, errTooManyRooms) {
+			// A limit, not a fault: a lowered MaxRooms must not stop an SDK
+			// for good, so refuse the join and keep the connection.
+			s.c.metrics.errorCode(protocol.CodeTooManyRooms)
+			s.write(protocol.OpRoomReply, f.Seq, &wirepb.Room{Room: r.Room, Code: uint32(protocol.CodeTooManyRooms), Message: err.Error()})
+			return
+		} else if err != nil {
 			s.fail(f.Seq, protocol.CodeOutOfOrder, err.Error(), ErrProtocol)
 			return
 		}

@@ -27,8 +27,31 @@ func (cl *client) room(op protocol.Op, room string) {
 	seq := cl.sendMsg(op, &wirepb.Room{Room: room})
 	var r wirepb.Room
 	f := cl.expect(protocol.OpRoomReply, &r)
-	if f.Seq != seq || r.Room != room {
-		cl.t.Fatalf("ROOM_REPLY seq %d room %q, want %d %q", f.Seq, r.Room, seq, room)
+	if f.Seq != seq || r.Room != room || r.Code != 0 {
+		cl.t.Fatalf("ROOM_REPLY seq %d room %q code %d, want %d %q 0", f.Seq, r.Room, r.Code, seq, room)
+	}
+}
+
+// A join over MaxRooms is a refusal in the ROOM_REPLY, not a close: the
+// session stays, is not in the room, and may join it after leaving another.
+func TestRoomsLimitRefusesAndKeepsTheConnection(t *testing.T) {
+	e := newEnv(t, func(c *Config, _ *fakeLogic) { c.MaxRooms = 2 })
+	cl := e.dial()
+	cl.auth("good-alice", "a1", "ios", "1.0.0", nil)
+	cl.room(protocol.OpRoomJoin, "r1")
+	cl.room(protocol.OpRoomJoin, "r2")
+	seq := cl.sendMsg(protocol.OpRoomJoin, &wirepb.Room{Room: "r3"})
+	var r wirepb.Room
+	if f := cl.expect(protocol.OpRoomReply, &r); f.Seq != seq || r.Room != "r3" || r.Code != uint32(protocol.CodeTooManyRooms) || r.Message == "" {
+		t.Fatalf("ROOM_REPLY seq %d %+v, want seq %d room r3 code %d with a reason", f.Seq, &r, seq, protocol.CodeTooManyRooms)
+	}
+	if n := broadcast(t, e.c, "r3", "x"); n != 0 {
+		t.Fatalf("broadcast to r3 reached %d sessions after a refused join", n)
+	}
+	cl.room(protocol.OpRoomLeave, "r1")
+	cl.room(protocol.OpRoomJoin, "r3")
+	if n := broadcast(t, e.c, "r3", "y"); n != 1 {
+		t.Fatalf("broadcast to r3 reached %d sessions, want 1", n)
 	}
 }
 
@@ -112,11 +135,6 @@ func TestRoomsBadInput(t *testing.T) {
 		}, protocol.CodeBadFrame},
 		{"room with space", true, func(cl *client) { cl.sendMsg(protocol.OpRoomLeave, &wirepb.Room{Room: "a b"}) }, protocol.CodeBadFrame},
 		{"undecodable body", true, func(cl *client) { cl.sendRaw(protocol.OpRoomJoin, []byte{0xff, 0xff}) }, protocol.CodeBadFrame},
-		{"too many rooms", true, func(cl *client) {
-			cl.room(protocol.OpRoomJoin, "r1")
-			cl.room(protocol.OpRoomJoin, "r2")
-			cl.sendMsg(protocol.OpRoomJoin, &wirepb.Room{Room: "r3"})
-		}, protocol.CodeOutOfOrder},
 		{"room reply from client", true, func(cl *client) { cl.sendMsg(protocol.OpRoomReply, &wirepb.Room{Room: "r"}) }, protocol.CodeUnknownOp},
 	}
 	for _, tt := range tests {

@@ -67,8 +67,17 @@ func (d *device) pushes() []string {
 	return out
 }
 
-// roomOp sends ROOM_JOIN/ROOM_LEAVE and waits for its ROOM_REPLY.
+// roomOp sends ROOM_JOIN/ROOM_LEAVE and waits for its ROOM_REPLY, which
+// must not be a refusal.
 func (d *device) roomOp(op protocol.Op, room string) {
+	d.t.Helper()
+	if r := d.roomReply(op, room); r.Code != 0 {
+		d.t.Fatalf("ROOM_REPLY %q refused: %d %s", room, r.Code, r.Message)
+	}
+}
+
+// roomReply sends ROOM_JOIN/ROOM_LEAVE and returns its ROOM_REPLY.
+func (d *device) roomReply(op protocol.Op, room string) *pb.Room {
 	d.t.Helper()
 	d.mu.Lock()
 	d.sendLocked(op, &pb.Room{Room: room})
@@ -79,6 +88,7 @@ func (d *device) roomOp(op protocol.Op, room string) {
 	if err := protocol.Unmarshal(f, &r); err != nil || f.Seq != seq || r.Room != room {
 		d.t.Fatalf("ROOM_REPLY seq %d room %q (%v), want seq %d room %q", f.Seq, r.Room, err, seq, room)
 	}
+	return &r
 }
 
 func (n *node) push(t testing.TB, body map[string]any) {
@@ -474,7 +484,7 @@ func TestRealtimeBadInput(t *testing.T) {
 		t.Fatalf("a1 got %q", got)
 	}
 
-	// Room ops: before AUTH, empty name, too many rooms (max_rooms: 3).
+	// Room ops: before AUTH, empty name (too many rooms: TestRealtimeRoomLimit).
 	for _, tt := range []struct {
 		name string
 		run  func(d *device)
@@ -485,13 +495,6 @@ func TestRealtimeBadInput(t *testing.T) {
 			d.auth(n.token(t, "bob"), "b-empty", "demo")
 			d.sendMsg(protocol.OpRoomJoin, &pb.Room{})
 		}, protocol.CodeBadFrame},
-		{"too many rooms", func(d *device) {
-			d.auth(n.token(t, "bob"), "b-many", "demo")
-			for i := range 3 {
-				d.roomOp(protocol.OpRoomJoin, fmt.Sprint("r", i))
-			}
-			d.sendMsg(protocol.OpRoomJoin, &pb.Room{Room: "r3"})
-		}, protocol.CodeOutOfOrder},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			d := dial(t, n)
@@ -576,5 +579,106 @@ func TestRealtimeSDK(t *testing.T) {
 	}
 	if code := call(t, "GET", n.api()+"/v1/online?user=alice", "test-key", nil, &online); code != http.StatusOK || len(online.Devices) != 1 {
 		t.Fatalf("online after reconnect: %d %+v", code, online)
+	}
+}
+
+// TestRealtimeRoomLimit: a ROOM_JOIN beyond comet.max_rooms (3 here) is
+// refused with ROOM_REPLY code 3001 and the connection stays up: the session
+// is not in that room, and after leaving another one it can join it.
+func TestRealtimeRoomLimit(t *testing.T) {
+	n := startRealtimeNode(t)
+	d := dial(t, n)
+	d.auth(n.token(t, "bob"), "b-many", "demo")
+	for i := range 3 {
+		d.roomOp(protocol.OpRoomJoin, fmt.Sprint("r", i))
+	}
+	if r := d.roomReply(protocol.OpRoomJoin, "r3"); r.Code != uint32(protocol.CodeTooManyRooms) || r.Message == "" {
+		t.Fatalf("4th join: ROOM_REPLY code %d %q, want %d with a reason", r.Code, r.Message, protocol.CodeTooManyRooms)
+	}
+	n.push(t, map[string]any{"room": "r3", "payload": "not-in-r3"})
+	n.push(t, map[string]any{"room": "r0", "payload": "fence"})
+	wantPushes(t, "b-many", d, "r0|fence") // r3's push would have come first
+	d.roomOp(protocol.OpRoomLeave, "r0")
+	d.roomOp(protocol.OpRoomJoin, "r3")
+	n.push(t, map[string]any{"room": "r3", "payload": "in-r3"})
+	wantPushes(t, "b-many", d, "r0|fence", "r3|in-r3")
+}
+
+// TestRealtimeSDKRoomLimit: an SDK that joins more rooms than the comet's
+// max_rooms (3 here, below the SDK's own 64) is refused the extra room and
+// keeps its connection: no stop, no reconnect, the other rooms still work.
+func TestRealtimeSDKRoomLimit(t *testing.T) {
+	n := startRealtimeNode(t)
+	var mu sync.Mutex
+	var events []client.Event
+	var got []string
+	c, err := client.New(n.Comet.Addr().String(), client.Options{
+		TokenProvider: func(context.Context) (string, error) { return n.token(t, "alice"), nil },
+		Device:        "sdk-limit-1",
+		BackoffMin:    10 * time.Millisecond,
+		BackoffMax:    50 * time.Millisecond,
+		OnEvent: func(e client.Event) {
+			mu.Lock()
+			events = append(events, e)
+			mu.Unlock()
+		},
+		OnPush: func(p client.Push) {
+			mu.Lock()
+			got = append(got, p.Room+"|"+string(p.Payload))
+			mu.Unlock()
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.RegisterBiz("demo", func(context.Context, client.Oplog) error { return nil }); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 4 {
+		if err := c.JoinRoom(fmt.Sprint("r", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := c.Shutdown(ctx); err != nil {
+			t.Errorf("client shutdown: %v", err)
+		}
+	})
+	kinds := func() (refused []client.Event, other []client.EventKind) {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, e := range events {
+			if e.Kind == client.EventRoomRefused {
+				refused = append(refused, e)
+			} else {
+				other = append(other, e.Kind)
+			}
+		}
+		return refused, other
+	}
+	// Rooms are joined in sorted order after AUTH_REPLY: r3 is the fourth.
+	eventually(t, 10*time.Second, "one room refusal", func() bool { r, _ := kinds(); return len(r) >= 1 })
+	if r, o := kinds(); len(r) != 1 || r[0].Room != "r3" || r[0].Code != protocol.CodeTooManyRooms || r[0].Reason == "" {
+		t.Fatalf("refusals %+v (other events %v), want one for r3 with code %d and a reason", r, o, protocol.CodeTooManyRooms)
+	}
+	if rooms := c.Rooms(); !slices.Equal(rooms, []string{"r0", "r1", "r2"}) {
+		t.Fatalf("Rooms() = %v after the refusal, want r0-r2", rooms)
+	}
+	// The same connection still serves rooms: r2's ROOM_REPLY came before
+	// r3's refusal, so a push to r2 now arrives; nothing stopped or
+	// reconnected.
+	n.push(t, map[string]any{"room": "r2", "payload": "still-up"})
+	eventually(t, 10*time.Second, "push to r2", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Contains(got, "r2|still-up")
+	})
+	if _, other := kinds(); !slices.Equal(other, []client.EventKind{client.EventConnected}) {
+		t.Fatalf("events besides the refusal: %v, want only one connected", other)
 	}
 }

@@ -286,7 +286,7 @@ func (l *Logic) sessionOf(ctx context.Context, req *pb.SyncReq) (*pb.SyncReq, *p
 // that is not valid yet, so the device never passes it.
 func (l *Logic) Sync(ctx context.Context, req *pb.SyncReq) (*pb.SyncReply, error) {
 	if len(req.Cursors) > maxSyncCursors {
-		return nil, api.Error(protocol.CodeOutOfOrder, "%d cursors: at most %d", len(req.Cursors), maxSyncCursors)
+		return nil, api.Error(protocol.CodeTooManyCursors, "%d cursors: at most %d", len(req.Cursors), maxSyncCursors)
 	}
 	req, t, err := l.sessionOf(ctx, req)
 	if err != nil {
@@ -301,7 +301,7 @@ func (l *Logic) Sync(ctx context.Context, req *pb.SyncReq) (*pb.SyncReply, error
 	for _, c := range req.Cursors {
 		if !hasChannel(t, c.GetChannel()) {
 			l.m.ticketRefusals.Inc()
-			return nil, api.Error(protocol.CodeOutOfOrder, "channel %q is not part of this session", c.GetChannel())
+			return nil, api.Error(protocol.CodeStaleSession, "channel %q is not part of this session", c.GetChannel())
 		}
 		b, err := l.sessionChannel(req, c.GetChannel())
 		if err != nil {
@@ -328,12 +328,12 @@ func (l *Logic) Sync(ctx context.Context, req *pb.SyncReq) (*pb.SyncReply, error
 func (l *Logic) sessionChannel(req *pb.SyncReq, ch string) (*biz.Biz, error) {
 	name, _, _, err := oplog.ParseChannel(ch)
 	if err != nil {
-		return nil, api.Error(protocol.CodeOutOfOrder, "channel %q is not part of this session", ch)
+		return nil, api.Error(protocol.CodeStaleSession, "channel %q is not part of this session", ch)
 	}
 	b, err := l.cfg.Bizs.Get(name)
 	if err != nil || !b.Persistent || b.Channel(req.User, req.Device) != ch ||
 		(b.Scope != biz.ScopeGlobal && b.Target == biz.TargetUser && req.User == "") {
-		return nil, api.Error(protocol.CodeOutOfOrder, "channel %q is not part of this session", ch)
+		return nil, api.Error(protocol.CodeStaleSession, "channel %q is not part of this session", ch)
 	}
 	return b, nil
 }

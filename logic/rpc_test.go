@@ -278,7 +278,7 @@ func TestSyncChannelOwnership(t *testing.T) {
 		"",
 	} {
 		t.Run(ch, func(t *testing.T) {
-			wantCode(t, sync("chat/u/alice", ch), protocol.CodeOutOfOrder)
+			wantCode(t, sync("chat/u/alice", ch), protocol.CodeStaleSession)
 		})
 	}
 	e.st.fail.Store(true)

@@ -50,7 +50,7 @@ func TestSyncAndAckNeedTheConnectTicket(t *testing.T) {
 		wantCode(t, err, code)
 	}
 	wantSyncCode(&pb.SyncReq{Cursors: victim}, protocol.CodeUnavailable) // reconnect: a new Connect gives a ticket
-	wantSyncCode(&pb.SyncReq{Cursors: victim, Ticket: own}, protocol.CodeOutOfOrder)
+	wantSyncCode(&pb.SyncReq{Cursors: victim, Ticket: own}, protocol.CodeStaleSession)
 	if r, err := e.l.Sync(ctx, &pb.SyncReq{Cursors: []*pb.Cursor{{Channel: "chat/u/mallory"}}, Ticket: own}); err != nil || len(r.Pages) != 1 {
 		t.Fatalf("own channel with own ticket: %v, %v", r, err)
 	}

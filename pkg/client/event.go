@@ -37,6 +37,11 @@ const (
 	// be used again for new oplogs: an app that keys data by oplog id
 	// should refresh that channel's data.
 	EventRewound
+	// EventRoomRefused: the server refused to join Room (Code, a 3xxx
+	// limit such as protocol.CodeTooManyRooms; Reason). The connection stays
+	// up and the client no longer counts the room as joined: JoinRoom it
+	// again once under the limit.
+	EventRoomRefused
 )
 
 func (k EventKind) String() string {
@@ -57,6 +62,8 @@ func (k EventKind) String() string {
 		return "store_error"
 	case EventRewound:
 		return "rewound"
+	case EventRoomRefused:
+		return "room_refused"
 	}
 	return fmt.Sprintf("event(%d)", int(k))
 }
@@ -68,8 +75,9 @@ type Event struct {
 	Session  string        // Connected
 	Err      error         // Disconnected, Stopped, StoreError
 	RetryIn  time.Duration // Disconnected
-	Code     protocol.Code // Kicked, Stopped
-	Reason   string        // Kicked
+	Code     protocol.Code // Kicked, Stopped, RoomRefused
+	Reason   string        // Kicked, RoomRefused
+	Room     string        // RoomRefused
 	Biz      string        // Skipped, Rewound
 	Channel  string        // Skipped, StoreError, Rewound
 	Count    uint64        // Skipped

@@ -114,6 +114,27 @@ func (s *session) attachRooms() {
 	}
 }
 
+// handleRoomReply acts on a ROOM_REPLY: a confirmation needs nothing; a
+// refusal (a 3xxx code, e.g. over the server's comet.max_rooms) drops the
+// room from the set, so it is not joined again on every reconnect, and
+// tells the app. The connection stays up.
+func (s *session) handleRoomReply(f protocol.Frame) error {
+	var m pb.Room
+	if err := protocol.Unmarshal(f, &m); err != nil {
+		return fmt.Errorf("%w: %w", ErrProtocol, err)
+	}
+	if m.Code == 0 {
+		return nil
+	}
+	c := s.c
+	c.rooms.mu.Lock()
+	delete(c.rooms.rooms, m.Room)
+	c.rooms.mu.Unlock()
+	s.log.Warn("room join refused", "room", m.Room, "code", m.Code, "reason", m.Message)
+	c.emit(Event{Kind: EventRoomRefused, Room: m.Room, Code: protocol.Code(m.Code), Reason: m.Message})
+	return nil
+}
+
 // detachRooms forgets s as the rooms session when it ends.
 func (s *session) detachRooms() {
 	c := s.c

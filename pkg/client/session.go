@@ -324,7 +324,9 @@ func (s *session) readLoop() error {
 				return err
 			}
 		case protocol.OpRoomReply:
-			// Confirms a ROOM_JOIN/ROOM_LEAVE; refusals come as ERROR.
+			if err := s.handleRoomReply(f); err != nil { // realtime.go
+				return err
+			}
 		case protocol.OpResponse:
 			if err := s.handleResponse(f); err != nil { // call.go
 				return err

@@ -13,6 +13,8 @@ import (
 //
 //	1000-1999  reconnect with backoff and resync from the sync points
 //	2000-2999  get a new token, then reconnect
+//	3000-3999  a request was refused (a limit): the connection stays up;
+//	           sent in a reply (ROOM_REPLY), never in ERROR or KICK
 //	4000-4999  do not reconnect: the client or its configuration is wrong
 type Code uint32
 
@@ -31,11 +33,16 @@ const (
 	CodeTooManyInFlight   Code = 1010 // more than MaxInFlightFrames frames waiting to be handled
 	CodeRateLimited       Code = 1011 // frames or bytes per second over the connection's limit
 	CodeAuthRateLimited   Code = 1012 // too many AUTH attempts from the source address
+	CodeTooManyCursors    Code = 1013 // a Sync asked logic for more channels than it serves at once
+	CodeStaleSession      Code = 1014 // the session's channels changed on the server (biz config): reconnect for the new list
 
 	CodeTokenExpired     Code = 2001 // token expired: fetch a new one
 	CodeTokenInvalid     Code = 2002 // token does not verify: fetch a new one
 	CodeDeviceNotAllowed Code = 2003 // the device id belongs to another user: a token naming the device is needed
 	CodeTokenRevoked     Code = 2004 // the user's tokens issued before a cut-off were revoked: fetch a new one
+
+	// Refusals (a reply says so; the connection stays up).
+	CodeTooManyRooms Code = 3001 // ROOM_JOIN beyond comet.max_rooms: leave a room first
 
 	CodeBadFrame      Code = 4000 // malformed header or body
 	CodeFrameTooLarge Code = 4001 // frame over the server's limit
@@ -54,8 +61,14 @@ const (
 // answers ERROR CodeTooManyInFlight after handling those before it.
 const MaxInFlightFrames = 256
 
-// Reconnect reports whether a client should reconnect after this code.
+// Reconnect reports whether a client should reconnect after this code
+// ended its connection: every code below 4000 (3xxx never ends one; if it
+// did, reconnecting is the safe reading), none from 4000 up.
 func (c Code) Reconnect() bool { return c < 4000 }
+
+// Refusal reports whether c refuses one request (in a reply) and leaves the
+// connection up: the app may retry that request later.
+func (c Code) Refusal() bool { return c >= 3000 && c < 4000 }
 
 // NeedsToken reports whether a client must obtain a new token first.
 func (c Code) NeedsToken() bool { return c >= 2000 && c < 3000 }

@@ -223,7 +223,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 // recoverAndMap turns a handler panic into codes.Internal (one bad request
 // must not take down a comet with all its connections) and makes sure every
 // error leaves as a status: api.Error values already are one and keep their
-// "msync-<code>: " message, context errors keep their gRPC meaning, anything
+// google.rpc.ErrorInfo detail with the wire code, context errors keep their gRPC meaning, anything
 // else becomes Internal with its message, which api.CodeOf reads as
 // "unavailable, retry".
 func (s *Server) recoverAndMap(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (resp any, err error) {

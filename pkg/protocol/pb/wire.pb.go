@@ -989,9 +989,14 @@ func (x *Error) GetMessage() string {
 	return ""
 }
 
+// Room (ops ROOM_JOIN, ROOM_LEAVE, ROOM_REPLY). In a ROOM_REPLY, a non-zero
+// code means the server refused the join (a 3xxx code of the code table, e.g.
+// too many rooms): the session is not in the room and the connection stays up.
 type Room struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Room          string                 `protobuf:"bytes,1,opt,name=room,proto3" json:"room,omitempty"`
+	Code          uint32                 `protobuf:"varint,2,opt,name=code,proto3" json:"code,omitempty"`      // ROOM_REPLY only: 0 = done, else why it was refused
+	Message       string                 `protobuf:"bytes,3,opt,name=message,proto3" json:"message,omitempty"` // ROOM_REPLY only: a short reason for logs, with code
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1029,6 +1034,20 @@ func (*Room) Descriptor() ([]byte, []int) {
 func (x *Room) GetRoom() string {
 	if x != nil {
 		return x.Room
+	}
+	return ""
+}
+
+func (x *Room) GetCode() uint32 {
+	if x != nil {
+		return x.Code
+	}
+	return 0
+}
+
+func (x *Room) GetMessage() string {
+	if x != nil {
+		return x.Message
 	}
 	return ""
 }
@@ -1280,9 +1299,11 @@ const file_pkg_protocol_pb_wire_proto_rawDesc = "" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\"5\n" +
 	"\x05Error\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\rR\x04code\x12\x18\n" +
-	"\amessage\x18\x02 \x01(\tR\amessage\"\x1a\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\"H\n" +
 	"\x04Room\x12\x12\n" +
-	"\x04room\x18\x01 \x01(\tR\x04room\"\x8d\x02\n" +
+	"\x04room\x18\x01 \x01(\tR\x04room\x12\x12\n" +
+	"\x04code\x18\x02 \x01(\rR\x04code\x12\x18\n" +
+	"\amessage\x18\x03 \x01(\tR\amessage\"\x8d\x02\n" +
 	"\aRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\rR\x02id\x12\x18\n" +
 	"\aservice\x18\x02 \x01(\tR\aservice\x12\x16\n" +

@@ -68,9 +68,15 @@ export class MsyncError extends Error {
     this.code = code;
   }
 
-  /** reconnect: may the client reconnect by itself after this error? */
+  /**
+   * reconnect: may the client reconnect by itself after this error? Per the
+   * code table (docs/protocol.md §6): below 4000 yes (1xxx, 2xxx after a new
+   * token, a 3xxx refusal should never end a session but if it did the safe
+   * reading is 1xxx, unassigned codes below 1000 too); 4000 and up, including
+   * unassigned codes from 5000, stop.
+   */
   get reconnect() {
-    return !(this.code >= 4000 && this.code < 5000);
+    return this.code < 4000;
   }
 
   /** needsToken: must the client fetch a new token first (2xxx)? */

@@ -384,3 +384,20 @@ test('LocalStorageStore: one key per channel, prefix-scoped, corrupt values refu
   storage.setItem('msync:dev1:demo/g', 'garbage');
   assert.throws(() => s.load(), /bad sync point/);
 });
+
+test('every code of docs/protocol.md §6 gets the client action the table gives it', async () => {
+  const { readFileSync } = await import('node:fs');
+  const doc = readFileSync(new URL('../../../docs/protocol.md', import.meta.url), 'utf8');
+  const sec = doc.slice(doc.indexOf('## 6. Codes'), doc.indexOf('## 7. '));
+  const rows = [...sec.matchAll(/^\| (\d{4}) \|.*\| ([a-z ]+) \|$/gm)];
+  assert.ok(rows.length >= 20, `only ${rows.length} code rows found`);
+  for (const [, code, action] of rows) {
+    const e = new MsyncError('server', 'x', Number(code));
+    const got = e.needsToken ? 'new token' : (Number(code) >= 3000 && Number(code) < 4000) ? 'retry later' : e.reconnect ? 'reconnect' : 'stop';
+    assert.equal(got, action, `code ${code}`);
+    if (action === 'retry later') assert.ok(e.reconnect, `a ${code} in an ERROR reads as 1xxx`);
+  }
+  // Unassigned codes: from 5000 stop, below 1000 reconnect (§6).
+  assert.equal(new MsyncError('server', 'x', 5001).reconnect, false);
+  assert.equal(new MsyncError('server', 'x', 999).reconnect, true);
+});

@@ -553,7 +553,17 @@ class MsyncClient(address: String, options: Options) : AutoCloseable {
                             try { cb(m) } catch (t: Throwable) { log.log(Level.ERROR, "onPush threw", t) }
                         }
                     }
-                    Op.ROOM_REPLY -> {} // confirms ROOM_JOIN/LEAVE; refusals come as ERROR
+                    Op.ROOM_REPLY -> {
+                        // A refusal (3xxx, e.g. over the server's comet.max_rooms)
+                        // keeps the connection: drop the room so it is not joined
+                        // again on every reconnect, and tell the app.
+                        val r = Room.decode(f)
+                        if (r.code != 0) {
+                            synchronized(lock) { rooms.remove(r.room) }
+                            log.log(Level.WARN, "room ${r.room} refused: ${r.code} ${r.message}", null)
+                            emit(Event.RoomRefused(r.room, r.code, r.message))
+                        }
+                    }
                     RpcOp.RESPONSE -> if (callTable?.answer(RpcResponse.decode(f)) != true) {
                         log.log(Level.WARN, "RESPONSE for no request in flight; ignored", null)
                     }

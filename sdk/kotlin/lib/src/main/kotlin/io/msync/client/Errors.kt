@@ -70,6 +70,7 @@ object Codes {
     const val KICKED = 1007
     const val TOKEN_EXPIRED = 2001
     const val TOKEN_INVALID = 2002
+    const val TOO_MANY_ROOMS = 3001
     const val BAD_FRAME = 4000
     const val FRAME_TOO_LARGE = 4001
     const val UNKNOWN_OP = 4002
@@ -78,8 +79,14 @@ object Codes {
     const val OUT_OF_ORDER = 4005
     const val FORBIDDEN = 4006
 
-    /** Below 4000 the client reconnects (1xxx, 2xxx, and unknown lower codes, as the Go SDK); 4xxx stops. */
+    /**
+     * Below 4000 the client reconnects (1xxx, 2xxx, a 3xxx that ended a session, and unassigned
+     * codes below 1000); 4000 and up stop, unassigned codes from 5000 too (docs/protocol.md §6).
+     */
     fun reconnects(code: Int): Boolean = code in 0 until 4000
+
+    /** 3xxx: a request was refused by a limit (in a ROOM_REPLY); the connection stays up. */
+    fun refusal(code: Int): Boolean = code in 3000..3999
 
     /** 2xxx: fetch a new token before reconnecting. */
     fun needsToken(code: Int): Boolean = code in 2000..2999

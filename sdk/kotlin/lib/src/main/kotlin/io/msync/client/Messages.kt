@@ -275,15 +275,16 @@ data class CodeMessage(val code: Int, val message: String) : WireMessage {
     }
 }
 
-data class Room(val room: String) : WireMessage {
-    override fun size() = stringSize(1, room)
-    override fun writeTo(w: ProtoWriter) = w.string(1, room)
+/** ROOM_JOIN/ROOM_LEAVE/ROOM_REPLY; [code] non-zero in a ROOM_REPLY: the join was refused (a 3xxx code). */
+data class Room(val room: String, val code: Int = 0, val message: String = "") : WireMessage {
+    override fun size() = stringSize(1, room) + uintSize(2, code.toLong()) + stringSize(3, message)
+    override fun writeTo(w: ProtoWriter) { w.string(1, room); w.uint(2, code.toLong()); w.string(3, message) }
 
     companion object {
         fun decode(f: Frame): Room {
-            val r = reader(f); var room = ""
-            while (r.next()) if (r.field == 1) room = r.string() else r.skip()
-            return Room(room)
+            val r = reader(f); var room = ""; var code = 0; var msg = ""
+            while (r.next()) when (r.field) { 1 -> room = r.string(); 2 -> code = r.uint32(); 3 -> msg = r.string(); else -> r.skip() }
+            return Room(room, code, msg)
         }
     }
 }

@@ -134,6 +134,13 @@ sealed class Event {
     /** A 4xxx code: the SDK does not reconnect until [MsyncClient.updateUser]. */
     data class Stopped(val code: Int, val error: MsyncException) : Event()
 
+    /**
+     * The server refused to join [room] ([code] 3xxx, e.g. [Codes.TOO_MANY_ROOMS]). The
+     * connection stays up; the room is no longer in [MsyncClient.rooms]: join it again
+     * once under the limit.
+     */
+    data class RoomRefused(val room: String, val code: Int, val reason: String) : Event()
+
     /** Saving a sync point failed. Delivery goes on; after a restart those oplogs may come again. */
     data class StoreError(val channel: String, val error: Throwable) : Event()
 

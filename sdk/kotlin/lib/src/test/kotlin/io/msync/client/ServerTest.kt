@@ -200,6 +200,31 @@ class ServerTest {
         }
     }
 
+    /** A join over the server's max_rooms (3) is refused in ROOM_REPLY: no stop, no reconnect. */
+    @Test fun roomLimitIsARefusalNotAStop() {
+        val ev = Events()
+        val pushes = java.util.concurrent.CopyOnWriteArrayList<Push>()
+        testClient(server, "roomy", "roomy-d1", mapOf("demo" to Recorder().handler), ev,
+            onPush = { pushes.add(it) }, rooms = listOf("r0", "r1", "r2", "r3")).use { c ->
+            c.start()
+            // Rooms are joined in sorted order after AUTH_REPLY: r3 is the fourth.
+            eventually("a room refusal") { ev.count<Event.RoomRefused>() >= 1 }
+            val r = ev.of<Event.RoomRefused>()
+            assertEquals(1, r.size, ev.toString())
+            assertEquals("r3", r[0].room)
+            assertEquals(Codes.TOO_MANY_ROOMS, r[0].code)
+            assertTrue(r[0].reason.isNotEmpty())
+            assertEquals(listOf("r0", "r1", "r2"), c.rooms())
+            // r2's ROOM_REPLY came before r3's refusal: the same session serves it.
+            assertEquals(200, server.post("/v1/push", """{"room":"r2","payload":"still up"}""").statusCode())
+            eventually("push to r2") { pushes.any { it.room == "r2" && it.text == "still up" } }
+            assertTrue(c.connected)
+            assertEquals(1, ev.count<Event.Connected>(), ev.toString())
+            assertEquals(0, ev.count<Event.Stopped>(), ev.toString())
+            assertEquals(0, ev.count<Event.Disconnected>(), ev.toString())
+        }
+    }
+
     @Test fun lifecycleBackgroundForegroundClearAndUpdateUser() {
         val ev = Events(); val rec = Recorder()
         testClient(server, "life", "life-d1", mapOf("demo" to rec.handler), ev).use { c ->

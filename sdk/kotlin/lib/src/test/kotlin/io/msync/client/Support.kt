@@ -156,6 +156,7 @@ class MsyncServer(
             |  ack_timeout: 10s
             |  page_limit: $pageLimit
             |  client_rooms: ["*"]
+            |  max_rooms: 3  # RoomLimitTest: below the SDK's own 64
             |$extraComet
             |$tlsYaml
             |logic:
