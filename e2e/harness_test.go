@@ -509,24 +509,21 @@ func (d *device) expectClosed(timeout time.Duration) {
 // waitGot waits until the device received at least n oplogs.
 func (d *device) waitGot(n int, timeout time.Duration) []received {
 	d.t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		got := d.received()
-		if len(got) >= n {
-			return got
+	var got []received
+	testutil.Eventually(d.t, timeout, 5*time.Millisecond, func() error {
+		if got = d.received(); len(got) >= n {
+			return nil
 		}
-		if time.Now().After(deadline) {
-			var last []received
-			if len(got) > 0 {
-				last = got[max(0, len(got)-3):]
-			}
-			d.mu.Lock()
-			points, gaps, dups := fmt.Sprint(d.points), d.gaps, d.dups
-			d.mu.Unlock()
-			d.t.Fatalf("timed out after %v waiting for %d oplogs: got %d (last %v), points %s, gaps %d, dups %d", timeout, n, len(got), last, points, gaps, dups)
+		var last []received
+		if len(got) > 0 {
+			last = got[max(0, len(got)-3):]
 		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		d.mu.Lock()
+		points, gaps, dups := fmt.Sprint(d.points), d.gaps, d.dups
+		d.mu.Unlock()
+		return fmt.Errorf("waiting for %d oplogs: got %d (last %v), points %s, gaps %d, dups %d", n, len(got), last, points, gaps, dups)
+	})
+	return got
 }
 
 func (d *device) received() []received {

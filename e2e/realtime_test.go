@@ -140,7 +140,7 @@ func (n *node) settlePushes(t testing.TB, routed, frames int) {
 		if got := n.metric(t, "msync_comet_frames_out_total", out); got != float64(frames) {
 			t.Fatalf("comet wrote %v PUSH frames, want exactly %d", got, frames)
 		}
-		time.Sleep(10 * time.Millisecond)
+		time.Sleep(10 * time.Millisecond) // a deliberate window (see above), waiting for nothing
 	}
 }
 
