@@ -77,7 +77,7 @@ func TestValidFromTimerStoppedOnClose(t *testing.T) {
 		}
 	}
 	syncs := e.logic.syncCount()
-	time.Sleep(400 * time.Millisecond) // past valid_from: a leaked timer would sync
+	time.Sleep(400 * time.Millisecond) // a deliberate gap past valid_from, waiting for nothing: a leaked timer would sync in it
 	if n := e.logic.syncCount(); n != syncs {
 		t.Fatalf("%d syncs after close", n-syncs)
 	}

@@ -15,6 +15,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/msync/msync/internal/testutil"
 	"github.com/msync/msync/pkg/api"
 	"github.com/msync/msync/pkg/api/pb"
 	"github.com/msync/msync/pkg/oplog"
@@ -24,16 +25,16 @@ import (
 
 const waitFor = 5 * time.Second
 
-// eventually polls cond until it holds or the deadline passes (NATS checkFor).
+// eventually polls cond until it holds or waitFor passes (testutil.Eventually
+// with a condition that only says whether it holds).
 func eventually(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(waitFor)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
+	testutil.Eventually(t, waitFor, 2*time.Millisecond, func() error {
+		if !cond() {
+			return fmt.Errorf("still waiting for %s", what)
 		}
-		time.Sleep(2 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 // ---- logging ----
@@ -630,6 +631,12 @@ func (cl *client) auth(token, device, platform, version string, bizs []string, p
 	f := cl.expect(protocol.OpAuthReply, &r)
 	if f.Seq != seq {
 		cl.t.Fatalf("AUTH_REPLY seq %d, want %d", f.Seq, seq)
+	}
+	// The session takes PUSH frames only once AUTH_REPLY is written, a
+	// moment after the client can read it: a push sent in between is not
+	// delivered (best effort), which a test pushing right away would see.
+	if cl.sess != nil { // nil: a real-socket client, whose tests do not push right away
+		eventually(cl.t, "session ready for PUSH after AUTH_REPLY", cl.sess.rooms.ready.Load)
 	}
 	return &r
 }

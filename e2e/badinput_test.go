@@ -10,6 +10,7 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 
+	"github.com/msync/msync/internal/testutil"
 	"github.com/msync/msync/pkg/oplog"
 	"github.com/msync/msync/pkg/protocol"
 	"github.com/msync/msync/pkg/protocol/pb"
@@ -101,7 +102,7 @@ func expiredToken(t *testing.T) string {
 
 func TestNoAuthWithinTimeoutCloses(t *testing.T) {
 	t.Parallel()
-	n := startNode(t, "")
+	n := startNodeWith(t, shortDeadlines(t, testConfig), "")
 	d := dial(t, n)
 	start := time.Now()
 	d.expectError(protocol.CodeAuthTimeout, 5*time.Second) // auth_timeout 1s
@@ -113,7 +114,7 @@ func TestNoAuthWithinTimeoutCloses(t *testing.T) {
 
 func TestHeartbeatsKeepSessionAndMissesCloseIt(t *testing.T) {
 	t.Parallel()
-	n := startNode(t, "")
+	n := startNodeWith(t, shortDeadlines(t, testConfig), "")
 	alive := dial(t, n)
 	reply := alive.auth(n.token(t, "hb"), "beating", "demo")
 	silent := dial(t, n)
@@ -125,20 +126,7 @@ func TestHeartbeatsKeepSessionAndMissesCloseIt(t *testing.T) {
 	if err := protocol.Unmarshal(alive.expect(protocol.OpHeartbeatReply, 5*time.Second), &hb); err != nil || hb.IntervalMs != reply.HeartbeatMs {
 		t.Fatalf("heartbeat reply %v %v", &hb, err)
 	}
-	stop := make(chan struct{})
-	defer close(stop)
-	go func() {
-		tick := time.NewTicker(interval / 2)
-		defer tick.Stop()
-		for {
-			select {
-			case <-stop:
-				return
-			case <-tick.C:
-				alive.send(protocol.OpHeartbeat, nil)
-			}
-		}
-	}()
+	alive.heartbeatEvery(interval / 2)
 	// Deadline is 3 x interval + 5s after the last frame.
 	silent.expectError(protocol.CodeHeartbeatTimeout, 3*interval+10*time.Second)
 	n.publish(t, toUser("hb", "after"))
@@ -150,7 +138,8 @@ func TestHeartbeatsKeepSessionAndMissesCloseIt(t *testing.T) {
 // affected, and on reconnect it gets everything from its sync point.
 func TestSlowReaderIsDisconnectedAndLosesNothing(t *testing.T) {
 	t.Parallel()
-	n := startNode(t, "")
+	// Short deadlines: the slow device is cut off by them (see below).
+	n := startNodeWith(t, shortDeadlines(t, testConfig), "")
 	c, err := net.DialTimeout("tcp", n.Comet.Addr().String(), 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
@@ -159,7 +148,10 @@ func TestSlowReaderIsDisconnectedAndLosesNothing(t *testing.T) {
 	slow := newDevice(t, c) // its reader is not started: it reads nothing
 	slow.auth0(n.token(t, "slowpoke"))
 	fast := dial(t, n)
-	fast.auth(n.token(t, "slowpoke"), "fast", "demo")
+	reply := fast.auth(n.token(t, "slowpoke"), "fast", "demo")
+	// The fast device stays alive through the wait below: the connection
+	// count then drops only for the slow one.
+	fast.heartbeatEvery(time.Duration(reply.HeartbeatMs) * time.Millisecond / 2)
 
 	payload := strings.Repeat("x", 60<<10)
 	const total = 200 // ~12 MB: far beyond the 1 MiB queue plus socket buffers
@@ -171,8 +163,11 @@ func TestSlowReaderIsDisconnectedAndLosesNothing(t *testing.T) {
 	// so it is cut off by its write or heartbeat deadline (about 10-20 s),
 	// not necessarily by an overflow: wait for that before reading, or the
 	// reader would start acking and turn it into a healthy slow device.
-	eventually(t, 60*time.Second, "slow device cut off", func() bool {
-		return n.metric(t, "msync_comet_connections", nil) == 1
+	testutil.Eventually(t, 60*time.Second, 10*time.Millisecond, func() error {
+		if c := n.metric(t, "msync_comet_connections", nil); c != 1 {
+			return fmt.Errorf("%v connections open, want 1 (the fast device)", c)
+		}
+		return nil
 	})
 
 	go slow.readLoop() // now drain what the server wrote before closing

@@ -24,9 +24,9 @@ api_keys:
 comet:
   addr: 127.0.0.1:0
   ws_addr: 127.0.0.1:0
-  heartbeat: 2s
-  auth_timeout: 1s
-  ack_timeout: 3s
+  heartbeat: 10s
+  auth_timeout: 5s
+  ack_timeout: 30s
   page_limit: 50
   write_queue_bytes: 1048576
 logic:
@@ -311,7 +311,7 @@ func TestBizValidFromOnline(t *testing.T) {
 		if got := d.ids(ch); len(got) != 1 {
 			t.Fatalf("got %v %v before valid_from", got, time.Until(from))
 		}
-		time.Sleep(20 * time.Millisecond)
+		time.Sleep(20 * time.Millisecond) // deliberate: watch that nothing arrives before valid_from
 	}
 	d.settle(ch, 3, 1, 2, 3)
 	if late := time.Since(from); late > time.Second {
@@ -335,7 +335,7 @@ func TestBizValidFromOffline(t *testing.T) {
 		if got := d.ids(ch); len(got) != 1 {
 			t.Fatalf("got %v before valid_from", got)
 		}
-		time.Sleep(20 * time.Millisecond)
+		time.Sleep(20 * time.Millisecond) // deliberate: watch that nothing arrives before valid_from
 	}
 	d.settle(ch, 3, 1, 2, 3)
 	if late := time.Since(from); late > time.Second {
@@ -352,7 +352,7 @@ func TestBizExpiryWhileOffline(t *testing.T) {
 	n.publish(t, map[string]any{"biz": "feed", "user": "hal", "payload": "keep"})
 	n.publish(t, map[string]any{"biz": "feed", "user": "hal", "payload": "until", "valid_until": rfc3339(time.Now().Add(time.Second))})
 	n.publish(t, map[string]any{"biz": "feed", "user": "hal", "payload": "short2", "ttl": "1s"})
-	time.Sleep(1100 * time.Millisecond) // let the validity windows end
+	time.Sleep(1100 * time.Millisecond) // deliberate: the validity windows end on the wall clock every tier reads
 	d := dial(t, n)
 	d.authAs(n.token(t, "hal"), "hal-1", "ios", "1.0.0", "feed")
 	d.settle(ch, 4, 2)

@@ -163,7 +163,7 @@ func TestClusterAttacksWithoutCredentials(t *testing.T) {
 		// refreshes; every oplog must reach the real device, none the rogue.
 		for i := range 5 {
 			c.publish("vera", fmt.Sprintf("vera real after hijack %d", i))
-			time.Sleep(250 * time.Millisecond)
+			time.Sleep(250 * time.Millisecond) // deliberate: spread the publishes over job's registry refreshes
 		}
 		if got := rogue.captured(); len(got) > 0 {
 			t.Errorf("the rogue comet captured %q", got)

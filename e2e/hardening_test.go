@@ -86,7 +86,7 @@ func TestLargeBatchIsPacedNotDisconnected(t *testing.T) {
 // TestSlowReaderIsDisconnectedAndLosesNothing).
 func TestStoppedReaderIsStillCutOff(t *testing.T) {
 	t.Parallel()
-	n := startNode(t, "")
+	n := startNodeWith(t, shortDeadlines(t, testConfig), "")
 	c, err := net.DialTimeout("tcp", n.Comet.Addr().String(), 5*time.Second)
 	if err != nil {
 		t.Fatal(err)

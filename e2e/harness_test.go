@@ -32,7 +32,9 @@ import (
 const testSecret = "e2e-secret-0123456789"
 
 // testConfig is the all-in-one config the tests start from: random ports,
-// short timeouts so deadline tests run fast.
+// and comet deadlines far longer than a test on a loaded machine may take
+// (test devices send no heartbeats), so only the tests of the deadlines
+// trip them, with shortDeadlines.
 const testConfig = `
 secret: ` + testSecret + `
 dev: true # short test keys
@@ -42,9 +44,9 @@ api_keys:
 comet:
   addr: 127.0.0.1:0
   ws_addr: 127.0.0.1:0
-  heartbeat: 2s
-  auth_timeout: 1s
-  ack_timeout: 3s
+  heartbeat: 10s
+  auth_timeout: 5s
+  ack_timeout: 30s
   page_limit: 50
   write_queue_bytes: 1048576
 logic:
@@ -54,6 +56,21 @@ bizs:
   - {name: cmd, target: device, ttl: 1d}
   - {name: small, target: user, max_payload: 16}
 `
+
+// shortDeadlines is cfg (testConfig or one built like it) with the
+// deadlines of docs/protocol.md short enough to watch expire: AUTH within
+// 1s, heartbeats every 2s (the session is closed after 3 x 2s + 5s silence),
+// pages acked within 3s.
+func shortDeadlines(t testing.TB, cfg string) string {
+	t.Helper()
+	for _, r := range [][2]string{{"heartbeat: 10s", "heartbeat: 2s"}, {"auth_timeout: 5s", "auth_timeout: 1s"}, {"ack_timeout: 30s", "ack_timeout: 3s"}} {
+		if !strings.Contains(cfg, "\n  "+r[0]+"\n") {
+			t.Fatalf("config has no %q to shorten", r[0])
+		}
+		cfg = strings.Replace(cfg, "\n  "+r[0]+"\n", "\n  "+r[1]+"\n", 1)
+	}
+	return cfg
+}
 
 type node struct {
 	*cluster.Node
@@ -456,6 +473,29 @@ func (d *device) expectError(code protocol.Code, timeout time.Duration) {
 	d.expectClosed(timeout)
 }
 
+// heartbeatEvery sends HEARTBEAT every interval until the test ends, as an
+// app does: the device stays alive however long the test waits.
+func (d *device) heartbeatEvery(interval time.Duration) {
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	d.t.Cleanup(func() { close(stop); <-done })
+	go func() {
+		defer close(done)
+		tick := time.NewTicker(interval)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-d.done:
+				return
+			case <-tick.C:
+				d.sendMsg(protocol.OpHeartbeat, &pb.Heartbeat{}) // no wish: the interval stays
+			}
+		}
+	}()
+}
+
 // expectClosed waits until the server closed the connection.
 func (d *device) expectClosed(timeout time.Duration) {
 	d.t.Helper()
@@ -469,24 +509,21 @@ func (d *device) expectClosed(timeout time.Duration) {
 // waitGot waits until the device received at least n oplogs.
 func (d *device) waitGot(n int, timeout time.Duration) []received {
 	d.t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		got := d.received()
-		if len(got) >= n {
-			return got
+	var got []received
+	testutil.Eventually(d.t, timeout, 5*time.Millisecond, func() error {
+		if got = d.received(); len(got) >= n {
+			return nil
 		}
-		if time.Now().After(deadline) {
-			var last []received
-			if len(got) > 0 {
-				last = got[max(0, len(got)-3):]
-			}
-			d.mu.Lock()
-			points, gaps, dups := fmt.Sprint(d.points), d.gaps, d.dups
-			d.mu.Unlock()
-			d.t.Fatalf("timed out after %v waiting for %d oplogs: got %d (last %v), points %s, gaps %d, dups %d", timeout, n, len(got), last, points, gaps, dups)
+		var last []received
+		if len(got) > 0 {
+			last = got[max(0, len(got)-3):]
 		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		d.mu.Lock()
+		points, gaps, dups := fmt.Sprint(d.points), d.gaps, d.dups
+		d.mu.Unlock()
+		return fmt.Errorf("waiting for %d oplogs: got %d (last %v), points %s, gaps %d, dups %d", n, len(got), last, points, gaps, dups)
+	})
+	return got
 }
 
 func (d *device) received() []received {

@@ -27,13 +27,13 @@ api_keys:
 comet:
   addr: 127.0.0.1:0
   ws_addr: 127.0.0.1:0
-  heartbeat: 2s
+  heartbeat: 6s # inside [min, max], so AUTH without a wish is told the default
   heartbeat_min: 1s
   heartbeat_max: 10s
   max_rooms: 3
   client_rooms: ["*"]
-  auth_timeout: 1s
-  ack_timeout: 3s
+  auth_timeout: 5s
+  ack_timeout: 30s
 logic:
   http_addr: 127.0.0.1:0
   max_push_payload: 64
@@ -150,7 +150,7 @@ func (n *node) settlePushes(t testing.TB, routed, frames int) {
 		if got := n.metric(t, "msync_comet_frames_out_total", out); got != float64(frames) {
 			t.Fatalf("comet wrote %v PUSH frames, want exactly %d", got, frames)
 		}
-		time.Sleep(10 * time.Millisecond)
+		time.Sleep(10 * time.Millisecond) // a deliberate window (see above), waiting for nothing
 	}
 }
 
@@ -363,7 +363,7 @@ func TestRealtimeHeartbeatNegotiation(t *testing.T) {
 	for _, tt := range []struct {
 		wish uint32
 		want uint32
-	}{{0, 2000}, {5000, 5000}, {100, 1000}, {600000, 10000}} {
+	}{{0, 6000}, {5000, 5000}, {100, 1000}, {600000, 10000}} {
 		d := dial(t, n)
 		d.sendMsg(protocol.OpAuth, &pb.Auth{Token: n.token(t, "alice"), Device: fmt.Sprintf("hb-%d", tt.wish), Platform: "ios", HeartbeatMs: tt.wish})
 		var r pb.AuthReply
@@ -387,7 +387,7 @@ func TestRealtimeHeartbeatNegotiation(t *testing.T) {
 		}
 	}
 	// At 1 s the deadline is 3x1s+5s: a session that goes silent now is
-	// closed with 1002 well before the default interval's 11 s.
+	// closed with 1002 well before the default interval's 23 s.
 	d.expectError(protocol.CodeHeartbeatTimeout, 10*time.Second)
 }
 

@@ -147,7 +147,7 @@ func TestDeviceTargetReachesOnlyThatDevice(t *testing.T) {
 	n.publish(t, toUser("dave", "both"))
 	a.waitGot(2, waitFor)
 	b.waitGot(1, waitFor)
-	time.Sleep(100 * time.Millisecond)
+	time.Sleep(100 * time.Millisecond) // a deliberate gap, waiting for nothing: a stray or duplicate oplog would arrive in it
 	for _, r := range b.received() {
 		if r.Channel != oplog.UserChannel("demo", "dave") {
 			t.Fatalf("dev-b received %+v", r)
@@ -169,7 +169,7 @@ func TestDedupKeyReturnsSameID(t *testing.T) {
 	d := dial(t, n)
 	d.auth(n.token(t, "erin"), "phone", "demo")
 	d.waitGot(2, waitFor)
-	time.Sleep(100 * time.Millisecond)
+	time.Sleep(100 * time.Millisecond) // a deliberate gap, waiting for nothing: a stray or duplicate oplog would arrive in it
 	checkInOrder(t, d, oplog.UserChannel("demo", "erin"), 1, 2, func(id uint64) string { return map[uint64]string{1: "x", 2: "other"}[id] })
 }
 
@@ -218,7 +218,7 @@ func TestPublishesRacingReconnectBacklog(t *testing.T) {
 	d2.auth(n.token(t, "gina"), "phone", "demo")
 	wg.Wait()
 	d2.waitGot(599, waitFor)
-	time.Sleep(100 * time.Millisecond)
+	time.Sleep(100 * time.Millisecond) // a deliberate gap, waiting for nothing: a stray or duplicate oplog would arrive in it
 	checkInOrder(t, d2, ch, 2, 600, func(id uint64) string { return fmt.Sprint(id) })
 }
 

@@ -33,9 +33,9 @@ api_keys:
 comet:
   addr: 127.0.0.1:0
   ws_addr: 127.0.0.1:0
-  heartbeat: 2s
-  auth_timeout: 1s
-  ack_timeout: 3s
+  heartbeat: 10s
+  auth_timeout: 5s
+  ack_timeout: 30s
   page_limit: 50
   tls:
     cert_file: %s

@@ -171,7 +171,7 @@ func TestFrameSplitOverManyWrites(t *testing.T) {
 	for i, step := 0, 1; i < len(frame); step *= 2 {
 		end := min(i+step, len(frame))
 		send(t, c, frame[i:end])
-		time.Sleep(3 * time.Millisecond)
+		time.Sleep(3 * time.Millisecond) // deliberate gap: each piece in its own read
 		i = end
 	}
 	f := mustReadFrame(t, c)
@@ -507,7 +507,7 @@ func TestSlowConsumer(t *testing.T) {
 		}
 		written += len(frame)
 		if written%(1<<20) == 0 {
-			time.Sleep(time.Millisecond) // let the drain hand bytes to the kernel
+			time.Sleep(time.Millisecond) // deliberate pacing: let the drain hand bytes to the kernel
 		}
 	}
 	if !errors.Is(err, gateway.ErrSlowConsumer) {

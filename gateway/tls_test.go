@@ -159,7 +159,7 @@ func TestTLSSlowConsumer(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatal("writes never failed for a peer that does not read")
 		}
-		time.Sleep(time.Millisecond)
+		time.Sleep(time.Millisecond) // deliberate pacing while filling the peer's buffers
 	}
 	if e := recvClose(t, h, 10*time.Second); !errors.Is(e.err, gateway.ErrSlowConsumer) {
 		t.Fatalf("OnClose %v, want ErrSlowConsumer", e.err)

@@ -289,7 +289,7 @@ func testPingPongAndFragments(t *testing.T, secure bool) {
 	c.sendWS(t, ws.OpPong, true, []byte("unsolicited"), false) // ignored
 	// Idle after control frames, longer than ReadTimeout: that bounds a
 	// message in progress, not the silence between messages.
-	time.Sleep(3 * readTimeout)
+	time.Sleep(3 * readTimeout) // a deliberate idle gap, longer than ReadTimeout
 
 	// One frame in three fragments with a ping in between.
 	frame := protocol.AppendFrame(nil, protocol.OpHeartbeat, 42, []byte("fragmented body"))

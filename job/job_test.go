@@ -15,6 +15,7 @@ import (
 	"go.uber.org/goleak"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/msync/msync/internal/testutil"
 	"github.com/msync/msync/job"
 	"github.com/msync/msync/pkg/api"
 	"github.com/msync/msync/pkg/api/pb"
@@ -192,13 +193,12 @@ func (e *env) send(msgs ...queue.Message) {
 
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
+	testutil.Eventually(t, 5*time.Second, 2*time.Millisecond, func() error {
+		if !cond() {
+			return fmt.Errorf("still waiting for %s", what)
 		}
-		time.Sleep(2 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 func (e *env) metric(name string, labels map[string]string) float64 {
@@ -376,7 +376,7 @@ func TestWorkersBoundConcurrency(t *testing.T) {
 			close(release)
 			t.Fatalf("%d pushes in flight with Workers=2", n)
 		}
-		time.Sleep(time.Millisecond)
+		time.Sleep(time.Millisecond) // a deliberate window, waiting for nothing: a third push would start in it
 	}
 	close(release)
 	waitFor(t, "all six pushes", func() bool {

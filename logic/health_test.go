@@ -3,11 +3,13 @@ package logic_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/msync/msync/internal/testutil"
 	"github.com/msync/msync/logic"
 )
 
@@ -56,11 +58,10 @@ func TestHealthzNamesTheDependencyThatIsDown(t *testing.T) {
 
 func eventually(t *testing.T, timeout time.Duration, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("condition not met within %v", timeout)
+	testutil.Eventually(t, timeout, 20*time.Millisecond, func() error {
+		if !cond() {
+			return fmt.Errorf("condition not met")
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return nil
+	})
 }

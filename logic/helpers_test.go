@@ -18,6 +18,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/msync/msync/internal/testutil"
 	"github.com/msync/msync/logic"
 	"github.com/msync/msync/pkg/api/pb"
 	"github.com/msync/msync/pkg/auth"
@@ -64,7 +65,7 @@ func (s *flakyStore) Append(ctx context.Context, ops []*oplog.Oplog) ([]store.Ap
 	if d := time.Duration(s.lateBy.Load()); d > 0 {
 		done := make(chan appendResult, 1)
 		s.late.Go(func() {
-			time.Sleep(d)
+			time.Sleep(d) // deliberate: the injected store commits late
 			res, err := s.Store.Append(context.Background(), ops)
 			done <- appendResult{res, err}
 		})
@@ -339,13 +340,12 @@ func (e *env) waitQueued(n int) ([]*pb.QueueMsg, []string) {
 
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
+	testutil.Eventually(t, 5*time.Second, 2*time.Millisecond, func() error {
+		if !cond() {
+			return fmt.Errorf("still waiting for %s", what)
 		}
-		time.Sleep(2 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 // metric sums the values of the family name whose labels include want.

@@ -52,7 +52,7 @@ func TestLostPushIsRepushed(t *testing.T) {
 	if id, _ := e.publish(`{"biz":"chat","user":"a","payload":"x"}`); id != 1 {
 		t.Fatalf("id = %d", id)
 	}
-	time.Sleep(120 * time.Millisecond) // a repair pass or two while the queue still fails
+	time.Sleep(120 * time.Millisecond) // a deliberate gap: a repair pass or two must fail while the queue does
 	e.q.fail.Store(false)
 	msgs, _ := e.waitQueued(1)
 	if op := msgs[0].GetOplog(); op.GetId() != 1 || op.GetChannel() != "chat/u/a" {

@@ -26,6 +26,7 @@ import (
 	"github.com/gobwas/ws/wsutil"
 
 	"github.com/msync/msync/internal/cluster"
+	"github.com/msync/msync/internal/testutil"
 	"github.com/msync/msync/pkg/config"
 )
 
@@ -143,18 +144,12 @@ func TestBrowserDemo(t *testing.T) {
 	// device reaches the last id (acks are forwarded in batches, so poll).
 	channel := "demo/u/" + r.User
 	last := r.Published[n-1]
-	var got uint64
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		got = serverPoint(t, base, r.Device, channel)
-		if got == last || time.Now().After(deadline) {
-			break
+	testutil.Eventually(t, 10*time.Second, 50*time.Millisecond, func() error {
+		if got := serverPoint(t, base, r.Device, channel); got != last {
+			return fmt.Errorf("server sync point of %s/%s = %d, want %d", r.Device, channel, got, last)
 		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	if got != last {
-		t.Fatalf("server sync point of %s/%s = %d, want %d", r.Device, channel, got, last)
-	}
+		return nil
+	})
 }
 
 // checkInteractive clicks through the interactive page the way a developer

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/msync/msync/internal/testutil"
 	"github.com/msync/msync/pkg/config"
 )
 
@@ -94,13 +95,12 @@ func TestLogicAndCometOverGRPC(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for fmt.Sprint(l.Comets.IDs()) != "[comet-1]" || l.Comets.Addr("comet-1") != c.Advertised {
-		if time.Now().After(deadline) {
-			t.Fatalf("discovery lists %v (addr %q), want comet-1 at %s", l.Comets.IDs(), l.Comets.Addr("comet-1"), c.Advertised)
+	testutil.Eventually(t, 10*time.Second, 5*time.Millisecond, func() error {
+		if ids, addr := fmt.Sprint(l.Comets.IDs()), l.Comets.Addr("comet-1"); ids != "[comet-1]" || addr != c.Advertised {
+			return fmt.Errorf("discovery lists %v (addr %q), want comet-1 at %s", ids, addr, c.Advertised)
 		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return nil
+	})
 	resp, err := http.Get("http://" + c.OpsAddr.String() + "/healthz")
 	if err != nil || resp.StatusCode != 200 {
 		t.Fatalf("comet /healthz: %v %v", resp, err)

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/msync/msync/internal/testutil"
 	"github.com/msync/msync/pkg/rpc"
 )
 
@@ -71,11 +72,10 @@ func TestTierTLSStartChecks(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer stop(t, c.Shutdown)
-	deadline := time.Now().Add(10 * time.Second)
-	for fmt.Sprint(l.Comets.IDs()) != "[comet-1]" {
-		if time.Now().After(deadline) {
-			t.Fatalf("discovery lists %v over TLS, want [comet-1]", l.Comets.IDs())
+	testutil.Eventually(t, 10*time.Second, 5*time.Millisecond, func() error {
+		if ids := fmt.Sprint(l.Comets.IDs()); ids != "[comet-1]" {
+			return fmt.Errorf("discovery lists %v over TLS, want [comet-1]", ids)
 		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return nil
+	})
 }

@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -9,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/msync/msync/internal/testutil"
 )
 
 // SIGHUP re-reads the upstreams of the file a node was started from; a file
@@ -43,13 +46,12 @@ func TestReloadUpstreamsOnHangup(t *testing.T) {
 	if err := syscall.Kill(os.Getpid(), syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for !slices.Equal(n.Comet.Upstreams(), []string{"orders", "users"}) {
-		if time.Now().After(deadline) {
-			t.Fatalf("upstreams after SIGHUP: %v", n.Comet.Upstreams())
+	testutil.Eventually(t, 10*time.Second, 5*time.Millisecond, func() error {
+		if got := n.Comet.Upstreams(); !slices.Equal(got, []string{"orders", "users"}) {
+			return fmt.Errorf("upstreams after SIGHUP: %v, want [orders users]", got)
 		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return nil
+	})
 
 	write(base + "upstreams: {orders: {url: 'ftp://nope'}}\n")
 	if err := ReloadUpstreams(n.Comet, path); err == nil || !strings.Contains(err.Error(), "ftp://nope") {

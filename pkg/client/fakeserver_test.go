@@ -18,6 +18,7 @@ import (
 	"go.uber.org/goleak"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/msync/msync/internal/testutil"
 	"github.com/msync/msync/pkg/protocol"
 	"github.com/msync/msync/pkg/protocol/pb"
 )
@@ -322,13 +323,12 @@ func (r *recorder) event(t *testing.T, kind EventKind, n int) Event {
 // eventually polls cond until it holds or waitFor passes.
 func eventually(t *testing.T, cond func() bool, format string, args ...any) {
 	t.Helper()
-	deadline := time.Now().Add(waitFor)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for "+format, args...)
+	testutil.Eventually(t, waitFor, 5*time.Millisecond, func() error {
+		if !cond() {
+			return fmt.Errorf("still waiting for "+format, args...)
 		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 func waitIDs(t *testing.T, r *recorder, ch string, want ...uint64) {

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/status"
 
+	"github.com/msync/msync/internal/testutil"
 	"github.com/msync/msync/pkg/api/pb"
 	"github.com/msync/msync/pkg/directory"
 	dirmem "github.com/msync/msync/pkg/directory/memory"
@@ -88,13 +89,12 @@ func pushTo(t *testing.T, c *Comets, id string) (uint32, error) {
 
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
+	testutil.Eventually(t, 5*time.Second, 5*time.Millisecond, func() error {
+		if !cond() {
+			return fmt.Errorf("still waiting for %s", what)
 		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 func TestCometsJoinMoveDepart(t *testing.T) {

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/msync/msync/internal/testutil"
 	"github.com/msync/msync/pkg/api"
 	"github.com/msync/msync/pkg/api/pb"
 	"github.com/msync/msync/pkg/protocol"
@@ -135,7 +136,7 @@ func TestRoundRobinAndFailover(t *testing.T) {
 		if _, err := cl.Connect(ctx, &pb.ConnectReq{Device: "ok"}); err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(time.Millisecond)
+		time.Sleep(time.Millisecond) // deliberate pacing: let the balancer connect to both
 	}
 	shutdown(t, s1.Shutdown)
 	// Calls in flight when s1 went away may fail (no retries); after the
@@ -149,7 +150,7 @@ func TestRoundRobinAndFailover(t *testing.T) {
 		r, err := cl.Connect(ctx, &pb.ConnectReq{Device: "ok"})
 		if err != nil {
 			ok = 0
-			time.Sleep(10 * time.Millisecond)
+			time.Sleep(10 * time.Millisecond) // deliberate pacing between retries
 			continue
 		}
 		if r.User != "s2" {
@@ -215,11 +216,12 @@ func TestGracefulShutdownBounded(t *testing.T) {
 	var callErr error
 	wg.Go(func() { _, callErr = cl.Connect(context.Background(), &pb.ConnectReq{Device: "hang"}) })
 	// Shutdown must find the call in its handler, however loaded the machine.
-	for deadline := time.Now().Add(10 * time.Second); fl.calls.Load() == 0; time.Sleep(5 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("the hung call never reached the handler")
+	testutil.Eventually(t, 10*time.Second, 5*time.Millisecond, func() error {
+		if fl.calls.Load() == 0 {
+			return errors.New("the hung call has not reached the handler")
 		}
-	}
+		return nil
+	})
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	defer cancel()
 	began := time.Now()

@@ -12,6 +12,7 @@ import (
 	"go.uber.org/goleak"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/msync/msync/internal/testutil"
 	"github.com/msync/msync/pkg/api/pb"
 	"github.com/msync/msync/pkg/oplog"
 	"github.com/msync/msync/pkg/queue"
@@ -138,13 +139,12 @@ func wrap(t *testing.T, inner queue.Consumer, channels int) *dedupe.Consumer {
 
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
+	testutil.Eventually(t, 5*time.Second, 2*time.Millisecond, func() error {
+		if !cond() {
+			return fmt.Errorf("still waiting for %s", what)
 		}
-		time.Sleep(2 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 func TestDropsRepeatsAndLateLowerIDs(t *testing.T) {

@@ -15,6 +15,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"slices"
 	"strconv"
 	"sync"
@@ -23,6 +24,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/msync/msync/internal/testutil"
 	"github.com/msync/msync/pkg/api/pb"
 	"github.com/msync/msync/pkg/oplog"
 	"github.com/msync/msync/pkg/queue"
@@ -71,13 +73,12 @@ func TestConsumerOnScriptedBroker(t *testing.T) {
 		}
 		return got
 	}
-	deadline := time.Now().Add(15 * time.Second)
-	for len(locked()) < queues {
-		if time.Now().After(deadline) {
-			t.Fatalf("locked queues %v, want all %d: the orderly consumer never locked its queues", locked(), queues)
+	testutil.Eventually(t, 15*time.Second, 20*time.Millisecond, func() error {
+		if got := locked(); len(got) < queues {
+			return fmt.Errorf("locked queues %v, want all %d: the orderly consumer has not locked its queues", got, queues)
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return nil
+	})
 	reqs, _ := srv.snapshot()
 	var route, heartbeat bool
 	for _, r := range reqs {
@@ -127,13 +128,12 @@ func TestConsumerOnScriptedBroker(t *testing.T) {
 	// v2.1.2 sends no UNREGISTER_CLIENT: a broker drops the consumer from
 	// the group (and rebalances its queues to the other job instances) when
 	// the connection closes, so the connection must be closed.
-	deadline = time.Now().Add(5 * time.Second)
-	for srv.openConns("broker") > 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d connections to the broker still open after Shutdown", srv.openConns("broker"))
+	testutil.Eventually(t, 10*time.Second, 10*time.Millisecond, func() error {
+		if n := srv.openConns("broker"); n > 0 {
+			return fmt.Errorf("%d connections to the broker still open after Shutdown", n)
 		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 // TestConformanceScriptedBroker runs the queue conformance suite through the
@@ -220,13 +220,12 @@ func TestConsumerCommitsAndResumes(t *testing.T) {
 
 func waitUntil(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
+	testutil.Eventually(t, 20*time.Second, 5*time.Millisecond, func() error {
+		if !cond() {
+			return fmt.Errorf("still waiting for %s", what)
 		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 // TestDuplicateSendDedupedEndToEnd: a send that times out although the

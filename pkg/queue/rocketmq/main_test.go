@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/msync/msync/internal/testutil"
 )
 
 // TestMain checks for leaked goroutines after the tests. rocketmq-client-go
@@ -44,18 +46,9 @@ func TestMain(m *testing.M) {
 	SetClientLogger(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError})))
 	code := m.Run()
 	if code == 0 {
-		deadline := time.Now().Add(leakWait)
-		for {
-			err := goleak.Find(clientLeaks...)
-			if err == nil {
-				break
-			}
-			if time.Now().After(deadline) {
-				fmt.Fprintf(os.Stderr, "goleak after %v: %v\n", leakWait, err)
-				code = 1
-				break
-			}
-			time.Sleep(100 * time.Millisecond)
+		if err := testutil.Poll(leakWait, 100*time.Millisecond, func() error { return goleak.Find(clientLeaks...) }); err != nil {
+			fmt.Fprintf(os.Stderr, "goleak after %v: %v\n", leakWait, err)
+			code = 1
 		}
 	}
 	os.Exit(code)

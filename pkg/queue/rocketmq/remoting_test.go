@@ -210,7 +210,7 @@ func (s *remotingServer) serve(role string, c net.Conn) {
 		}
 		if delay > 0 {
 			s.wg.Go(func() {
-				time.Sleep(delay)
+				time.Sleep(delay) // deliberate: the scripted broker answers late
 				write()
 			})
 			continue

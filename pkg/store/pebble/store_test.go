@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/msync/msync/internal/testutil"
 	"github.com/msync/msync/pkg/oplog"
 	"github.com/msync/msync/pkg/store"
 	"github.com/msync/msync/pkg/store/storetest"
@@ -367,11 +368,10 @@ func (g *commitGate) waitHeld(t *testing.T) {
 // waitFor polls cond until it holds or a deadline passes.
 func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(time.Minute)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
+	testutil.Eventually(t, time.Minute, time.Millisecond, func() error {
+		if !cond() {
+			return fmt.Errorf("still waiting for %s", what)
 		}
-		time.Sleep(time.Millisecond)
-	}
+		return nil
+	})
 }
