@@ -2,9 +2,11 @@ package bench_test
 
 import (
 	"context"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -85,6 +87,18 @@ func TestSmoke(t *testing.T) {
 			t.Fatalf("fanout: %+v", r)
 		}
 	})
+	t.Run("million-tiny", func(t *testing.T) {
+		cc := common
+		cc.Target.Comets = 2
+		r, err := bench.RunMillion(ctx, bench.MillionConfig{Common: cc, N: 60, Hold: time.Second, Sample: 12, Heartbeat: time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Stopped != "" || r.Connected != 60 || r.Drops != 0 || r.SampleDelivered != 12 || r.SampleLost != 0 || r.SampleDups != 0 ||
+			r.SessionsAtEnd != 60 || r.ServerHeartbeats <= 0 || r.ServerRSS == 0 || r.ClientRSS == 0 {
+			t.Fatalf("million: %+v", r)
+		}
+	})
 	t.Run("reconnect", func(t *testing.T) {
 		r, err := bench.RunReconnect(ctx, bench.ReconnectConfig{Common: common, N: 20, Backlog: 30})
 		if err != nil {
@@ -94,4 +108,20 @@ func TestSmoke(t *testing.T) {
 			t.Fatalf("reconnect: %+v", r)
 		}
 	})
+}
+
+// TestMillionMemoryCheck: the scenario refuses to start when the machine
+// has too little free memory for the asked count, and says why.
+func TestMillionMemoryCheck(t *testing.T) {
+	cfg := bench.MillionConfig{N: 1_000_000, BytesPerSession: 20 << 10}
+	err := bench.CheckMillionMemory(cfg, 16<<30, 4_000_000)
+	if !errors.Is(err, bench.ErrConfig) || !strings.Contains(err.Error(), "MemAvailable is 16.0 GiB") {
+		t.Fatalf("1M sessions with 16 GiB free: %v", err)
+	}
+	if err := bench.CheckMillionMemory(cfg, 40<<30, 4_000_000); err != nil {
+		t.Fatalf("1M sessions with 40 GiB free: %v", err)
+	}
+	if err := bench.CheckMillionMemory(cfg, 40<<30, 1_000_000); !errors.Is(err, bench.ErrConfig) || !strings.Contains(err.Error(), "file-max") {
+		t.Fatalf("1M sessions with file-max 1M: %v", err)
+	}
 }

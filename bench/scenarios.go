@@ -301,7 +301,13 @@ type PublishConfig struct {
 	// FindMax raises the rate by 1.5x per step (at most 8 steps) while every
 	// oplog arrives, the achieved rate is >= 95% of asked and p99 <= MaxP99.
 	FindMax bool
-	MaxP99  time.Duration // zero 100ms
+	// Rates, when set, are the steps tried in turn instead (Rate is
+	// ignored): every step runs whatever the one before did, until one
+	// achieves less than 90% of its rate (the publisher saturated), as
+	// the peer's load client steps. MaxSustainable is the highest step
+	// that was sustained.
+	Rates  []float64
+	MaxP99 time.Duration // zero 100ms
 	// Drain bounds the wait for deliveries after publishing; zero 10s.
 	Drain time.Duration
 }
@@ -320,6 +326,9 @@ type PublishStep struct {
 	Dups          uint64  `json:"dups"`
 	Drops         uint64  `json:"drops"`
 	OK            bool    `json:"sustained"`
+	// ServerUsPerDelivery is the server's CPU time (user+sys, all its
+	// processes, from /proc) over the step per oplog delivered.
+	ServerUsPerDelivery float64 `json:"server_cpu_us_per_delivery,omitempty"`
 }
 
 // PublishResult: the first step's figures, and the search when FindMax.
@@ -336,6 +345,14 @@ type PublishResult struct {
 // RunPublish publishes at Rate to Devices online devices and measures
 // delivery.
 func RunPublish(ctx context.Context, cfg PublishConfig) (*PublishResult, error) {
+	for _, r := range cfg.Rates {
+		if r <= 0 {
+			return nil, fmt.Errorf("%w: publish: every rate of --rates must be positive", ErrConfig)
+		}
+	}
+	if len(cfg.Rates) > 0 {
+		cfg.Rate, cfg.FindMax = cfg.Rates[0], false
+	}
 	if cfg.Rate <= 0 {
 		return nil, fmt.Errorf("%w: publish: --rate must be positive", ErrConfig)
 	}
@@ -382,19 +399,27 @@ func runPublish(ctx context.Context, cfg *PublishConfig, e *env) (*PublishResult
 	if cfg.FindMax {
 		steps = 8
 	}
+	if len(cfg.Rates) > 0 {
+		steps = len(cfg.Rates)
+	}
 	for s := 0; s < steps && ctx.Err() == nil; s++ {
+		if len(cfg.Rates) > 0 {
+			rate = cfg.Rates[s]
+		}
 		if _, err := e.pool.cmd("reset"); err != nil {
 			return nil, err
 		}
+		cpu0, cpuErr := e.srv.sample()
 		start := time.Now()
 		achieved := pub.paced(ctx, rate, cfg.Duration, 0, cfg.Batch, cfg.Workers, owner)
 		pubSecs := time.Since(start).Seconds()
-		ok, fail := pub.ok.Load(), pub.fail.Load()
+		ok, fail := pub.ok.Load(), pub.fail.Load() // paced zeroes them
 		r, err := e.pool.waitRecv(ok, 0, cfg.Drain)
 		if err != nil {
 			return nil, err
 		}
 		el := time.Since(start).Seconds()
+		cpu1, cpuErr1 := e.srv.sample()
 		st := PublishStep{Rate: rate, Achieved: achieved, Published: ok, Failed: fail, Dups: r.Dups, Drops: r.Drops,
 			P50: ms(r.Hist.Quantile(0.50)), P99: ms(r.Hist.Quantile(0.99)), Max: ms(time.Duration(r.Hist.MaxNs))}
 		if r.Recv < ok {
@@ -402,18 +427,30 @@ func runPublish(ctx context.Context, cfg *PublishConfig, e *env) (*PublishResult
 		}
 		st.DeliveredPerS = float64(r.Recv) / max(pubSecs, el-0.02) // the poll adds up to 20ms
 		st.OK = st.Lost == 0 && fail == 0 && achieved >= 0.95*rate && st.P99 <= ms(cfg.MaxP99)
+		if cpuErr == nil && cpuErr1 == nil && r.Recv > 0 {
+			st.ServerUsPerDelivery = 1e6 * float64(cpu1.cpuTicks-cpu0.cpuTicks) / clkTck / float64(r.Recv)
+		}
 		cfg.logf("rate %.0f: achieved %.0f/s, delivered %.0f/s, p99 %.2fms, lost %d, ok %v", rate, achieved, st.DeliveredPerS, st.P99, st.Lost, st.OK)
 		if s == 0 {
 			res.PublishStep = st
 		}
 		res.Steps = append(res.Steps, st)
+		if len(cfg.Rates) > 0 {
+			if st.OK {
+				res.MaxSustainable = rate
+			}
+			if achieved < 0.9*rate {
+				break
+			}
+			continue
+		}
 		if !st.OK {
 			break
 		}
 		res.MaxSustainable = st.DeliveredPerS
 		rate *= 1.5
 	}
-	if !cfg.FindMax {
+	if !cfg.FindMax && len(cfg.Rates) == 0 {
 		res.Steps, res.MaxSustainable = nil, 0
 	}
 	if pub.lastErr != nil {

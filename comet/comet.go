@@ -362,7 +362,7 @@ func (c *Comet) renew() {
 		}
 		for _, t := range reply.GetTickets() {
 			if s := c.lookup(t.Key); s != nil {
-				s.ticket.Store(&t.Ticket)
+				s.setTicket(t.Ticket)
 			}
 		}
 		refs = make([]*pb.SessionRef, 0, renewBatch)

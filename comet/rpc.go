@@ -202,9 +202,21 @@ type rpcRouter struct {
 
 // sessionRPC is a session's RPC state, owned by the drain task.
 type sessionRPC struct {
+	st *rpcCalls // nil until the session's first call: an idle session holds 8 bytes, not 32
+}
+
+type rpcCalls struct {
 	inflight map[uint32]struct{} // request ids sent to upstreams, not yet answered
 	ctx      context.Context     // cancelled when the session ends
 	cancel   context.CancelFunc
+}
+
+// inflight is the session's calls in flight (nil, readable, before the first).
+func (r *sessionRPC) inflight() map[uint32]struct{} {
+	if r.st == nil {
+		return nil
+	}
+	return r.st.inflight
 }
 
 func newRPCRouter(c *Comet, ups []Upstream, maxResponse int) (*rpcRouter, error) {
@@ -354,7 +366,7 @@ func (s *session) handleRequest(f protocol.Frame) {
 		s.fail(f.Seq, protocol.CodeBadFrame, "REQUEST id 0", ErrProtocol)
 		return
 	}
-	if _, dup := s.rpc.inflight[r.Id]; dup {
+	if _, dup := s.rpc.inflight()[r.Id]; dup {
 		s.fail(f.Seq, protocol.CodeOutOfOrder, fmt.Sprintf("REQUEST id %d already in flight", r.Id), ErrProtocol)
 		return
 	}
@@ -373,8 +385,8 @@ func (s *session) handleRequest(f protocol.Frame) {
 	case svc == nil:
 		refuse(protocol.StatusUnknownService, "unknown_service", "unknown service")
 		return
-	case len(s.rpc.inflight) >= s.c.cfg.MaxRequests:
-		refuse(protocol.StatusTooManyRequests, "session_limit", fmt.Sprintf("%d requests in flight on this session", len(s.rpc.inflight)))
+	case len(s.rpc.inflight()) >= s.c.cfg.MaxRequests:
+		refuse(protocol.StatusTooManyRequests, "session_limit", fmt.Sprintf("%d requests in flight on this session", len(s.rpc.inflight())))
 		return
 	case len(r.Body) > svc.MaxRequestBytes:
 		refuse(protocol.StatusRequestTooLarge, "request_too_large", fmt.Sprintf("body of %d bytes, limit %d", len(r.Body), svc.MaxRequestBytes))
@@ -398,20 +410,20 @@ func (s *session) handleRequest(f protocol.Frame) {
 	}
 	rt.wg.Add(1)
 	rt.life.Unlock()
-	if s.rpc.inflight == nil {
-		s.rpc.inflight = make(map[uint32]struct{})
-		s.rpc.ctx, s.rpc.cancel = context.WithCancel(rt.ctx)
+	if s.rpc.st == nil {
+		ctx, cancel := context.WithCancel(rt.ctx)
+		s.rpc.st = &rpcCalls{inflight: make(map[uint32]struct{}), ctx: ctx, cancel: cancel}
 	}
-	s.rpc.inflight[r.Id] = struct{}{}
+	s.rpc.st.inflight[r.Id] = struct{}{}
 	svc.m.inFlight.Inc()
 	id := callIdentity{user: s.user, device: s.device, platform: s.platform, appVersion: s.appVersion}
-	go rt.call(s, s.rpc.ctx, svc, f.Seq, &r, id)
+	go rt.call(s, s.rpc.st.ctx, svc, f.Seq, &r, id)
 }
 
 // handleResponse writes a call's RESPONSE (an evResponse event: the request
 // id in frame.Seq, the encoded frame in frame.Body).
 func (s *session) handleResponse(ev *event) {
-	delete(s.rpc.inflight, ev.frame.Seq)
+	delete(s.rpc.inflight(), ev.frame.Seq)
 	if s.phase == phaseAuthed {
 		s.send(protocol.OpResponse, ev.frame.Body)
 	}
@@ -419,8 +431,8 @@ func (s *session) handleResponse(ev *event) {
 
 // endRPC cancels the session's calls in flight; their answers are dropped.
 func (s *session) endRPC() {
-	if s.rpc.cancel != nil {
-		s.rpc.cancel()
+	if s.rpc.st != nil {
+		s.rpc.st.cancel()
 	}
 }
 

@@ -18,8 +18,34 @@ type sessionHandler struct {
 	s    *session
 }
 
-func newSessionLogger(base *slog.Logger, s *session) *slog.Logger {
-	return slog.New(sessionHandler{base: base.Handler(), s: s})
+// sessionLog is the session itself as the slog.Handler of its logger (base:
+// the comet's logger), so a session's logger costs no allocation of its
+// own: boxing a pointer in the Handler interface allocates nothing, where a
+// sessionHandler value and a *slog.Logger per session were ~48 bytes that
+// every idle session held. With/WithGroup (rare) return a sessionHandler.
+type sessionLog session
+
+// newSessionLogger returns s's logger, a value kept in the session.
+func newSessionLogger(s *session) slog.Logger {
+	return *slog.New((*sessionLog)(s))
+}
+
+func (h *sessionLog) base() slog.Handler { return h.c.log.Handler() }
+
+func (h *sessionLog) Enabled(ctx context.Context, l slog.Level) bool {
+	return h.base().Enabled(ctx, l)
+}
+
+func (h *sessionLog) Handle(ctx context.Context, r slog.Record) error {
+	return sessionHandler{base: h.base(), s: (*session)(h)}.Handle(ctx, r)
+}
+
+func (h *sessionLog) WithAttrs(as []slog.Attr) slog.Handler {
+	return sessionHandler{base: h.base().WithAttrs(as), s: (*session)(h)}
+}
+
+func (h *sessionLog) WithGroup(name string) slog.Handler {
+	return sessionHandler{base: h.base().WithGroup(name), s: (*session)(h)}
 }
 
 func (h sessionHandler) Enabled(ctx context.Context, l slog.Level) bool {

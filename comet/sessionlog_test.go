@@ -13,8 +13,8 @@ import (
 func TestSessionLoggerAttrs(t *testing.T) {
 	var buf bytes.Buffer
 	base := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	s := &session{conn: newFakeConn(7), key: "k7"}
-	log := newSessionLogger(base, s)
+	s := &session{c: &Comet{log: base}, conn: newFakeConn(7), key: "k7"}
+	log := newSessionLogger(s)
 
 	log.Debug("hidden")
 	if buf.Len() != 0 {

@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"reflect"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -25,11 +26,13 @@ Scenarios:
   conns     -n N [--comets K]                     idle sessions: bytes_per_conn, connect_rate, idle CPU
   heartbeat -n N --interval S [--comets K]        server CPU with N sessions heartbeating
   publish   --rate R --duration D --devices N     durable unicast: delivered_per_s, p50/p99/max, lost
-            [--batch B] [--find-max]
+            [--batch B] [--find-max | --rates R1,R2,...]
   fanout    -n N --msgs K [--batch B --workers W]  each message to N devices: deliveries_per_s, p99
   reconnect -n N --backlog B                      reconnect storm: seconds_to_synced, lost, dups
   rpc       [--rate R --duration D --devices N]   RPC over the connection vs calling the upstream directly
             [--body B --workers W]                (default 1000/s, 10s, 10, 256 B, 64): p50/p99 added, max calls/s
+  million   -n N [--hold 5m --sample S --interval 30s]  N sessions on N/19000 comets held with 0 drops, then one
+            oplog to S of them: RSS per part, sockstat, CPU, connect time (refuses when memory is short)
   soak      [--devices N --oplogs K --kills M]    kill -9 under load (default 500, 100000, 10; --max-time 10m):
             lost, duplicated, out_of_order as the devices' handlers saw them
 
@@ -71,13 +74,17 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		batch   = fs.Int("batch", 0, "oplogs per publish call (1 = POST /v1/sync); publish: 100, reconnect: 500, fanout: 1")
 		workers = fs.Int("workers", 0, "concurrent publish calls (publish: 32, reconnect: 8, fanout: 1)")
 		findMax = fs.Bool("find-max", false, "publish: raise the rate 1.5x per step while sustained")
+		rates   = fs.String("rates", "", "publish: comma-separated rate steps (instead of --rate/--find-max), each --duration long")
 		msgs    = fs.Int("msgs", 10, "fanout: messages")
 		backlog = fs.Int("backlog", 100, "reconnect: oplogs per device published while offline")
 		iv      = fs.Duration("interval", 5*time.Second, "heartbeat: server heartbeat interval")
 		window  = fs.Duration("window", 0, "conns/heartbeat: CPU measurement window (conns 10s, heartbeat 3 intervals)")
 		oplogs  = fs.Int("oplogs", 100000, "soak: oplogs to publish")
 		kills   = fs.Int("kills", 10, "soak: kill -9 of the server during publishing")
-		maxTime = fs.Duration("max-time", 10*time.Minute, "soak: bound of the whole run")
+		maxTime = fs.Duration("max-time", 10*time.Minute, "soak: bound of the whole run (million: hold + 20m)")
+		hold    = fs.Duration("hold", 5*time.Minute, "million: how long the sessions are held before the sample is published")
+		sample  = fs.Int("sample", 1000, "million: devices published to after the hold")
+		perSess = fs.Int("bytes-per-session", 0, "million: machine bytes per session for the free-memory check (default: the measured figure)")
 		rpcBody = fs.Int("body", 256, "rpc: request and answer bytes")
 	)
 	fs.StringVar(&common.Target.Addr, "addr", "", "comet TCP address of a running server (with --api)")
@@ -98,8 +105,8 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		res any
 		err error
 	)
-	if common.Target.Comets != 0 && scenario != "conns" && scenario != "heartbeat" {
-		return fmt.Errorf("bench: --comets is for conns and heartbeat only")
+	if common.Target.Comets != 0 && scenario != "conns" && scenario != "heartbeat" && scenario != "million" {
+		return fmt.Errorf("bench: --comets is for conns, heartbeat and million only")
 	}
 	if common.Target.Comets < 0 {
 		return fmt.Errorf("bench: --comets must not be negative")
@@ -110,8 +117,12 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	case "heartbeat":
 		res, err = bench.RunHeartbeat(ctx, bench.HeartbeatConfig{Common: common, N: *n, Interval: *iv, Window: *window})
 	case "publish":
+		var steps []float64
+		if steps, err = parseRates(*rates); err != nil {
+			return err
+		}
 		res, err = bench.RunPublish(ctx, bench.PublishConfig{Common: common, Rate: *rate, Duration: *dur, Devices: *devices,
-			Batch: *batch, Workers: *workers, FindMax: *findMax})
+			Batch: *batch, Workers: *workers, FindMax: *findMax, Rates: steps})
 	case "fanout":
 		res, err = bench.RunFanout(ctx, bench.FanoutConfig{Common: common, N: *n, Msgs: *msgs, Batch: *batch, Workers: *workers})
 	case "reconnect":
@@ -129,6 +140,26 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			}
 		})
 		res, err = bench.RunRPC(ctx, rc)
+	case "million":
+		mc := bench.MillionConfig{Common: common, N: *n, Hold: *hold, Sample: *sample, BytesPerSession: *perSess}
+		fs.Visit(func(f *flag.Flag) { // their defaults are the other scenarios'
+			switch f.Name {
+			case "interval":
+				mc.Heartbeat = *iv
+			case "max-time":
+				mc.MaxTime = *maxTime
+			}
+		})
+		var r *bench.MillionResult
+		if r, err = bench.RunMillion(ctx, mc); err == nil && r.Stopped != "" {
+			_ = printTable(stdout, r)
+			err = fmt.Errorf("bench: million: stopped: %s", r.Stopped)
+			if *asJSON {
+				_ = json.NewEncoder(stdout).Encode(r)
+			}
+			return err
+		}
+		res = r
 	case "soak": // --devices only when given: the soak's default is 500
 		sc := bench.SoakConfig{Oplogs: *oplogs, Kills: *kills, MaxTime: *maxTime, Log: common.Log}
 		fs.Visit(func(f *flag.Flag) {
@@ -154,6 +185,22 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return json.NewEncoder(stdout).Encode(res)
 	}
 	return printTable(stdout, res)
+}
+
+// parseRates reads --rates ("1000,2000"); empty gives none.
+func parseRates(s string) ([]float64, error) {
+	if s == "" {
+		return nil, nil
+	}
+	var out []float64
+	for _, f := range strings.Split(s, ",") {
+		v, err := strconv.ParseFloat(strings.TrimSpace(f), 64)
+		if err != nil || v <= 0 {
+			return nil, fmt.Errorf("bench: --rates: %q is not a positive rate", f)
+		}
+		out = append(out, v)
+	}
+	return out, nil
 }
 
 // printTable prints a result struct's JSON-named fields, one per line.
