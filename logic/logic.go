@@ -157,7 +157,8 @@ func (l *Logic) HTTPAddr() net.Addr {
 func (l *Logic) Handler() http.Handler { return l.handler }
 
 // Shutdown stops accepting HTTP requests, lets in-flight ones finish, and
-// stops the janitor, all bounded by ctx (when ctx ends first, remaining
+// stops the janitor and the receipt webhook senders (a batch in flight is
+// sent again after the restart: its cursor was not saved), all bounded by ctx (when ctx ends first, remaining
 // connections are closed). It does not close the store, queue or directory,
 // and the pb.LogicServer methods keep working afterwards (they own no
 // goroutine), so in-process comets can still disconnect and ack while the
