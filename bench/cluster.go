@@ -85,12 +85,10 @@ func startCluster(ctx context.Context, t Target, s *server, exe string, hb time.
 		return nil, err
 	}
 	// logic HTTP, gRPC, pprof; per comet device, gRPC, HTTP, pprof.
-	ports := make([]string, 3+4*t.Comets)
-	for i := range ports {
-		if ports[i], err = freePort(); err != nil {
-			s.stop()
-			return nil, fmt.Errorf("%w: %w", ErrServer, err)
-		}
+	ports, err := freePorts(3 + 4*t.Comets)
+	if err != nil {
+		s.stop()
+		return nil, err
 	}
 	logicHTTP, logicGRPC, logicPprof := ports[0], ports[1], ports[2]
 	s.api = "http://" + logicHTTP

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -48,6 +49,9 @@ type Target struct {
 	// Extra is appended to the generated config of a started `msync all`
 	// (e.g. an upstreams: section for the rpc scenario).
 	Extra string
+	// CometExtra is added under the generated config's comet: section of a
+	// started `msync all` (lines indented two spaces).
+	CometExtra string
 	// Comets, when > 0, starts a cluster instead of `msync all`: one
 	// `msync logic` (job embedded, Pebble) and Comets `msync comet`
 	// processes; devices are spread over the comets and CPU/RSS are summed
@@ -73,13 +77,34 @@ type server struct {
 	pprofs []string
 }
 
-func freePort() (string, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
+// freePorts returns n distinct loopback addresses free now, for child
+// processes to bind later. They are picked below the kernel's ephemeral range
+// (32768-60999 by default): a port from ":0" comes from that range, where the
+// load clients' outgoing connections could take it before the child binds it
+// (seen as "bind: address already in use" in a cluster run). The listeners
+// stay open until all n are chosen, so no address is returned twice.
+func freePorts(n int) ([]string, error) {
+	lns := make([]net.Listener, 0, n)
+	defer func() {
+		for _, ln := range lns {
+			ln.Close()
+		}
+	}()
+	for tries := 0; len(lns) < n; tries++ {
+		if tries == 100*n {
+			return nil, fmt.Errorf("%w: no %d free loopback ports in 20000-31999 after %d tries", ErrServer, n, tries)
+		}
+		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", 20000+rand.IntN(12000)))
+		if err != nil {
+			continue // taken; try another
+		}
+		lns = append(lns, ln)
 	}
-	defer ln.Close()
-	return ln.Addr().String(), nil
+	addrs := make([]string, n)
+	for i, ln := range lns {
+		addrs[i] = ln.Addr().String()
+	}
+	return addrs, nil
 }
 
 func (t Target) exe() (string, error) {
@@ -104,7 +129,7 @@ comet:
   auth_timeout: 30s
   ack_timeout: 30s
   write_queue_bytes: 1048576
-logic:
+%slogic:
   http_addr: %q
   max_batch: 500
 bizs:
@@ -144,11 +169,9 @@ func startServer(ctx context.Context, t Target) (*server, error) {
 	if t.Comets > 0 {
 		return startCluster(ctx, t, s, exe, hb)
 	}
-	var ports [3]string
-	for i := range ports {
-		if ports[i], err = freePort(); err != nil {
-			return nil, fmt.Errorf("%w: %w", ErrServer, err)
-		}
+	ports, err := freePorts(3)
+	if err != nil {
+		return nil, err
 	}
 	if !t.Pprof {
 		ports[2] = ""
@@ -157,7 +180,7 @@ func startServer(ctx context.Context, t Target) (*server, error) {
 	if s.dir, err = os.MkdirTemp("", "msync-bench-"); err != nil {
 		return nil, err
 	}
-	cfg := fmt.Sprintf(configTemplate, s.secret, s.pprof, s.key, s.addr, hb.String(), ports[1], DefaultDeviceBiz, DefaultUserBiz, DefaultGlobalBiz) + t.Extra
+	cfg := fmt.Sprintf(configTemplate, s.secret, s.pprof, s.key, s.addr, hb.String(), t.CometExtra, ports[1], DefaultDeviceBiz, DefaultUserBiz, DefaultGlobalBiz) + t.Extra
 	cfgPath := filepath.Join(s.dir, "msync.yaml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		s.stop()

@@ -336,20 +336,16 @@ func newSoakServer(cfg SoakConfig) (*soakServer, error) {
 	if s.log == nil {
 		s.log = io.Discard
 	}
-	a, err := freePort()
+	ports, err := freePorts(2)
 	if err != nil {
 		return nil, err
 	}
-	h, err := freePort()
-	if err != nil {
-		return nil, err
-	}
-	s.addr, s.api = a, "http://"+h
+	s.addr, s.api = ports[0], "http://"+ports[1]
 	if s.dir, err = os.MkdirTemp("", "msync-soak-"); err != nil {
 		return nil, err
 	}
 	s.cfgPath = filepath.Join(s.dir, "msync.yaml")
-	conf := fmt.Sprintf(soakConfig, soakSecret, soakKey, a, h, soakDevBiz, soakUserBiz, soakChatBiz)
+	conf := fmt.Sprintf(soakConfig, soakSecret, soakKey, ports[0], ports[1], soakDevBiz, soakUserBiz, soakChatBiz)
 	if err := os.WriteFile(s.cfgPath, []byte(conf), 0o600); err != nil {
 		_ = os.RemoveAll(s.dir)
 		return nil, err
