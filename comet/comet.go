@@ -77,6 +77,8 @@ type Comet struct {
 	}
 	starvedKick chan struct{}
 
+	gw *gateway.Server // built by New, started by Start
+
 	life struct {
 		sync.Mutex
 		started   bool
@@ -101,8 +103,16 @@ type bucket struct {
 // listeners, nor calls logic: Start does that. Shutdown is safe also when
 // Start was never called.
 func New(cfg Config) (*Comet, error) {
-	cfg, err := cfg.withDefaults()
-	if err != nil {
+	cfg.setDefaults()
+	// The gateway's config is checked here too, not first in Start:
+	// gateway.New validates and binds nothing. Its handler learns the comet
+	// below.
+	gh := &gatewayHandler{}
+	gw, gerr := gateway.New(cfg.Gateway, gh)
+	if gerr != nil {
+		gerr = fmt.Errorf("%w: Gateway: %w", ErrInvalidConfig, gerr)
+	}
+	if err := errors.Join(cfg.validate(), gerr); err != nil {
 		return nil, err
 	}
 	m, err := newMetrics(cfg.Registerer, cfg.ID)
@@ -110,6 +120,7 @@ func New(cfg Config) (*Comet, error) {
 		return nil, err
 	}
 	c := &Comet{
+		gw:          gw,
 		cfg:         cfg,
 		log:         cfg.Logger.With("comet", cfg.ID),
 		metrics:     m,
@@ -142,6 +153,7 @@ func New(cfg Config) (*Comet, error) {
 	for i := range c.buckets {
 		c.buckets[i].mu.sessions = make(map[string]*session)
 	}
+	gh.c = c
 	c.acks.init()
 	c.life.done = make(chan struct{})
 	c.baseCtx, c.cancelBase = context.WithCancel(context.Background())

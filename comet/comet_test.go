@@ -39,11 +39,12 @@ func TestConfigDefaults(t *testing.T) {
 
 // New reports every problem of a Config at once, each an ErrInvalidConfig.
 func TestConfigReportsEveryProblem(t *testing.T) {
-	_, err := New(Config{Buckets: -1, Workers: -1, MaxRooms: -2, MaxRequests: -1, AckTimeout: -time.Second})
-	if !errors.Is(err, ErrInvalidConfig) || !errors.Is(err, ErrNoLogic) {
-		t.Fatalf("err %v: want ErrInvalidConfig and ErrNoLogic", err)
+	_, err := New(Config{Buckets: -1, Workers: -1, MaxRooms: -2, MaxRequests: -1, AckTimeout: -time.Second,
+		Gateway: gateway.Config{Addr: "no-port"}})
+	if !errors.Is(err, ErrInvalidConfig) || !errors.Is(err, ErrNoLogic) || !errors.Is(err, gateway.ErrInvalidConfig) {
+		t.Fatalf("err %v: want ErrInvalidConfig, ErrNoLogic and gateway.ErrInvalidConfig", err)
 	}
-	for _, want := range []string{"Logic is required", "Buckets -1", "Workers -1", "MaxRooms -2", "MaxRequests -1", "durations must not be negative"} {
+	for _, want := range []string{"Logic is required", "Buckets -1", "Workers -1", "MaxRooms -2", "MaxRequests -1", "durations must not be negative", `Gateway: gateway: invalid config: Addr "no-port"`} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("err %q does not report %q", err, want)
 		}

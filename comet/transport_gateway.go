@@ -53,10 +53,7 @@ func (c *Comet) Start() error {
 	case c.life.started:
 		return ErrStarted
 	}
-	srv, err := gateway.New(c.cfg.Gateway, gatewayHandler{c})
-	if err != nil {
-		return fmt.Errorf("comet: gateway: %w", err)
-	}
+	srv := c.gw
 	if err := c.startBackgroundLocked(); err != nil {
 		return err
 	}
