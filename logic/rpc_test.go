@@ -328,7 +328,7 @@ func TestJanitorDeletesExpired(t *testing.T) {
 }
 
 func TestLifecycle(t *testing.T) {
-	if _, err := logic.New(logic.Config{PageLimit: -1}); err == nil ||
+	if _, err := logic.New(logic.Config{PageLimit: -1}); !errors.Is(err, logic.ErrInvalidConfig) ||
 		!strings.Contains(err.Error(), "Store is required") || !strings.Contains(err.Error(), "APIKeys is required") ||
 		!strings.Contains(err.Error(), "PageLimit") {
 		t.Fatalf("New(empty) = %v, want every problem listed", err)
