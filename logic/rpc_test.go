@@ -2,6 +2,7 @@ package logic_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
