@@ -78,9 +78,12 @@ type Comet struct {
 	}
 	starvedKick chan struct{}
 
+	gw *gateway.Server // built by New, started by Start
+
 	life struct {
 		sync.Mutex
 		started   bool
+		running   bool // pool and goroutines started (startBackgroundLocked)
 		transport transport
 		shutdown  bool
 		done      chan struct{} // closed when the first Shutdown returns
@@ -96,12 +99,21 @@ type bucket struct {
 	}
 }
 
-// New builds a Comet from cfg. It starts the comet's background goroutines
-// (ack flusher, renewer, pool) but no listener: Start does that. Call
-// Shutdown to stop them, also when Start was never called.
+// New builds a Comet from cfg: it validates cfg (every problem at once,
+// each wrapping ErrInvalidConfig) and starts nothing, neither goroutines nor
+// listeners, nor calls logic: Start does that. Shutdown is safe also when
+// Start was never called.
 func New(cfg Config) (*Comet, error) {
-	cfg, err := cfg.withDefaults()
-	if err != nil {
+	cfg.setDefaults()
+	// The gateway's config is checked here too, not first in Start:
+	// gateway.New validates and binds nothing. Its handler learns the comet
+	// below.
+	gh := &gatewayHandler{}
+	gw, gerr := gateway.New(cfg.Gateway, gh)
+	if gerr != nil {
+		gerr = fmt.Errorf("%w: Gateway: %w", ErrInvalidConfig, gerr)
+	}
+	if err := errors.Join(cfg.validate(), gerr); err != nil {
 		return nil, err
 	}
 	m, err := newMetrics(cfg.Registerer, cfg.ID)
@@ -109,6 +121,7 @@ func New(cfg Config) (*Comet, error) {
 		return nil, err
 	}
 	c := &Comet{
+		gw:          gw,
 		cfg:         cfg,
 		log:         cfg.Logger.With("comet", cfg.ID),
 		metrics:     m,
@@ -144,23 +157,38 @@ func New(cfg Config) (*Comet, error) {
 	for i := range c.buckets {
 		c.buckets[i].mu.sessions = make(map[string]*session)
 	}
+	gh.c = c
 	c.acks.init()
 	c.life.done = make(chan struct{})
+	c.baseCtx, c.cancelBase = context.WithCancel(context.Background())
+	return c, nil
+}
+
+// startBackground starts the worker pool and the comet's own goroutines (ack
+// flusher, renewer, rescheduler); Start calls it before binding, and the
+// first Renew (cluster mode: I/O to logic) happens only then.
+// Tests of sessions on fake connections call it without Start.
+// REQUIRES: c.life held, not shut down.
+func (c *Comet) startBackgroundLocked() error {
+	if c.life.running {
+		return nil
+	}
 	// Non-blocking: OnFrame and Push must never wait for a worker. A refused
 	// drain task goes to the rescheduler, so overload delays sessions instead
 	// of dropping their events.
-	c.pool, err = ants.NewPoolWithFuncGeneric(cfg.Workers, (*session).drain,
+	pool, err := ants.NewPoolWithFuncGeneric(c.cfg.Workers, (*session).drain,
 		ants.WithNonblocking(true),
 		ants.WithPanicHandler(func(p any) { c.log.Error("pool task panic", "panic", p) }))
 	if err != nil {
-		return nil, fmt.Errorf("comet: pool: %w", err)
+		return fmt.Errorf("comet: pool: %w", err)
 	}
-	c.baseCtx, c.cancelBase = context.WithCancel(context.Background())
+	c.pool = pool
+	c.life.running = true
 	c.wg.Add(3)
 	go c.runAcks()
 	go c.runRenew()
 	go c.runRescheduler()
-	return c, nil
+	return nil
 }
 
 // ID returns the comet's id in the directory.
@@ -210,7 +238,7 @@ func (c *Comet) open(conn Conn) *session {
 	case dup:
 		// Two transports handing out the same id would misroute pushes.
 		c.log.Error("duplicate connection key", "conn", key)
-		conn.Close(protocol.ErrorFrame(0, protocol.CodeUnavailable, "duplicate connection key"), ErrBadConfig)
+		conn.Close(protocol.ErrorFrame(0, protocol.CodeUnavailable, "duplicate connection key"), ErrInvalidConfig)
 	case c.closing.Load():
 		// Shutdown may have taken its snapshot before this registration.
 		conn.Close(protocol.ErrorFrame(0, protocol.CodeServerShutdown, "server shutting down"), ErrShutdown)
@@ -498,8 +526,10 @@ wait:
 	if dl, ok := ctx.Deadline(); ok {
 		timeout = max(time.Until(dl), time.Millisecond)
 	}
-	if err := c.pool.ReleaseTimeout(timeout); err != nil {
-		errs = append(errs, fmt.Errorf("comet: releasing pool: %w", err))
+	if c.pool != nil { // nil when Start never ran
+		if err := c.pool.ReleaseTimeout(timeout); err != nil {
+			errs = append(errs, fmt.Errorf("comet: releasing pool: %w", err))
+		}
 	}
 	err := errors.Join(errs...)
 	c.life.Lock()

@@ -4,12 +4,14 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/goleak"
 
+	"github.com/msync/msync/gateway"
 	"github.com/msync/msync/pkg/api"
 	"github.com/msync/msync/pkg/api/pb"
 	"github.com/msync/msync/pkg/oplog"
@@ -30,9 +32,86 @@ func TestConfigDefaults(t *testing.T) {
 	if _, err := New(Config{}); !errors.Is(err, ErrNoLogic) {
 		t.Fatalf("no logic: %v", err)
 	}
-	if _, err := New(Config{Logic: api.LocalLogic(newFakeLogic()), Buckets: -1}); !errors.Is(err, ErrBadConfig) {
+	if _, err := New(Config{Logic: api.LocalLogic(newFakeLogic()), Buckets: -1}); !errors.Is(err, ErrInvalidConfig) {
 		t.Fatalf("bad buckets: %v", err)
 	}
+}
+
+// New reports every problem of a Config at once, each an ErrInvalidConfig.
+func TestConfigReportsEveryProblem(t *testing.T) {
+	_, err := New(Config{Buckets: -1, Workers: -1, MaxRooms: -2, MaxRequests: -1, AckTimeout: -time.Second,
+		Gateway: gateway.Config{Addr: "no-port"}})
+	if !errors.Is(err, ErrInvalidConfig) || !errors.Is(err, ErrNoLogic) || !errors.Is(err, gateway.ErrInvalidConfig) {
+		t.Fatalf("err %v: want ErrInvalidConfig, ErrNoLogic and gateway.ErrInvalidConfig", err)
+	}
+	for _, want := range []string{"Logic is required", "Buckets -1", "Workers -1", "MaxRooms -2", "MaxRequests -1", "durations must not be negative", `Gateway: gateway: invalid config: Addr "no-port"`} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("err %q does not report %q", err, want)
+		}
+	}
+}
+
+// New starts nothing: no goroutine, no listener, no call to logic (in
+// cluster mode the first Renew); Start does, and Shutdown without Start is
+// fine, twice.
+func TestNewStartsNothing(t *testing.T) {
+	before := goleak.IgnoreCurrent()
+	fl := newFakeLogic()
+	c, err := New(Config{Logic: api.LocalLogic(fl), Logger: testLogger(t), GRPCAddr: "127.0.0.1:1",
+		Gateway: gateway.Config{Addr: "127.0.0.1:0"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := goleak.Find(before); err != nil {
+		t.Fatalf("New started goroutines: %v", err)
+	}
+	if c.Addr() != nil {
+		t.Fatalf("New bound %v", c.Addr())
+	}
+	fl.mu.Lock()
+	renews := len(fl.mu.renews)
+	fl.mu.Unlock()
+	if renews != 0 {
+		t.Fatalf("New called Logic.Renew %d times", renews)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	for i := range 2 {
+		if err := c.Shutdown(ctx); err != nil {
+			t.Fatalf("Shutdown %d without Start: %v", i+1, err)
+		}
+	}
+	if err := goleak.Find(before); err != nil {
+		t.Fatalf("after Shutdown: %v", err)
+	}
+}
+
+// Start starts what New did not: the renewer registers the comet at once.
+func TestStartRegistersWithLogic(t *testing.T) {
+	fl := newFakeLogic()
+	c, err := New(Config{Logic: api.LocalLogic(fl), Logger: testLogger(t), GRPCAddr: "127.0.0.1:1",
+		Gateway: gateway.Config{Addr: "127.0.0.1:0"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	defer func() {
+		if err := c.Shutdown(ctx); err != nil {
+			t.Errorf("Shutdown: %v", err)
+		}
+	}()
+	if c.Addr() == nil {
+		t.Fatal("no listener after Start")
+	}
+	eventually(t, "the first Renew", func() bool {
+		fl.mu.Lock()
+		defer fl.mu.Unlock()
+		return len(fl.mu.renews) > 0
+	})
 }
 
 func TestSameRegistererTwice(t *testing.T) {
@@ -166,6 +245,7 @@ func TestShutdownIdempotent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	runBackground(t, c)
 	e := &testEnv{t: t, c: c, logic: fl, next: 1}
 	authed := e.dial()
 	authed.auth("good-alice", "dev1", "ios", "1.0", []string{"chat"})
@@ -204,6 +284,7 @@ func TestShutdownHonoursContext(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	runBackground(t, c)
 	e := &testEnv{t: t, c: c, logic: fl, next: 1}
 	cl := e.dial()
 	cl.sendMsg(protocol.OpAuth, &wirepb.Auth{Token: "good-alice", Device: "d"})

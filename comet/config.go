@@ -1,6 +1,7 @@
 package comet
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -100,12 +101,10 @@ const (
 	maxWorkers = 1 << 20
 )
 
-// withDefaults returns a copy of cfg with zero fields defaulted, or an error
-// for values that cannot work.
-func (cfg Config) withDefaults() (Config, error) {
-	if cfg.Logic == nil {
-		return cfg, ErrNoLogic
-	}
+// setDefaults fills in the zero fields of cfg (each field's comment says
+// what zero means). The comet's Config owns its defaults; pkg/config leaves
+// zeros to it.
+func (cfg *Config) setDefaults() {
 	if cfg.ID == "" {
 		cfg.ID = defaultID
 	}
@@ -162,26 +161,50 @@ func (cfg Config) withDefaults() (Config, error) {
 	if cfg.Registerer == nil {
 		cfg.Registerer = prometheus.NewRegistry()
 	}
-	switch {
-	case cfg.Buckets < 0 || cfg.Buckets > maxBuckets:
-		return cfg, fmt.Errorf("%w: Buckets %d: want 1-%d", ErrBadConfig, cfg.Buckets, maxBuckets)
-	case cfg.Workers < 0 || cfg.Workers > maxWorkers:
-		return cfg, fmt.Errorf("%w: Workers %d: want 1-%d", ErrBadConfig, cfg.Workers, maxWorkers)
-	case cfg.HeartbeatInterval < 0, cfg.AckTimeout < 0, cfg.RenewInterval < 0, cfg.CallTimeout < 0:
-		return cfg, fmt.Errorf("%w: durations must not be negative", ErrBadConfig)
-	case cfg.HeartbeatInterval/time.Millisecond > 1<<31, cfg.HeartbeatMax/time.Millisecond > 1<<31:
-		return cfg, fmt.Errorf("%w: HeartbeatInterval %s too long", ErrBadConfig, cfg.HeartbeatInterval)
-	case cfg.HeartbeatMin < time.Millisecond || cfg.HeartbeatMin > cfg.HeartbeatInterval || cfg.HeartbeatInterval > cfg.HeartbeatMax:
-		return cfg, fmt.Errorf("%w: want 1ms <= HeartbeatMin %s <= HeartbeatInterval %s <= HeartbeatMax %s",
-			ErrBadConfig, cfg.HeartbeatMin, cfg.HeartbeatInterval, cfg.HeartbeatMax)
-	case cfg.Limits.FrameBurst < 0, cfg.Limits.ByteBurst < 0, cfg.Limits.AuthBurstPerIP < 0, cfg.Limits.SyncReqBurst < 0:
-		return cfg, fmt.Errorf("%w: Limits bursts must not be negative", ErrBadConfig)
-	case cfg.MaxRequests < 0 || cfg.MaxRequests > maxMaxRequests:
-		return cfg, fmt.Errorf("%w: MaxRequests %d: want 1-%d", ErrBadConfig, cfg.MaxRequests, maxMaxRequests)
-	case cfg.MaxRooms < 0:
-		return cfg, fmt.Errorf("%w: MaxRooms %d: want > 0", ErrBadConfig, cfg.MaxRooms)
+}
+
+// validate reports every value of a defaulted cfg that cannot work, joined;
+// each wraps ErrInvalidConfig.
+func (cfg *Config) validate() error {
+	var errs []error
+	bad := func(format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%w: "+format, append([]any{ErrInvalidConfig}, args...)...))
 	}
-	return cfg, nil
+	if cfg.Logic == nil {
+		errs = append(errs, ErrNoLogic)
+	}
+	if cfg.Buckets < 0 || cfg.Buckets > maxBuckets {
+		bad("Buckets %d: want 1-%d", cfg.Buckets, maxBuckets)
+	}
+	if cfg.Workers < 0 || cfg.Workers > maxWorkers {
+		bad("Workers %d: want 1-%d", cfg.Workers, maxWorkers)
+	}
+	if cfg.HeartbeatInterval < 0 || cfg.AckTimeout < 0 || cfg.RenewInterval < 0 || cfg.CallTimeout < 0 {
+		bad("durations must not be negative")
+	}
+	if cfg.HeartbeatInterval/time.Millisecond > 1<<31 || cfg.HeartbeatMax/time.Millisecond > 1<<31 {
+		bad("HeartbeatInterval %s too long", cfg.HeartbeatInterval)
+	}
+	if cfg.HeartbeatMin < time.Millisecond || cfg.HeartbeatMin > cfg.HeartbeatInterval || cfg.HeartbeatInterval > cfg.HeartbeatMax {
+		bad("want 1ms <= HeartbeatMin %s <= HeartbeatInterval %s <= HeartbeatMax %s",
+			cfg.HeartbeatMin, cfg.HeartbeatInterval, cfg.HeartbeatMax)
+	}
+	if cfg.Limits.FrameBurst < 0 || cfg.Limits.ByteBurst < 0 || cfg.Limits.AuthBurstPerIP < 0 || cfg.Limits.SyncReqBurst < 0 {
+		bad("Limits bursts must not be negative")
+	}
+	if cfg.MaxRequests < 0 || cfg.MaxRequests > maxMaxRequests {
+		bad("MaxRequests %d: want 1-%d", cfg.MaxRequests, maxMaxRequests)
+	}
+	if cfg.MaxRooms < 0 {
+		bad("MaxRooms %d: want > 0", cfg.MaxRooms)
+	}
+	return errors.Join(errs...)
+}
+
+// withDefaults returns a defaulted copy of cfg and every problem with it.
+func (cfg Config) withDefaults() (Config, error) {
+	cfg.setDefaults()
+	return cfg, cfg.validate()
 }
 
 // heartbeatDeadline is how long a session may stay silent: 3 intervals plus

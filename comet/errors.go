@@ -1,12 +1,16 @@
 package comet
 
-import "errors"
+import (
+	"errors"
+	"fmt"
+)
 
 var (
-	// ErrNoLogic is returned by New when Config.Logic is nil.
-	ErrNoLogic = errors.New("comet: config: Logic is required")
-	// ErrBadConfig wraps an invalid configuration value.
-	ErrBadConfig = errors.New("comet: bad config")
+	// ErrInvalidConfig wraps every problem New finds in a Config (all of
+	// them, joined).
+	ErrInvalidConfig = errors.New("comet: invalid config")
+	// ErrNoLogic is one of them: Config.Logic is nil.
+	ErrNoLogic = fmt.Errorf("%w: Logic is required", ErrInvalidConfig)
 	// ErrShutdown is returned by calls made after Shutdown began, and is the
 	// close reason of connections closed by Shutdown.
 	ErrShutdown = errors.New("comet: shut down")

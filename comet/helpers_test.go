@@ -459,6 +459,7 @@ func newEnv(t testing.TB, mod func(*Config, *fakeLogic)) *testEnv {
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
+	runBackground(t, c)
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), waitFor)
 		defer cancel()
@@ -468,6 +469,18 @@ func newEnv(t testing.TB, mod func(*Config, *fakeLogic)) *testEnv {
 		}
 	})
 	return &testEnv{t: t, c: c, logic: fl, reg: reg, next: 100}
+}
+
+// runBackground starts what Start starts besides the listener: sessions on
+// fake connections need the pool and the comet's goroutines.
+func runBackground(t testing.TB, c *Comet) {
+	t.Helper()
+	c.life.Lock()
+	err := c.startBackgroundLocked()
+	c.life.Unlock()
+	if err != nil {
+		t.Fatalf("starting the background: %v", err)
+	}
 }
 
 // client is a raw-protocol test client over a frame transport.

@@ -244,8 +244,8 @@ func TestHeartbeatBoundsConfig(t *testing.T) {
 		{MaxRooms: -1},
 	} {
 		cfg.Logic = api.LocalLogic(newFakeLogic())
-		if _, err := cfg.withDefaults(); !errors.Is(err, ErrBadConfig) {
-			t.Fatalf("%+v: err %v, want ErrBadConfig", cfg, err)
+		if _, err := cfg.withDefaults(); !errors.Is(err, ErrInvalidConfig) {
+			t.Fatalf("%+v: err %v, want ErrInvalidConfig", cfg, err)
 		}
 	}
 	c, err := Config{Logic: api.LocalLogic(newFakeLogic())}.withDefaults()

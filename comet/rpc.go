@@ -129,7 +129,7 @@ func (u Upstream) withDefaults(maxResponse int) (Upstream, error) {
 		seen[l] = true
 	}
 	if err := errors.Join(errs...); err != nil {
-		return u, fmt.Errorf("%w: upstream %q: %w", ErrBadConfig, u.Name, err)
+		return u, fmt.Errorf("%w: upstream %q: %w", ErrInvalidConfig, u.Name, err)
 	}
 	return u, nil
 }
@@ -280,7 +280,7 @@ func (rt *rpcRouter) setUpstreams(ups []Upstream) error {
 			continue
 		}
 		if next[u.Name] != nil {
-			errs = append(errs, fmt.Errorf("%w: upstream %q listed twice", ErrBadConfig, u.Name))
+			errs = append(errs, fmt.Errorf("%w: upstream %q listed twice", ErrInvalidConfig, u.Name))
 			continue
 		}
 		next[u.Name] = rt.newService(u, old[u.Name])

@@ -359,7 +359,7 @@ func TestSetUpstreams(t *testing.T) {
 		t.Fatalf("before reload: %d", r.Status)
 	}
 	err := e.c.SetUpstreams([]Upstream{{Name: "svc", URL: "ftp://x"}, {Name: "bad name", URL: up.srv.URL}, {Name: "a", URL: up.srv.URL, MaxResponseBytes: 1 << 30}})
-	if !errors.Is(err, ErrBadConfig) || !strings.Contains(err.Error(), "ftp://x") || !strings.Contains(err.Error(), "bad name") || !strings.Contains(err.Error(), "max_response_bytes") {
+	if !errors.Is(err, ErrInvalidConfig) || !strings.Contains(err.Error(), "ftp://x") || !strings.Contains(err.Error(), "bad name") || !strings.Contains(err.Error(), "max_response_bytes") {
 		t.Fatalf("bad set: %v", err)
 	}
 	if got := e.c.Upstreams(); len(got) != 0 {
@@ -385,8 +385,8 @@ func TestUpstreamConfig(t *testing.T) {
 		{Upstreams: []Upstream{{Name: "x", URL: "http://h"}, {Name: "x", URL: "http://h"}}},
 	} {
 		bad.Logic = api.LocalLogic(fl)
-		if _, err := New(bad); !errors.Is(err, ErrBadConfig) {
-			t.Errorf("New(%+v) = %v, want ErrBadConfig", bad.Upstreams, err)
+		if _, err := New(bad); !errors.Is(err, ErrInvalidConfig) {
+			t.Errorf("New(%+v) = %v, want ErrInvalidConfig", bad.Upstreams, err)
 		}
 	}
 }

@@ -41,8 +41,9 @@ func (h gatewayHandler) OnClose(gc *gateway.Conn, err error) {
 	}
 }
 
-// Start binds the gateway listener (Config.Gateway) and starts serving; Addr
-// is valid when it returns.
+// Start starts the comet's worker pool and goroutines (in cluster mode the
+// first Logic.Renew registers it), then binds the gateway listener
+// (Config.Gateway) and starts serving; Addr is valid when it returns.
 func (c *Comet) Start() error {
 	c.life.Lock()
 	defer c.life.Unlock()
@@ -52,14 +53,14 @@ func (c *Comet) Start() error {
 	case c.life.started:
 		return ErrStarted
 	}
-	srv, err := gateway.New(c.cfg.Gateway, gatewayHandler{c})
-	if err != nil {
-		return fmt.Errorf("comet: gateway: %w", err)
+	srv := c.gw
+	if err := c.startBackgroundLocked(); err != nil {
+		return err
 	}
+	c.life.started = true // from here Shutdown stops the pool and goroutines
 	if err := srv.Start(); err != nil {
 		return fmt.Errorf("comet: gateway start: %w", err)
 	}
-	c.life.started = true
 	c.life.transport = srv
 	c.limited.gw.Store(srv)
 	c.log.Info("comet listening", "addr", srv.Addr().String())

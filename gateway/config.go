@@ -100,8 +100,8 @@ const (
 	defaultMaxConns        = 100000
 )
 
-// withDefaults returns a copy of c with zero fields defaulted.
-func (c Config) withDefaults() Config {
+// setDefaults fills in the zero fields of c.
+func (c *Config) setDefaults() {
 	if c.Addr == "" {
 		c.Addr = defaultAddr
 	}
@@ -138,13 +138,15 @@ func (c Config) withDefaults() Config {
 	if c.WSPath == "" {
 		c.WSPath = DefaultWSPath
 	}
-	return c
 }
 
-// validate reports every problem at once.
-func (c Config) validate() error {
+// validate reports every problem of a defaulted c at once, each wrapping
+// ErrInvalidConfig.
+func (c *Config) validate() error {
 	var errs []error
-	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	bad := func(format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%w: "+format, append([]any{ErrInvalidConfig}, args...)...))
+	}
 	if _, _, err := net.SplitHostPort(c.Addr); err != nil {
 		bad("Addr %q: %v", c.Addr, err)
 	}
@@ -191,8 +193,5 @@ func (c Config) validate() error {
 	if (c.TLSAddr != "" || c.TLSWSAddr != "") && (c.TLS == nil || (len(c.TLS.Certificates) == 0 && c.TLS.GetCertificate == nil && c.TLS.GetConfigForClient == nil)) {
 		bad("TLSAddr/TLSWSAddr need TLS with a certificate")
 	}
-	if len(errs) == 0 {
-		return nil
-	}
-	return fmt.Errorf("%w: %w", ErrConfig, errors.Join(errs...))
+	return errors.Join(errs...)
 }

@@ -35,8 +35,9 @@ var (
 	// ErrReadTimeout is the OnClose reason when a started frame was not
 	// completed within Config.ReadTimeout (slowloris).
 	ErrReadTimeout = errors.New("gateway: read timeout in a partial frame")
-	// ErrConfig wraps every problem New finds in a Config.
-	ErrConfig = errors.New("gateway: invalid config")
+	// ErrInvalidConfig wraps every problem New finds in a Config (all of
+	// them, joined).
+	ErrInvalidConfig = errors.New("gateway: invalid config")
 	// ErrStarted is returned by a second Start.
 	ErrStarted = errors.New("gateway: already started")
 )

@@ -99,13 +99,19 @@ func discard(r netpoll.Reader) {
 // badFrame answers a header protocol.ParseHeader rejected with an ERROR
 // frame echoing its seq, and closes.
 func (c *Conn) badFrame(r netpoll.Reader, h protocol.Header, err error) {
+	c.closeBadFrame(h, err)
+	discard(r)
+}
+
+// closeBadFrame closes c for a frame header that does not parse (every
+// transport): ERROR 4000, or 4001 for a frame over MaxFrame, echoing its seq.
+func (c *Conn) closeBadFrame(h protocol.Header, err error) {
 	c.srv.stats.badFrames.Add(1)
 	code := protocol.CodeBadFrame
 	if errors.Is(err, protocol.ErrFrameTooLarge) {
 		code = protocol.CodeFrameTooLarge
 	}
 	c.Close(protocol.ErrorFrame(h.Seq, code, err.Error()), fmt.Errorf("%w: %w", ErrBadFrame, err))
-	discard(r)
 }
 
 // readFailed handles a failed wait for the rest of a frame: a read timeout

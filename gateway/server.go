@@ -107,10 +107,10 @@ type counters struct {
 // New checks cfg and returns a Server that is not listening yet. It starts
 // no goroutines and touches no process-wide state.
 func New(cfg Config, h Handler) (*Server, error) {
-	cfg = cfg.withDefaults()
+	cfg.setDefaults()
 	err := cfg.validate()
 	if h == nil {
-		err = errors.Join(err, fmt.Errorf("%w: Handler is nil", ErrConfig))
+		err = errors.Join(err, fmt.Errorf("%w: Handler is nil", ErrInvalidConfig))
 	}
 	if err != nil {
 		return nil, err
@@ -129,7 +129,7 @@ func New(cfg Config, h Handler) (*Server, error) {
 	}
 	s.wheel, err = wheel.New(wheel.Config{Tick: cfg.Tick, Now: cfg.now, Expire: func(e *wheel.Entry) { e.Value.(*Conn).expire(e) }})
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
+		return nil, fmt.Errorf("%w: %w", ErrInvalidConfig, err)
 	}
 	for i := range s.conns {
 		s.conns[i].m = make(map[uint64]*Conn)

@@ -51,8 +51,8 @@ func TestNewValidatesEverything(t *testing.T) {
 				}
 				return
 			}
-			if err == nil || !errors.Is(err, gateway.ErrConfig) {
-				t.Fatalf("err = %v, want ErrConfig", err)
+			if err == nil || !errors.Is(err, gateway.ErrInvalidConfig) {
+				t.Fatalf("err = %v, want ErrInvalidConfig", err)
 			}
 			for _, w := range tt.want {
 				if !strings.Contains(err.Error(), w) {

@@ -201,12 +201,7 @@ func (s *Server) readStdFrames(c *Conn, tc *tls.Conn, src *stdSource) {
 		}
 		h, err := protocol.ParseHeader(hdr[:], s.cfg.MaxFrame)
 		if err != nil {
-			s.stats.badFrames.Add(1)
-			code := protocol.CodeBadFrame
-			if errors.Is(err, protocol.ErrFrameTooLarge) {
-				code = protocol.CodeFrameTooLarge
-			}
-			c.Close(protocol.ErrorFrame(h.Seq, code, err.Error()), fmt.Errorf("%w: %w", ErrBadFrame, err))
+			c.closeBadFrame(h, err) // read.go
 			return
 		}
 		if extra := int(h.HeaderLen) - protocol.HeaderSize; extra > 0 { // a newer, longer header

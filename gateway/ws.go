@@ -341,12 +341,7 @@ func (c *Conn) deliverWS(p []byte) {
 			protocol.ErrBadHeader, len(p), h.Length)
 	}
 	if err != nil {
-		s.stats.badFrames.Add(1)
-		code := protocol.CodeBadFrame
-		if errors.Is(err, protocol.ErrFrameTooLarge) {
-			code = protocol.CodeFrameTooLarge
-		}
-		c.Close(protocol.ErrorFrame(h.Seq, code, err.Error()), fmt.Errorf("%w: %w", ErrBadFrame, err))
+		c.closeBadFrame(h, err) // read.go
 		return
 	}
 	s.stats.framesIn.Add(1)

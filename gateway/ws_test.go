@@ -384,8 +384,8 @@ func TestWSConfigValidation(t *testing.T) {
 		{TLSAddr: "127.0.0.1:0"},
 		{TLSWSAddr: "127.0.0.1:0", TLS: &tls.Config{}},
 	} {
-		if _, err := gateway.New(cfg, newHandler()); !errors.Is(err, gateway.ErrConfig) {
-			t.Errorf("%+v: err %v, want ErrConfig", cfg, err)
+		if _, err := gateway.New(cfg, newHandler()); !errors.Is(err, gateway.ErrInvalidConfig) {
+			t.Errorf("%+v: err %v, want ErrInvalidConfig", cfg, err)
 		}
 	}
 }

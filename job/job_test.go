@@ -421,3 +421,12 @@ func TestLifecycle(t *testing.T) {
 		t.Fatalf("queue still open after job Shutdown: %v", err)
 	}
 }
+
+// New starts nothing: the pool and the consumer start in Start.
+func TestNewStartsNothing(t *testing.T) {
+	var before goleak.Option
+	newEnv(t, 1, func(*job.Config) { before = goleak.IgnoreCurrent() }) // after the queue and directory
+	if err := goleak.Find(before); err != nil {
+		t.Fatalf("job.New started goroutines: %v", err)
+	}
+}

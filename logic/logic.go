@@ -194,15 +194,18 @@ func (l *Logic) Shutdown(ctx context.Context) error {
 }
 
 // janitor deletes expired oplogs every JanitorInterval until Shutdown.
-func (l *Logic) janitor() {
-	t := time.NewTicker(l.cfg.JanitorInterval)
+func (l *Logic) janitor() { l.every(l.cfg.JanitorInterval, l.deleteExpired) }
+
+// every runs f(l.bg) every d until Shutdown cancels l.bg.
+func (l *Logic) every(d time.Duration, f func(context.Context)) {
+	t := time.NewTicker(d)
 	defer t.Stop()
 	for {
 		select {
 		case <-l.bg.Done():
 			return
 		case <-t.C:
-			l.deleteExpired(l.bg)
+			f(l.bg)
 		}
 	}
 }

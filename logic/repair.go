@@ -66,18 +66,7 @@ func (l *Logic) scheduleRepair(channels ...string) {
 }
 
 // repairer runs the tail re-pushes every RepairDelay until Shutdown.
-func (l *Logic) repairer() {
-	t := time.NewTicker(l.cfg.RepairDelay)
-	defer t.Stop()
-	for {
-		select {
-		case <-l.bg.Done():
-			return
-		case <-t.C:
-			l.repairPass(l.bg)
-		}
-	}
-}
+func (l *Logic) repairer() { l.every(l.cfg.RepairDelay, l.repairPass) }
 
 // repairPass re-pushes the tail of every pending channel once.
 func (l *Logic) repairPass(ctx context.Context) {

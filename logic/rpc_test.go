@@ -2,6 +2,7 @@ package logic_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
@@ -328,7 +329,7 @@ func TestJanitorDeletesExpired(t *testing.T) {
 }
 
 func TestLifecycle(t *testing.T) {
-	if _, err := logic.New(logic.Config{PageLimit: -1}); err == nil ||
+	if _, err := logic.New(logic.Config{PageLimit: -1}); !errors.Is(err, logic.ErrInvalidConfig) ||
 		!strings.Contains(err.Error(), "Store is required") || !strings.Contains(err.Error(), "APIKeys is required") ||
 		!strings.Contains(err.Error(), "PageLimit") {
 		t.Fatalf("New(empty) = %v, want every problem listed", err)

@@ -376,9 +376,11 @@ func (f *File) defaults() {
 	}
 	def(&f.Log.Level, "info")
 	def(&f.Log.Format, "text")
+	// The tiers own their defaults (comet.Config, logic.Config): listen
+	// addresses and the like stay zero here. The comet id is the exception:
+	// the cluster layout checks it against the RPC certificate before the
+	// comet exists, so the file layer needs the same "comet-1".
 	def(&f.Comet.ID, "comet-1")
-	def(&f.Comet.Addr, ":3101")
-	def(&f.Logic.HTTPAddr, ":3111")
 	def(&f.Comet.GRPCAddr, "127.0.0.1:3103")
 	def(&f.Logic.GRPCAddr, "127.0.0.1:3112")
 	def(&f.Auth.DeviceBinding, "owner")

@@ -254,9 +254,13 @@ func TestDuplicateSendDedupedEndToEnd(t *testing.T) {
 	ctx := context.Background()
 	for id := uint64(1); id <= 3; id++ {
 		err := p.Send(ctx, oplogMsg(id))
-		if id == 2 {
+		// Usually the slow Send times out (ErrSend) and the caller resends.
+		// On a loaded machine the client's own immediate retry can be
+		// answered before the expired deadline is noticed: then the Send
+		// succeeds, having stored id 2 more than once all the same.
+		if id == 2 && err != nil {
 			if !errors.Is(err, ErrSend) {
-				t.Fatalf("slow Send = %v, want ErrSend (timeout)", err)
+				t.Fatalf("slow Send = %v, want ErrSend (timeout) or success", err)
 			}
 			err = p.Send(ctx, oplogMsg(id)) // the caller's retry
 		}
@@ -265,11 +269,13 @@ func TestDuplicateSendDedupedEndToEnd(t *testing.T) {
 		}
 	}
 	// v2.1.2 retries after a timeout and still writes each retry although
-	// the context expired, so the timed-out Send alone stored id 2 1+Retries
-	// (3) times; with the caller's retry that is 4 copies, 6 messages.
-	if _, sent := srv.snapshot(); len(sent) != 6 {
-		t.Fatalf("broker stored %d messages, want 6 (id 2 four times)", len(sent))
+	// the context expired, so the timed-out Send alone stored id 2 up to
+	// 1+Retries (3) times; with the caller's retry up to 4 copies.
+	_, sent := srv.snapshot()
+	if len(sent) < 4 {
+		t.Fatalf("broker stored %d messages, want id 2 at least twice (the slow copy and a resend)", len(sent))
 	}
+	dups := int64(len(sent) - 3)
 	inner := newTestConsumer(t, cfg)
 	c, err := dedupe.New(dedupe.Config{Consumer: inner})
 	if err != nil {
@@ -291,7 +297,7 @@ func TestDuplicateSendDedupedEndToEnd(t *testing.T) {
 	waitUntil(t, "every message handled or dropped", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
-		return c.Dropped() == 3 && len(ids) >= 3
+		return c.Dropped() == dups && len(ids) >= 3
 	})
 	mu.Lock()
 	defer mu.Unlock()
