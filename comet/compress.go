@@ -37,22 +37,27 @@ type Compression struct {
 	Level int
 }
 
-func (cc Compression) withDefaults() (Compression, error) {
+func (cc *Compression) setDefaults() {
 	if len(cc.Algorithms) == 0 {
 		cc.Algorithms = []string{protocol.CompressionDeflate}
 	}
+}
+
+// validate returns every problem of cc (Config.validate joins them).
+func (cc *Compression) validate() []error {
+	var errs []error
 	for _, a := range cc.Algorithms {
 		if a != protocol.CompressionDeflate {
-			return cc, fmt.Errorf("%w: Compression.Algorithms: %q unknown (want %q)", ErrBadConfig, a, protocol.CompressionDeflate)
+			errs = append(errs, fmt.Errorf("%w: Compression.Algorithms: %q unknown (want %q)", ErrInvalidConfig, a, protocol.CompressionDeflate))
 		}
 	}
 	if cc.MinBytes < 0 {
-		return cc, fmt.Errorf("%w: Compression.MinBytes %d: want >= 0", ErrBadConfig, cc.MinBytes)
+		errs = append(errs, fmt.Errorf("%w: Compression.MinBytes %d: want >= 0", ErrInvalidConfig, cc.MinBytes))
 	}
 	if cc.Level < 0 || cc.Level > 9 {
-		return cc, fmt.Errorf("%w: Compression.Level %d: want 1-9", ErrBadConfig, cc.Level)
+		errs = append(errs, fmt.Errorf("%w: Compression.Level %d: want 1-9", ErrInvalidConfig, cc.Level))
 	}
-	return cc, nil
+	return errs
 }
 
 // newCompressor is nil when compression is off.
@@ -62,7 +67,7 @@ func newCompressor(cc Compression) (*protocol.Compressor, error) {
 	}
 	z, err := protocol.NewCompressor(cc.MinBytes, cc.Level)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrBadConfig, err)
+		return nil, fmt.Errorf("%w: %w", ErrInvalidConfig, err)
 	}
 	return z, nil
 }

@@ -169,8 +169,8 @@ func TestCompressionBombRefused(t *testing.T) {
 
 func TestCompressionConfig(t *testing.T) {
 	for _, cc := range []Compression{{Algorithms: []string{"zstd"}}, {MinBytes: -1}, {Level: 10}} {
-		if _, err := (Config{Logic: api.LocalLogic(newFakeLogic()), Compression: cc}).withDefaults(); !errors.Is(err, ErrBadConfig) {
-			t.Errorf("%+v: %v, want ErrBadConfig", cc, err)
+		if _, err := (Config{Logic: api.LocalLogic(newFakeLogic()), Compression: cc}).withDefaults(); !errors.Is(err, ErrInvalidConfig) {
+			t.Errorf("%+v: %v, want ErrInvalidConfig", cc, err)
 		}
 	}
 }

@@ -142,10 +142,7 @@ func (cfg *Config) setDefaults() {
 		cfg.Workers = defaultWorkers
 	}
 	cfg.Limits = cfg.Limits.withDefaults()
-	var err error
-	if cfg.Compression, err = cfg.Compression.withDefaults(); err != nil {
-		return cfg, err
-	}
+	cfg.Compression.setDefaults()
 	if cfg.MaxRequests == 0 {
 		cfg.MaxRequests = defaultMaxRequests
 	}
@@ -192,6 +189,7 @@ func (cfg *Config) validate() error {
 	if cfg.Limits.FrameBurst < 0 || cfg.Limits.ByteBurst < 0 || cfg.Limits.AuthBurstPerIP < 0 || cfg.Limits.SyncReqBurst < 0 {
 		bad("Limits bursts must not be negative")
 	}
+	errs = append(errs, cfg.Compression.validate()...)
 	if cfg.MaxRequests < 0 || cfg.MaxRequests > maxMaxRequests {
 		bad("MaxRequests %d: want 1-%d", cfg.MaxRequests, maxMaxRequests)
 	}
