@@ -16,7 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ENGINES=scripts/engines.sh
-PKGS="${INTEGRATION_PKGS:-./pkg/store/cassandra/... ./pkg/queue/rocketmq/...}"
+PKGS="${INTEGRATION_PKGS:-./pkg/store/cassandra/... ./pkg/directory/cassandra/... ./pkg/queue/rocketmq/...}"
 TIMEOUT="${INTEGRATION_TIMEOUT:-12m}"
 hosts="${MSYNC_CASSANDRA_HOSTS:-}"
 namesrv="${MSYNC_ROCKETMQ_NAMESRV:-}"
