@@ -197,12 +197,17 @@ type batch struct {
 func (j *Job) handle(ctx context.Context, msgs []queue.Message) error {
 	b := &batch{pushes: map[string]*pb.PushReq{}, kicks: map[kickKey]*pb.KickReq{},
 		users: map[string][]directory.Session{}, devices: map[string][]directory.Session{}}
+	decoded := make([]*pb.QueueMsg, 0, len(msgs))
 	for _, msg := range msgs {
-		var qm pb.QueueMsg
-		if err := proto.Unmarshal(msg.Value, &qm); err != nil {
+		qm := new(pb.QueueMsg)
+		if err := proto.Unmarshal(msg.Value, qm); err != nil {
 			j.bad("undecodable queue message", "key", msg.Key, "bytes", len(msg.Value), "err", err)
 			continue
 		}
+		decoded = append(decoded, qm)
+	}
+	j.prefetch(ctx, b, decoded)
+	for _, qm := range decoded {
 		switch body := qm.Body.(type) {
 		case *pb.QueueMsg_Oplog:
 			j.routeOplog(ctx, b, body.Oplog)
@@ -213,13 +218,74 @@ func (j *Job) handle(ctx context.Context, msgs []queue.Message) error {
 		case *pb.QueueMsg_Rooms:
 			j.routeRooms(ctx, b, body.Rooms) // push.go
 		default:
-			j.bad("queue message without a body", "key", msg.Key)
+			j.bad("queue message without a body")
 		}
 	}
 	j.applyRooms(ctx, b) // push.go: before the pushes that may target the rooms
 	j.dispatch(ctx, b)
 	j.broadcastPushes(ctx, b) // push.go
 	return nil
+}
+
+// lookupParallel bounds the directory lookups one batch makes at once.
+const lookupParallel = 16
+
+// prefetch resolves the owners of the batch's user and device oplogs before
+// routing, lookupParallel at a time: one lookup after the other (a network
+// round trip each on the Cassandra directory) held live pushes to a few
+// hundred oplogs/s. Routing then finds them in b; a failed lookup is left out
+// and retried (and logged) by routeOplog.
+func (j *Job) prefetch(ctx context.Context, b *batch, msgs []*pb.QueueMsg) {
+	type key struct{ user, device string }
+	var keys []key
+	seen := map[key]bool{}
+	for _, qm := range msgs {
+		op := qm.GetOplog()
+		if op == nil {
+			continue
+		}
+		_, kind, owner, err := oplog.ParseChannel(op.Channel)
+		if err != nil {
+			continue
+		}
+		k := key{user: owner}
+		switch kind {
+		case oplog.KindUser:
+		case oplog.KindDevice:
+			k = key{device: owner}
+		default:
+			continue
+		}
+		if !seen[k] {
+			seen[k] = true
+			keys = append(keys, k)
+		}
+	}
+	if len(keys) < 2 {
+		return // routing looks the one key up itself
+	}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, lookupParallel)
+	for _, k := range keys {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			tmp := &batch{users: map[string][]directory.Session{}, devices: map[string][]directory.Session{}}
+			s, err := j.sessionsOf(ctx, tmp, k.user, k.device)
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			if k.user != "" {
+				b.users[k.user] = s
+			} else {
+				b.devices[k.device] = s
+			}
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
 }
 
 func (j *Job) bad(msg string, args ...any) {

@@ -430,3 +430,49 @@ func TestNewStartsNothing(t *testing.T) {
 		t.Fatalf("job.New started goroutines: %v", err)
 	}
 }
+
+// slowDir is the memory directory with a delay per lookup, counting how many
+// lookups run at once.
+type slowDir struct {
+	*dmem.Directory
+	delay     time.Duration
+	cur, peak atomic.Int32
+}
+
+func (d *slowDir) ByUser(ctx context.Context, user string) ([]directory.Session, error) {
+	n := d.cur.Add(1)
+	defer d.cur.Add(-1)
+	for p := d.peak.Load(); n > p && !d.peak.CompareAndSwap(p, n); p = d.peak.Load() {
+	}
+	time.Sleep(d.delay) // a directory round trip
+	return d.Directory.ByUser(ctx, user)
+}
+
+// TestBatchLooksUpOwnersInParallel: a batch's user lookups overlap (they
+// were made one after the other, which bounded live pushes on a networked
+// directory), and every oplog still reaches its sessions in order.
+func TestBatchLooksUpOwnersInParallel(t *testing.T) {
+	var sd *slowDir
+	e := newEnv(t, 1, func(c *job.Config) {
+		sd = &slowDir{Directory: c.Directory.(*dmem.Directory), delay: 20 * time.Millisecond}
+		c.Directory = sd
+	})
+	var msgs []queue.Message
+	var want []string
+	for i := range 40 {
+		u := fmt.Sprintf("u%d", i)
+		e.online(u, "d"+u, "c1", "k"+u)
+		msgs = append(msgs, oplogMsg(t, "chat/u/"+u, 1), oplogMsg(t, "chat/u/"+u, 2))
+		want = append(want, fmt.Sprintf("chat/u/%s#1->k%s", u, u), fmt.Sprintf("chat/u/%s#2->k%s", u, u))
+	}
+	e.send(msgs...) // before Start: one batch
+	e.start()
+	c1 := e.comets["c1"]
+	waitFor(t, "80 items", func() bool { return len(c1.items()) == 80 })
+	if got := strings.Join(c1.items(), " "); got != strings.Join(want, " ") {
+		t.Errorf("items out of order or misrouted:\n got %s\nwant %s", got, strings.Join(want, " "))
+	}
+	if p := sd.peak.Load(); p < 2 || p > 16 {
+		t.Errorf("peak concurrent lookups %d, want 2..16", p)
+	}
+}

@@ -29,8 +29,8 @@ const (
 	DeviceBindingToken = "token"
 )
 
-// DeviceOwners records which user owns a device id. The Pebble store
-// implements it.
+// DeviceOwners records which user owns a device id. The Pebble and the
+// Cassandra stores implement it.
 type DeviceOwners interface {
 	// ClaimDevice makes user the owner of device if it has none, or if
 	// takeover is set, and returns the owner after the call.
@@ -38,7 +38,7 @@ type DeviceOwners interface {
 }
 
 // TokenRevocations keeps per-user token cut-offs: tokens issued before a
-// user's cut-off are refused. The Pebble store implements it.
+// user's cut-off are refused. The Pebble and the Cassandra stores implement it.
 type TokenRevocations interface {
 	// SetTokensNotBefore raises user's cut-off to t (never lowers it).
 	SetTokensNotBefore(ctx context.Context, user string, t time.Time) error
