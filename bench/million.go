@@ -264,7 +264,7 @@ func runMillion(ctx context.Context, cfg *MillionConfig, e *env, res *MillionRes
 	spec := e.spec("dev-", "", DefaultDeviceBiz)
 	spec.Poll, spec.Reconnect = true, false // ~1-2 KB per session in the load clients; a drop is a drop
 	r, err := e.pool.connect(spec)
-	res.Connected, res.Failed, res.Errors = r.Connected, r.Failed, r.Errors
+	res.Connected, res.Failed, res.Errors, res.Drops = r.Connected, r.Failed, r.Errors, r.Drops
 	res.ConnectSecs = time.Duration(r.ConnectNs).Seconds()
 	if res.ConnectSecs > 0 {
 		res.ConnectRate = float64(r.Connected) / res.ConnectSecs
