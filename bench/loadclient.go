@@ -208,6 +208,7 @@ type loadClient struct {
 	hbStop context.CancelFunc
 	hbDone chan struct{}
 	poll   *poller // Spec.Poll: created at the first such connect
+	hbMs   atomic.Int64 // the interval the server told (every session the same)
 
 	connectNs  int64
 	recv, dups atomic.Uint64
@@ -347,6 +348,10 @@ func (lc *loadClient) connect(spec ConnectSpec) (*ClientReport, error) {
 			return nil, err
 		}
 	}
+	// Heartbeats run from before the first dial: a connect of many sessions
+	// can take longer than the server's heartbeat deadline, and the first
+	// sessions must not time out waiting for the last.
+	lc.startHeartbeats()
 	sem := make(chan struct{}, spec.Dialers)
 	var wg sync.WaitGroup
 	start := time.Now()
@@ -376,7 +381,6 @@ func (lc *loadClient) connect(spec ConnectSpec) (*ClientReport, error) {
 		return lc.report(), fmt.Errorf("%w: connect", ErrTimeout)
 	}
 	lc.connectNs = int64(time.Since(start))
-	lc.startHeartbeats()
 	return lc.report(), nil
 }
 
@@ -400,14 +404,16 @@ func (lc *loadClient) startHeartbeats() {
 			n := len(lc.devs)
 			iv := lc.spec.Heartbeat
 			if iv <= 0 {
-				iv = time.Duration(lc.devs[0].hbMs.Load()) * time.Millisecond
+				iv = time.Duration(lc.hbMs.Load()) * time.Millisecond
 			}
 			if iv <= 0 || n == 0 {
 				continue
 			}
 			k := int((int64(n)*int64(tick) + int64(iv) - 1) / int64(iv))
 			for i := 0; i < k && i < n; i++ {
-				lc.devs[cursor%n].write(frame)
+				if d := lc.devs[cursor%n]; d.state.Load() == stateAuthed { // never before its AUTH
+					d.write(frame)
+				}
 				cursor++
 			}
 		}
@@ -461,7 +467,6 @@ type device struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 	state  atomic.Int32
-	hbMs   atomic.Int64
 
 	// Owned by the run goroutine.
 	points   map[string]uint64 // channel -> sync point
@@ -630,7 +635,7 @@ func (d *device) handshake(ctx context.Context, dialer *net.Dialer) (*bufio.Read
 		return nil, err
 	}
 	_ = buf
-	d.hbMs.Store(int64(rep.HeartbeatMs))
+	d.lc.hbMs.Store(int64(rep.HeartbeatMs))
 	for _, ch := range rep.Channels {
 		if _, ok := d.points[ch.Channel]; !ok {
 			d.points[ch.Channel] = ch.From

@@ -202,9 +202,9 @@ for i in runs:
         procs = j.get("server_procs") or []
         v = procs[1]["bytes_per_conn"] if len(procs) > 1 and procs[1].get("bytes_per_conn") else j.get("bytes_per_conn")
         checks.append((i, "mem", "msync", 0, 0, j.get("drops", 0)))
-    put("idle memory per session, bytes (RSS delta)", "msync", v)
+    put("idle memory per session, bytes (RSS delta; lower is better)", "msync", v)
     c = cb(i, "mem", "mem")
-    put("idle memory per session, bytes (RSS delta)", "centrifugo", f(c[0]["server_kb_per_conn"]) * 1024 if c else None)
+    put("idle memory per session, bytes (RSS delta; lower is better)", "centrifugo", f(c[0]["server_kb_per_conn"]) * 1024 if c else None)
 
     j = msj(i, "max1")
     put("unicast 1/call: max sustained, /s", "msync", f((j or {}).get("max_sustainable_rate")) or (0.0 if j else None))
@@ -216,8 +216,8 @@ for i in runs:
         checks.append((i, "max1@" + s["rate"], "centrifugo", int(s["lost"]), 0, 0))
 
     j, c = msj(i, "lat"), cb(i, "lat", "lat")
-    put("unicast 1/call: p99 ms at half Centrifugo's max", "msync", f((j or {}).get("p99_ms")))
-    put("unicast 1/call: p99 ms at half Centrifugo's max", "centrifugo", f(c[0]["p99_ms"]) if c else None)
+    put("unicast 1/call: p99 ms at half Centrifugo's max (lower is better)", "msync", f((j or {}).get("p99_ms")))
+    put("unicast 1/call: p99 ms at half Centrifugo's max (lower is better)", "centrifugo", f(c[0]["p99_ms"]) if c else None)
     if j:
         checks.append((i, "lat", "msync", j["lost"], j["dups"], j["drops"]))
     if c:
@@ -237,8 +237,8 @@ for i in runs:
         r = both[-1]
         ms_ = [s for s in msteps if s["rate"] == r][0]
         cs_ = [s for s in csteps if f(s["rate"]) == r][0]
-        put("server CPU us per delivered oplog, batch 50 (at the highest rate both sustained)", "msync", ms_.get("server_cpu_us_per_delivery"))
-        put("server CPU us per delivered oplog, batch 50 (at the highest rate both sustained)", "centrifugo", cpu_us(f(cs_["server_cpu"]), f(cs_["achieved"])))
+        put("server CPU us per delivered oplog, batch 50, at the highest rate both sustained (lower is better)", "msync", ms_.get("server_cpu_us_per_delivery"))
+        put("server CPU us per delivered oplog, batch 50, at the highest rate both sustained (lower is better)", "centrifugo", cpu_us(f(cs_["server_cpu"]), f(cs_["achieved"])))
     for s in msteps:
         checks.append((i, "max50@%d" % s["rate"], "msync", s["lost"], s["dups"], s["drops"]))
     for s in csteps:
@@ -253,8 +253,8 @@ for i in runs:
         checks.append((i, "fanout", "centrifugo", int(c[0]["expected"]) - int(c[0]["delivered"]), 0, int(c[0]["disconnects"])))
 
     j = msj(i, "storm")
-    put("reconnect storm: seconds to synced", "msync", f((j or {}).get("seconds_to_synced")))
-    put("reconnect storm: seconds to synced", "centrifugo", None)
+    put("reconnect storm: seconds to synced (lower is better)", "msync", f((j or {}).get("seconds_to_synced")))
+    put("reconnect storm: seconds to synced (lower is better)", "centrifugo", None)
     if j:
         checks.append((i, "storm", "msync", j["lost"], j["dups"], j["drops"]))
     rec = [r for r in cb(i, "storm", "recover") if r.get("bad_epoch") == "false"]
