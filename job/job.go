@@ -271,8 +271,7 @@ func (j *Job) prefetch(ctx context.Context, b *batch, msgs []*pb.QueueMsg) {
 		sem <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-sem }()
-			tmp := &batch{users: map[string][]directory.Session{}, devices: map[string][]directory.Session{}}
-			s, err := j.sessionsOf(ctx, tmp, k.user, k.device)
+			s, err := j.lookup(ctx, k.user, k.device)
 			if err != nil {
 				return
 			}

@@ -1,6 +1,7 @@
 package job
 
 import (
+	"cmp"
 	"context"
 	"errors"
 
@@ -73,30 +74,37 @@ func (j *Job) routePush(ctx context.Context, b *batch, t *pb.PushTarget) {
 // sessionsOf returns the online sessions of user or device, using the
 // batch's lookup cache. An offline device is no error.
 func (j *Job) sessionsOf(ctx context.Context, b *batch, user, device string) ([]directory.Session, error) {
+	cache := b.devices
 	if user != "" {
-		s, ok := b.users[user]
-		if !ok {
-			var err error
-			if s, err = j.cfg.Directory.ByUser(ctx, user); err != nil {
-				return nil, err
-			}
-			b.users[user] = s
-		}
+		cache = b.users
+	}
+	key := cmp.Or(user, device)
+	if s, ok := cache[key]; ok {
 		return s, nil
 	}
-	s, ok := b.devices[device]
-	if !ok {
-		one, err := j.cfg.Directory.ByDevice(ctx, device)
-		switch {
-		case err == nil:
-			s = []directory.Session{one}
-		case errors.Is(err, directory.ErrNotFound):
-		default:
-			return nil, err
-		}
-		b.devices[device] = s
+	s, err := j.lookup(ctx, user, device)
+	if err != nil {
+		return nil, err
 	}
+	cache[key] = s
 	return s, nil
+}
+
+// lookup asks the directory for a user's sessions, or for a device's one
+// (none when it is offline).
+func (j *Job) lookup(ctx context.Context, user, device string) ([]directory.Session, error) {
+	if user != "" {
+		return j.cfg.Directory.ByUser(ctx, user)
+	}
+	one, err := j.cfg.Directory.ByDevice(ctx, device)
+	switch {
+	case err == nil:
+		return []directory.Session{one}, nil
+	case errors.Is(err, directory.ErrNotFound):
+		return nil, nil
+	default:
+		return nil, err
+	}
 }
 
 // routeRooms resolves the device's current session; an offline device has
